@@ -1,0 +1,38 @@
+"""mailsift: a spam filter that learns your own mail.
+
+Public API (everything else is internal and may change):
+
+* :class:`Filter` — load config and model once; ``Filter().score(raw_bytes)``
+  returns a :class:`Verdict`.
+* :class:`Verdict` — ``probability``, ``score`` (SpamAssassin-style points),
+  ``action`` (``accept``, ``add_header``, ``reject``), ``evidence`` (the
+  model's strongest features each way) and ``hits`` (:class:`RuleHit`).
+* :class:`LinearModel` — the trainable classifier
+  (``fit / partial_fit / predict_proba``, ``save`` / ``load``, no pickle).
+* :func:`parse` — raw bytes to a :class:`ParsedMessage`; never raises.
+* :func:`load_config` — the TOML configuration with defaults in code.
+
+Every entry point (CLI, library, proxy, training, evaluation) goes the same
+way: raw bytes -> parse -> features -> model -> score -> Verdict.
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config, load_config
+from .filter import Filter
+from .model import LinearModel, ModelError
+from .parse import ParsedMessage, parse
+from .score import Evidence, RuleHit, Verdict
+
+__all__ = [
+    "Config",
+    "Evidence",
+    "Filter",
+    "LinearModel",
+    "ModelError",
+    "ParsedMessage",
+    "RuleHit",
+    "Verdict",
+    "load_config",
+    "parse",
+]

@@ -1,0 +1,397 @@
+"""``mailsift`` command line.  Errors are one line on stderr naming what and
+where, with an exit status from sysexits(3): 64 usage, 65 bad data, 66 no
+input, 70 internal error, 73 cannot create output, 78 bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import ConfigError, load_config, user_model_path
+from .corpus import CorpusError, read_index
+from .evaluate import format_metrics, metrics
+from .filter import Filter, resolve_model_path
+from .model import LinearModel, ModelError, TrainParams
+from .parse import parse
+from .score import explain
+from .tokens import extract
+from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest
+
+EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 65, 66, 70, 73, 78
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; sysexits says 64 (EX_USAGE)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"{name}: no such file", EX_NOINPUT) from None
+    except IsADirectoryError:
+        raise CliError(f"{name}: is a folder, not a message file", EX_NOINPUT) from None
+    except OSError as exc:
+        raise CliError(f"{name}: cannot read ({exc.strerror})", EX_NOINPUT) from None
+
+
+def _load_filter(args) -> Filter:
+    config = load_config(args.config)
+    return Filter(config, args.model)
+
+
+# -- score ---------------------------------------------------------------
+def cmd_score(args) -> int:
+    raw = _read_input(args.file)
+    flt = _load_filter(args)
+    verdict = flt.score(raw, evidence=8 if (args.explain or args.json) else 0)
+    if args.json:
+        print(json.dumps(verdict.to_dict(), indent=None if not args.explain else 2))
+    elif args.explain:
+        print(explain(verdict))
+    else:
+        print(verdict.summary())
+    if flt.is_generic and not args.json:
+        print(
+            f"note: scored with the shipped default model ({flt.model_path}) at weight "
+            f"{flt.model_weight:g}; train your own with 'mailsift train'",
+            file=sys.stderr,
+        )
+    return 1 if verdict.is_spam else 0
+
+
+# -- train ---------------------------------------------------------------
+def _training_set(args, settings, dedupe=True, index_attr="index", quiet=False):
+    index_items = []
+    for index in getattr(args, index_attr) or []:
+        index_items += read_index(index)
+    ham = getattr(args, "ham", None) or []
+    spam = getattr(args, "spam", None) or []
+    stream = labelled_stream(ham, spam, index_items)
+    total = len(index_items) if not ham and not spam else None
+    return collect(stream, settings, total=total, dedupe=dedupe, show_progress=None if not quiet else False)
+
+
+def cmd_train(args) -> int:
+    if not (args.ham or args.spam or args.index):
+        raise CliError("train: give --ham and --spam folders/mboxes, or --index FILE", EX_USAGE)
+    settings = PROFILES[args.features]
+    out = Path(args.model) if args.model else user_model_path()
+    ts = _training_set(args, settings)
+    print(
+        f"read {ts.n_ham} ham and {ts.n_spam} spam in {ts.seconds:.1f} s; "
+        f"{ts.duplicates} duplicates dropped"
+        + "".join(f"; {n} skipped ({why})" for why, n in sorted(ts.skipped.items()))
+    )
+    minimum = args.min_per_class
+    if ts.n_ham < minimum or ts.n_spam < minimum:
+        raise CliError(
+            f"train: need at least {minimum} messages of each class, have {ts.n_ham} ham "
+            f"and {ts.n_spam} spam; no model written",
+            EX_DATAERR,
+        )
+    model, report = fit_model(ts, settings, TrainParams(), folds=args.cv_folds, generic=args.generic)
+    cv = report.cv
+    print(
+        f"trained in {report.seconds:.1f} s; {args.cv_folds}-fold cross-validation: "
+        f"(1-AUC)% {cv['one_minus_auc_pct']:.4f}, spam caught at 0.1% FPR "
+        f"{cv['spam_caught_pct_at_fpr_0_1']:.2f}%, at the default threshold "
+        f"FPR {cv['fpr_pct']:.2f}% FNR {cv['fnr_pct']:.2f}%"
+    )
+    try:
+        model.save(out)
+    except OSError as exc:
+        raise CliError(f"{out}: cannot write model ({exc.strerror})", EX_CANTCREAT) from None
+    print(f"model written to {out}")
+    return 0
+
+
+# -- learn / unlearn -----------------------------------------------------
+def _own_model_path(args) -> Path:
+    if args.model:
+        return Path(args.model)
+    path = resolve_model_path(load_config(args.config))
+    return path
+
+
+def cmd_learn(args, unlearn: bool = False) -> int:
+    raw = _read_input(args.file)
+    path = _own_model_path(args)
+    model = LinearModel.load(path)
+    if model.info.get("generic") and not args.model:
+        raise CliError(
+            f"{path}: is the shipped default model; train your own with 'mailsift train' "
+            "(or name a model with --model) before learning single messages",
+            EX_USAGE,
+        )
+    vec = extract(parse(raw), model.settings).vec
+    digest = message_digest(raw)
+    spam = args.spam
+    if unlearn:
+        status, label = model.unlearn_one(vec, digest)
+        if status == "not-learned":
+            print(f"{args.file}: was never learned; nothing to do")
+            return 0
+        if label != int(spam):
+            raise CliError(
+                f"{args.file}: was learned as {'spam' if label else 'ham'}, not "
+                f"{'spam' if spam else 'ham'}; nothing changed",
+                EX_DATAERR,
+            )
+        if status == "forgotten":
+            print(
+                f"{args.file}: came from batch training; forgotten from the ledger, but its "
+                "weight stays until the next 'mailsift train'"
+            )
+        else:
+            print(f"{args.file}: unlearned as {'spam' if spam else 'ham'}")
+    else:
+        status, _ = model.learn_one(vec, spam, digest)
+        what = "spam" if spam else "ham"
+        if status == "already-learned":
+            print(f"{args.file}: already learned as {what}; nothing changed")
+            return 0
+        note = " (was learned as the other class before)" if status == "relabelled" else ""
+        print(f"{args.file}: learned as {what}{note}")
+    try:
+        model.save(path)
+    except OSError as exc:
+        raise CliError(f"{path}: cannot write model ({exc.strerror})", EX_CANTCREAT) from None
+    return 0
+
+
+# -- eval ----------------------------------------------------------------
+def cmd_eval(args) -> int:
+    if args.online and (args.train or args.test):
+        raise CliError("eval: --online takes one index; do not combine it with --train/--test", EX_USAGE)
+    if not args.online and not args.test:
+        raise CliError(
+            "eval: give --test INDEX (with --train INDEX to train first) or --online INDEX", EX_USAGE
+        )
+    config = load_config(args.config)
+    threshold_points = config.thresholds.add_header
+    start = time.perf_counter()
+    if args.online:
+        items = read_index(args.online)
+        settings = PROFILES[args.features]
+        model = LinearModel(settings, TrainParams())
+        labels, scores, paths = [], [], []
+        weight = config.model.weight
+        for item in _progress(items, "online"):
+            raw = item.read()
+            vec = extract(parse(raw), settings).vec
+            scores.append(_points(model, model.margin(vec), weight))
+            model.partial_fit([vec], [item.spam])
+            labels.append(item.spam)
+            paths.append(str(item.path))
+    else:
+        if args.train:
+            settings = PROFILES[args.features]
+            ts = _training_set(args, settings, dedupe=False, index_attr="train", quiet=args.json)
+            model, _ = fit_model(ts, settings, TrainParams(), folds=args.cv_folds)
+            weight = config.model.weight
+        else:
+            flt = Filter(config, args.model)
+            model, weight = flt.model, flt.model_weight
+        labels, scores, paths = [], [], []
+        items = read_index(args.test)
+        score_start = time.perf_counter()
+        for item in _progress(items, "scoring"):
+            vec = extract(parse(item.read()), model.settings).vec
+            scores.append(_points(model, model.margin(vec), weight))
+            labels.append(item.spam)
+            paths.append(str(item.path))
+        if args.train:
+            start = score_start  # msgs/s is scoring speed; training time is reported by train
+    seconds = time.perf_counter() - start
+    result = metrics(np.array(labels), np.array(scores), threshold_points, seconds)
+    if args.scores:
+        try:
+            with open(args.scores, "w", encoding="utf-8") as fh:
+                for spam, s, p in zip(labels, scores, paths):
+                    fh.write(f"{'spam' if spam else 'ham'} {s:.6f} {p}\n")
+        except OSError as exc:
+            raise CliError(f"{args.scores}: cannot write scores ({exc.strerror})", EX_CANTCREAT) from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_metrics(result))
+    return 0
+
+
+def _points(model: LinearModel, margin: float, weight: float) -> float:
+    from .score import model_points
+
+    a, c = model.platt
+    return model_points(a * margin + c, weight)
+
+
+def _progress(items, desc):
+    from .train import progress
+
+    return progress(items, len(items), desc)
+
+
+# -- parser --------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="mailsift",
+        description="Spam filter that learns your own mail. Scores messages with a "
+        "trainable model; see 'mailsift COMMAND --help'.",
+    )
+    p.add_argument("--version", action="version", version=f"mailsift {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file (default: $MAILSIFT_CONFIG, "
+        "~/.config/mailsift/config.toml, /etc/mailsift/config.toml)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def model_opt(sp, help_text):
+        sp.add_argument("--model", metavar="FILE", help=help_text)
+
+    s = sub.add_parser(
+        "score",
+        help="score one message",
+        description="Score one message. Exit status: 0 not spam, 1 spam, 64 and up an error.",
+    )
+    s.add_argument("file", metavar="FILE|-", help="message file (raw RFC 822), or - for stdin")
+    s.add_argument("--json", action="store_true", help="print the verdict as a JSON object")
+    s.add_argument(
+        "--explain",
+        action="store_true",
+        help="print the arithmetic of the verdict and the strongest features each way",
+    )
+    model_opt(s, "model file (default: config model.path, your trained model, or the shipped default)")
+    s.set_defaults(func=cmd_score)
+
+    t = sub.add_parser(
+        "train",
+        help="train a model from labelled folders or an index file",
+        description="Train a new model from your own ham and spam. Sources are "
+        "Maildir folders (cur/ and new/; name Dovecot subfolders like ~/Maildir/.Junk "
+        "directly), mbox files, folders of message files, or an index file of "
+        "'ham PATH'/'spam PATH' lines. Duplicates are dropped. The model is written "
+        "atomically, so running filters never see half a file.",
+    )
+    t.add_argument("--ham", nargs="+", metavar="PATH", default=[], help="folders/mboxes of good mail")
+    t.add_argument("--spam", nargs="+", metavar="PATH", default=[], help="folders/mboxes of spam")
+    t.add_argument("--index", nargs="+", metavar="FILE", default=[], help="TREC-style index files")
+    t.add_argument("--model", metavar="OUT", help=f"where to write the model (default: {user_model_path()})")
+    t.add_argument(
+        "--features",
+        choices=sorted(PROFILES),
+        default="full",
+        help="'full' reads whole messages, headers included (best for your own mail); "
+        "'portable' reads only what the sender wrote (for a model shared across "
+        "mailboxes, like the shipped default). Default: full",
+    )
+    t.add_argument(
+        "--generic",
+        action="store_true",
+        help="mark the model as not trained on its user's mail, so it is used at model.default_weight",
+    )
+    t.add_argument(
+        "--cv-folds",
+        type=int,
+        default=3,
+        help="cross-validation folds for the accuracy estimate and calibration (default 3)",
+    )
+    t.add_argument("--min-per-class", type=int, default=MIN_PER_CLASS, help=argparse.SUPPRESS)
+    t.set_defaults(func=cmd_train)
+
+    for name, unlearn in (("learn", False), ("unlearn", True)):
+        lp = sub.add_parser(
+            name,
+            help=f"{name} one message as spam or ham (for mail-client hooks)",
+            description=(
+                "Learn one message into your model, incrementally. "
+                "Learning the same message twice is detected."
+                if not unlearn
+                else "Take back an earlier 'mailsift learn' of this message."
+            ),
+        )
+        g = lp.add_mutually_exclusive_group(required=True)
+        g.add_argument("--spam", dest="spam", action="store_true", help="the message is spam")
+        g.add_argument("--ham", dest="spam", action="store_false", help="the message is ham")
+        lp.add_argument("file", metavar="FILE|-", help="message file, or - for stdin")
+        model_opt(lp, "model to update (default: your trained model)")
+        lp.set_defaults(func=lambda a, u=unlearn: cmd_learn(a, unlearn=u))
+
+    e = sub.add_parser(
+        "eval",
+        help="measure accuracy on a labelled index",
+        description="Measure accuracy. --train A --test B trains a fresh model on A "
+        "and scores B; --test B alone scores with the current model; --online A "
+        "scores each message in order and then learns its label (TREC immediate "
+        "feedback). Prints n_ham, n_spam, (1-AUC)%, lam%, spam caught at 0.1% and "
+        "0.01% FPR, FPR%/FNR% at the add-header threshold, and msgs/s.",
+    )
+    e.add_argument("--train", nargs="+", metavar="INDEX", help="index file(s) to train on")
+    e.add_argument("--test", metavar="INDEX", help="index file to score")
+    e.add_argument("--online", metavar="INDEX", help="index file for the online protocol")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--scores", metavar="FILE", help="write 'LABEL SCORE PATH' lines")
+    e.add_argument(
+        "--features",
+        choices=sorted(PROFILES),
+        default="full",
+        help="feature profile when training (default full)",
+    )
+    e.add_argument("--cv-folds", type=int, default=3, help=argparse.SUPPRESS)
+    model_opt(e, "model for --test alone (default: as for score)")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EX_USAGE
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"mailsift: {exc}", file=sys.stderr)
+        return exc.code
+    except ModelError as exc:
+        print(f"mailsift: {exc}", file=sys.stderr)
+        return EX_DATAERR if "not found" not in str(exc) else EX_NOINPUT
+    except CorpusError as exc:
+        print(f"mailsift: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except ConfigError as exc:
+        print(f"mailsift: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        print("mailsift: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

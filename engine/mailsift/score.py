@@ -1,0 +1,116 @@
+"""Model probability + rule hits -> one score, an action and its explanation.
+
+The score is in SpamAssassin-style points so operators can read it with the
+habits they have: 5 points marks a message as spam, 10 rejects.  The model's
+contribution is a continuous version of SpamAssassin's BAYES_xx bands:
+
+    model points = weight * POINTS_PER_DECADE * log10(p / (1 - p))
+
+so at weight 1 a message needs p >= 0.99 to reach 5 points on the model
+alone, and the shipped default model (weight 0.5) needs p >= 0.9999.  Rule
+hits (a later layer) add their own points to the same sum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+POINTS_PER_DECADE = 2.5
+ACCEPT, ADD_HEADER, REJECT = "accept", "add_header", "reject"
+
+
+@dataclass
+class RuleHit:
+    """One rule that fired: its name, its points, what it means, what matched."""
+
+    name: str
+    score: float
+    description: str
+    detail: str = ""
+
+
+@dataclass
+class Evidence:
+    """One model feature and its share of the model's margin."""
+
+    feature: str
+    weight: float
+
+
+@dataclass
+class Verdict:
+    """Everything mailsift decided about a message, and why."""
+
+    probability: float
+    score: float
+    action: str
+    required: float
+    model_points: float
+    model_weight: float
+    model_name: str
+    default_model: bool
+    evidence: list[Evidence] = field(default_factory=list)
+    hits: list[RuleHit] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+    @property
+    def is_spam(self) -> bool:
+        return self.action != ACCEPT
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["is_spam"] = self.is_spam
+        return d
+
+    def summary(self) -> str:
+        """The one line ``mailsift score`` prints."""
+        label = "spam" if self.is_spam else "ham"
+        return (
+            f"{label} score={self.score:.2f} required={self.required:g} "
+            f"p={self.probability:.4f} action={self.action} model={self.model_name}"
+        )
+
+
+def model_points(log_odds: float, weight: float) -> float:
+    """Model contribution in points from the calibrated log-odds (natural log)."""
+    return weight * POINTS_PER_DECADE * log_odds / math.log(10)
+
+
+def action_for(score: float, add_header: float, reject: float) -> str:
+    if score >= reject:
+        return REJECT
+    if score >= add_header:
+        return ADD_HEADER
+    return ACCEPT
+
+
+def explain(verdict: Verdict) -> str:
+    """The whole arithmetic of a verdict, for ``mailsift score --explain``."""
+    lines = [verdict.summary(), ""]
+    kind = "shipped default model (not trained on your mail)" if verdict.default_model else "your model"
+    lines.append(f"model   {verdict.model_name}: {kind}, weight {verdict.model_weight:g}")
+    lines.append(
+        f"        p(spam) = {verdict.probability:.6f} -> {verdict.model_points:+.2f} points "
+        f"(= {verdict.model_weight:g} x {POINTS_PER_DECADE:g} x log10 odds)"
+    )
+    for hit in verdict.hits:
+        detail = f"  [{hit.detail}]" if hit.detail else ""
+        lines.append(f"rule    {hit.name:<24} {hit.score:+.2f}  {hit.description}{detail}")
+    lines.append(f"total   {verdict.score:+.2f} points; add header at {verdict.required:g}")
+    if verdict.default_model:
+        lines.append(
+            "note    the default model gives at most a hint; train on your own mail with "
+            "'mailsift train' for full weight"
+        )
+    spam_side = [e for e in verdict.evidence if e.weight > 0]
+    ham_side = [e for e in verdict.evidence if e.weight < 0]
+    lines.append("")
+    lines.append("strongest features toward spam (share of model margin):")
+    lines += [f"  {e.weight:+.3f}  {e.feature}" for e in spam_side] or ["  (none)"]
+    lines.append("strongest features toward ham:")
+    lines += [f"  {e.weight:+.3f}  {e.feature}" for e in ham_side] or ["  (none)"]
+    if verdict.defects:
+        lines.append("")
+        lines.append("message defects: " + "; ".join(verdict.defects[:10]))
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Shared fixtures.  The real corpora live in ../shared/datasets/ (read-only);
+anything derived goes to pytest's temporary folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mailsift.corpus import read_index
+from mailsift.train import PROFILES, collect, fit_model, labelled_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = Path(os.environ.get("MAILSIFT_DATASETS", ROOT.parent / "shared" / "datasets"))
+SA = DATASETS / "spamassassin"
+MODERN = DATASETS / "modern"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"corpus not found at {path}: the tests read ../shared/datasets/ (or $MAILSIFT_DATASETS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sa_dir() -> Path:
+    return _need(SA)
+
+
+@pytest.fixture(scope="session")
+def modern_dir() -> Path:
+    return _need(MODERN)
+
+
+@pytest.fixture(scope="session")
+def sa_train(sa_dir):
+    return read_index(sa_dir / "train.index")
+
+
+@pytest.fixture(scope="session")
+def sa_test(sa_dir):
+    return read_index(sa_dir / "test.index")
+
+
+def write_index(path: Path, items) -> Path:
+    """An index file with absolute paths (they work from any folder)."""
+    path.write_text("".join(f"{'spam' if it.spam else 'ham'} {it.path.resolve()}\n" for it in items))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_indexes(tmp_path_factory, sa_train, sa_test):
+    """A small train/test pair cut from the fixed split: 150 ham + 150 spam
+    to train on, 100 + 100 to test; enough to train, quick to run."""
+    folder = tmp_path_factory.mktemp("small")
+
+    def pick(items, n):
+        ham = [i for i in items if not i.spam][:n]
+        spam = [i for i in items if i.spam][:n]
+        return ham + spam
+
+    train = write_index(folder / "train.index", pick(sa_train, 150))
+    test = write_index(folder / "test.index", pick(sa_test, 100))
+    return train, test
+
+
+@pytest.fixture(scope="session")
+def split_model(tmp_path_factory, sa_dir):
+    """A model trained (full profile) on the whole fixed training split."""
+    settings = PROFILES["full"]
+    ts = collect(labelled_stream(index=read_index(sa_dir / "train.index")), settings, show_progress=False)
+    model, report = fit_model(ts, settings)
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    model.save(path)
+    return path, report
+
+
+@pytest.fixture
+def message_bytes():
+    """Build a small RFC 822 message."""
+
+    def make(
+        body: str = "Hello,\nsee you at the meeting tomorrow.\n",
+        subject: str = "meeting",
+        headers: str = "",
+        from_: str = "Alice <alice@example.org>",
+    ) -> bytes:
+        head = (
+            f"From: {from_}\nTo: bob@example.net\nSubject: {subject}\n"
+            "Date: Mon, 01 Jul 2024 10:00:00 +0000\nMessage-ID: <1@example.org>\n"
+        )
+        return (head + headers + "\n" + body).encode("utf-8")
+
+    return make

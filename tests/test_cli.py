@@ -1,0 +1,205 @@
+"""The command line, run as a user runs it: a subprocess of the installed
+``mailsift`` entry point (``python -m mailsift.cli`` for the same code)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mailsift.corpus import read_index
+from mailsift.train import message_digest
+from sklearn.metrics import roc_auc_score
+
+
+def run(*args, stdin: bytes | None = None, env=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "mailsift.cli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    """No user config or user model leaks in from the machine."""
+    import os
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    env.pop("MAILSIFT_CONFIG", None)
+    return env
+
+
+def _pick(items, spam: bool, n: int = 1):
+    return [i.path for i in items if i.spam == spam][:n]
+
+
+def test_score_with_the_shipped_default_model_names_it(sa_test, isolated_env):
+    ham = _pick(sa_test, False)[0]
+    r = run("score", ham, env=isolated_env)
+    assert r.returncode in (0, 1), r.stderr
+    out = r.stdout.decode()
+    assert out.startswith(("ham ", "spam ")) and "default-model.npz" in out
+    assert b"shipped default model" in r.stderr
+
+
+def test_score_json_has_the_contract_keys_and_exit_status_follows_action(split_model, sa_test, isolated_env):
+    model, _ = split_model
+    for spam in (False, True):
+        path = _pick(sa_test, spam)[0]
+        r = run("score", "--json", "--model", model, path, env=isolated_env)
+        verdict = json.loads(r.stdout)
+        for key in ("probability", "score", "action", "evidence"):
+            assert key in verdict
+        assert r.returncode == (1 if verdict["action"] != "accept" else 0)
+        assert r.returncode == int(spam), (path, verdict["score"])
+        assert verdict["evidence"] and all({"feature", "weight"} <= set(e) for e in verdict["evidence"])
+
+
+def test_score_reads_stdin_and_explain_shows_the_arithmetic(split_model, sa_test, isolated_env):
+    model, _ = split_model
+    raw = _pick(sa_test, True)[0].read_bytes()
+    r = run("score", "--explain", "--model", model, "-", stdin=raw, env=isolated_env)
+    out = r.stdout.decode()
+    assert r.returncode == 1
+    assert "p(spam)" in out and "points" in out
+    assert "strongest features toward spam" in out and "strongest features toward ham" in out
+
+
+def test_score_missing_file_is_exit_66_with_one_line(isolated_env, tmp_path):
+    r = run("score", tmp_path / "nope.eml", env=isolated_env)
+    assert r.returncode == 66
+    assert r.stderr.decode().strip().count("\n") == 0 and "nope.eml: no such file" in r.stderr.decode()
+
+
+def test_score_with_corrupt_model_is_exit_65_naming_the_model(isolated_env, tmp_path, message_bytes):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(message_bytes())
+    r = run("score", "--model", bad, msg, env=isolated_env)
+    assert r.returncode == 65
+    assert str(bad) in r.stderr.decode()
+
+
+def test_bad_usage_and_bad_config_exit_codes(isolated_env, tmp_path, message_bytes):
+    assert run("score", env=isolated_env).returncode == 64
+    assert run("frobnicate", env=isolated_env).returncode == 64
+    assert run(env=isolated_env).returncode == 64
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[thresholds]\nadd_heder = 3\n")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(message_bytes())
+    r = run("--config", cfg, "score", msg, env=isolated_env)
+    assert r.returncode == 78 and "add_heder" in r.stderr.decode()
+
+
+def test_config_thresholds_change_the_action(split_model, sa_test, isolated_env, tmp_path):
+    model, _ = split_model
+    ham = _pick(sa_test, False)[0]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[thresholds]\nadd_header = -1000\nreject = -900\n")
+    r = run("--config", cfg, "score", "--json", "--model", model, ham, env=isolated_env)
+    assert json.loads(r.stdout)["action"] == "reject" and r.returncode == 1
+
+
+def test_train_refuses_too_few_messages_per_class(tmp_path, sa_train, isolated_env):
+    ham_dir, spam_dir = tmp_path / "ham", tmp_path / "spam"
+    ham_dir.mkdir()
+    spam_dir.mkdir()
+    for p in _pick(sa_train, False, 60):
+        shutil.copy(p, ham_dir)
+    for p in _pick(sa_train, True, 5):
+        shutil.copy(p, spam_dir)
+    out = tmp_path / "m.npz"
+    r = run("train", "--ham", ham_dir, "--spam", spam_dir, "--model", out, env=isolated_env)
+    assert r.returncode == 65
+    assert "have 60 ham and 5 spam" in r.stderr.decode() and "at least 50" in r.stderr.decode()
+    assert not out.exists()
+
+
+def test_train_from_maildir_and_mbox_then_score_round_trip(tmp_path, sa_train, sa_test, isolated_env):
+    md = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    for n, p in enumerate(_pick(sa_train, False, 200)):
+        shutil.copy(p, md / "cur" / f"{n}:2,S")
+    shutil.copy(_pick(sa_train, False, 201)[-1], md / "cur" / "dup:2,S")
+    shutil.copy(_pick(sa_train, False, 1)[0], md / "new" / "same-as-first")  # a duplicate
+    mbox = tmp_path / "spam.mbox"
+    with mbox.open("wb") as fh:
+        for p in _pick(sa_train, True, 200):
+            body = p.read_bytes().replace(b"\nFrom ", b"\n>From ")
+            fh.write(b"From spammer@example.com Mon Jul  1 10:00:00 2002\n" + body + b"\n")
+    out = tmp_path / "own.npz"
+    r = run("train", "--ham", md, "--spam", mbox, "--model", out, env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode()
+    spam_unique = len({message_digest(p.read_bytes()) for p in _pick(sa_train, True, 200)})
+    assert f"read 201 ham and {spam_unique} spam" in text
+    assert f"{1 + 200 - spam_unique} duplicates dropped" in text
+    assert "cross-validation" in text and out.exists()
+    # the trained model separates held-out mail
+    r = run(
+        "eval", "--test", _small_test_index(tmp_path, sa_test), "--model", out, "--json", env=isolated_env
+    )
+    m = json.loads(r.stdout)
+    assert m["one_minus_auc_pct"] < 1.0, m
+
+
+def _small_test_index(tmp_path, sa_test):
+    from conftest import write_index
+
+    ham = [i for i in sa_test if not i.spam][:100]
+    spam = [i for i in sa_test if i.spam][:100]
+    return write_index(tmp_path / "t.index", ham + spam)
+
+
+def test_learn_detects_repeats_and_unlearn_reverses(split_model, sa_test, tmp_path, isolated_env):
+    model = tmp_path / "m.npz"
+    shutil.copy(split_model[0], model)
+    msg = _pick(sa_test, False)[0]
+    r1 = run("learn", "--spam", msg, "--model", model, env=isolated_env)
+    assert r1.returncode == 0 and b"learned as spam" in r1.stdout
+    r2 = run("learn", "--spam", msg, "--model", model, env=isolated_env)
+    assert r2.returncode == 0 and b"already learned as spam" in r2.stdout
+    r3 = run("unlearn", "--ham", msg, "--model", model, env=isolated_env)
+    assert r3.returncode == 65 and b"was learned as spam" in r3.stderr
+    r4 = run("unlearn", "--spam", msg, "--model", model, env=isolated_env)
+    assert r4.returncode == 0 and b"unlearned as spam" in r4.stdout
+    train_msg = [i.path for i in read_index(msg.parents[1] / "train.index") if i.spam][0]
+    r5 = run("learn", "--spam", train_msg, "--model", model, env=isolated_env)
+    assert b"already learned as spam" in r5.stdout  # it was in the training set
+
+
+def test_learn_refuses_to_modify_the_shipped_default(sa_test, isolated_env):
+    r = run("learn", "--spam", _pick(sa_test, True)[0], env=isolated_env)
+    assert r.returncode == 64 and b"shipped default model" in r.stderr
+
+
+def test_eval_scores_file_recomputes_to_the_printed_metrics(small_indexes, tmp_path, isolated_env):
+    train, test = small_indexes
+    scores = tmp_path / "scores.txt"
+    r = run("eval", "--train", train, "--test", test, "--json", "--scores", scores, env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    rows = [line.split(" ", 2) for line in scores.read_text().splitlines()]
+    labels = np.array([row[0] == "spam" for row in rows])
+    values = np.array([float(row[1]) for row in rows])
+    assert (m["n_ham"], m["n_spam"]) == (100, 100) and len(rows) == 200
+    assert abs(m["one_minus_auc_pct"] - 100 * (1 - roc_auc_score(labels, values))) < 1e-3
+    assert abs(m["fpr_pct"] - 100 * np.mean(values[~labels] >= 5.0)) < 1e-9
+    assert m["msgs_per_s"] > 0
+
+
+def test_eval_usage_errors(isolated_env, small_indexes):
+    train, test = small_indexes
+    assert run("eval", env=isolated_env).returncode == 64
+    assert run("eval", "--online", train, "--test", test, env=isolated_env).returncode == 64
+    r = run("eval", "--test", "/nonexistent/x.index", env=isolated_env)
+    assert r.returncode == 66 and b"index file not found" in r.stderr
