@@ -67,9 +67,11 @@ def small_indexes(tmp_path_factory, sa_train, sa_test):
 @pytest.fixture(scope="session")
 def split_model(tmp_path_factory, sa_dir):
     """A model trained (full profile) on the whole fixed training split."""
-    settings = PROFILES["full"]
-    ts = collect(labelled_stream(index=read_index(sa_dir / "train.index")), settings, show_progress=False)
-    model, report = fit_model(ts, settings)
+    profile = PROFILES["full"]
+    ts = collect(
+        labelled_stream(index=read_index(sa_dir / "train.index")), profile.features, show_progress=False
+    )
+    model, report = fit_model(ts, profile.features, profile.params)
     path = tmp_path_factory.mktemp("model") / "model.npz"
     model.save(path)
     return path, report

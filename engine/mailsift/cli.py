@@ -19,11 +19,14 @@ from .config import ConfigError, load_config, user_model_path
 from .corpus import CorpusError, read_index
 from .evaluate import format_metrics, metrics
 from .filter import Filter, resolve_model_path
-from .model import LinearModel, ModelError, TrainParams
+from .model import LinearModel, ModelError, fit_platt
 from .parse import parse
 from .score import explain
 from .tokens import extract
 from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest
+
+#: online evaluation refits the calibration every this many messages
+ONLINE_RECALIBRATE = 500
 
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 65, 66, 70, 73, 78
 
@@ -95,7 +98,8 @@ def _training_set(args, settings, dedupe=True, index_attr="index", quiet=False):
 def cmd_train(args) -> int:
     if not (args.ham or args.spam or args.index):
         raise CliError("train: give --ham and --spam folders/mboxes, or --index FILE", EX_USAGE)
-    settings = PROFILES[args.features]
+    profile = PROFILES[args.features]
+    settings = profile.features
     out = Path(args.model) if args.model else user_model_path()
     ts = _training_set(args, settings)
     print(
@@ -110,7 +114,18 @@ def cmd_train(args) -> int:
             f"and {ts.n_spam} spam; no model written",
             EX_DATAERR,
         )
-    model, report = fit_model(ts, settings, TrainParams(), folds=args.cv_folds, generic=args.generic)
+    config = load_config(args.config)
+    weight = config.model.default_weight if args.generic else config.model.weight
+    model, report = fit_model(
+        ts,
+        settings,
+        profile.params,
+        folds=args.cv_folds,
+        generic=args.generic,
+        threshold=config.thresholds.add_header,
+        weight=weight,
+        cap=config.model.default_cap if args.generic else None,
+    )
     cv = report.cv
     print(
         f"trained in {report.seconds:.1f} s; {args.cv_folds}-fold cross-validation: "
@@ -191,38 +206,37 @@ def cmd_eval(args) -> int:
     config = load_config(args.config)
     threshold_points = config.thresholds.add_header
     start = time.perf_counter()
+    labels, scores, paths = [], [], []
     if args.online:
+        profile = PROFILES[args.features]
+        flt = Filter(config, model=LinearModel(profile.features, profile.params))
         items = read_index(args.online)
-        settings = PROFILES[args.features]
-        model = LinearModel(settings, TrainParams())
-        labels, scores, paths = [], [], []
-        weight = config.model.weight
-        for item in _progress(items, "online"):
-            raw = item.read()
-            vec = extract(parse(raw), settings).vec
-            scores.append(_points(model, model.margin(vec), weight))
-            model.partial_fit([vec], [item.spam])
+        margins = []
+        for n, item in enumerate(_progress(items, "online"), 1):
+            msg = parse(item.read())
+            feats = extract(msg, flt.model.settings)
+            scores.append(flt.verdict(msg, feats, evidence=0).score)
+            margins.append(flt.model.margin(feats.vec))
+            flt.model.partial_fit([feats.vec], [item.spam])
             labels.append(item.spam)
             paths.append(str(item.path))
+            if n % ONLINE_RECALIBRATE == 0:  # as a live filter would: calibrate on recent mail
+                recent = slice(-4 * ONLINE_RECALIBRATE, None)
+                flt.model.platt = fit_platt(np.array(margins[recent]), np.array(labels[recent]))
     else:
         if args.train:
-            settings = PROFILES[args.features]
-            ts = _training_set(args, settings, dedupe=False, index_attr="train", quiet=args.json)
-            model, _ = fit_model(ts, settings, TrainParams(), folds=args.cv_folds)
-            weight = config.model.weight
+            profile = PROFILES[args.features]
+            ts = _training_set(args, profile.features, dedupe=False, index_attr="train", quiet=args.json)
+            model, _ = fit_model(ts, profile.features, profile.params, folds=args.cv_folds)
+            flt = Filter(config, model=model)
         else:
             flt = Filter(config, args.model)
-            model, weight = flt.model, flt.model_weight
-        labels, scores, paths = [], [], []
         items = read_index(args.test)
-        score_start = time.perf_counter()
+        start = time.perf_counter()  # msgs/s is scoring speed; train reports its own time
         for item in _progress(items, "scoring"):
-            vec = extract(parse(item.read()), model.settings).vec
-            scores.append(_points(model, model.margin(vec), weight))
+            scores.append(flt.score(item.read(), evidence=0).score)
             labels.append(item.spam)
             paths.append(str(item.path))
-        if args.train:
-            start = score_start  # msgs/s is scoring speed; training time is reported by train
     seconds = time.perf_counter() - start
     result = metrics(np.array(labels), np.array(scores), threshold_points, seconds)
     if args.scores:
@@ -237,13 +251,6 @@ def cmd_eval(args) -> int:
     else:
         print(format_metrics(result))
     return 0
-
-
-def _points(model: LinearModel, margin: float, weight: float) -> float:
-    from .score import model_points
-
-    a, c = model.platt
-    return model_points(a * margin + c, weight)
 
 
 def _progress(items, desc):

@@ -25,9 +25,12 @@ class ModelConfig:
     path: str = ""
     #: weight of a model trained on the user's own mail
     weight: float = 1.0
-    #: weight of the shipped default model, which was not trained on this
-    #: user's mail: lower, so it alone flags only what it is very sure of
-    default_weight: float = 0.5
+    #: weight of the shipped default model (or any model trained with
+    #: --generic), which was not trained on this user's mail
+    default_weight: float = 1.75
+    #: its points are clipped to +/- this: it may mark mail as spam, but never
+    #: reject on its own, nor outvote strong rule evidence
+    default_cap: float = 7.5
 
 
 @dataclass

@@ -11,9 +11,9 @@ import numpy as np
 
 from .config import Config, user_model_path
 from .model import LinearModel
-from .parse import parse
+from .parse import ParsedMessage, parse
 from .score import Evidence, Verdict, action_for, model_points
-from .tokens import extract
+from .tokens import Features, extract
 
 #: the model that ships with mailsift (see models/default/README.md)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default-model.npz"
@@ -36,12 +36,23 @@ class Filter:
     >>> f = Filter()                       # doctest: +SKIP
     >>> f.score(open("msg.eml", "rb").read()).action
     'accept'
+
+    ``model`` may be given as an object (evaluation does), else it is loaded
+    from ``model_path`` / the config / the default locations.
     """
 
-    def __init__(self, config: Config | None = None, model_path: str | None = None):
+    def __init__(
+        self,
+        config: Config | None = None,
+        model_path: str | None = None,
+        model: LinearModel | None = None,
+    ):
         self.config = config or Config()
-        self.model_path = resolve_model_path(self.config, model_path)
-        self.model = LinearModel.load(self.model_path)
+        if model is not None:
+            self.model, self.model_path = model, Path(model_path or "(in memory)")
+        else:
+            self.model_path = resolve_model_path(self.config, model_path)
+            self.model = LinearModel.load(self.model_path)
 
     @property
     def is_generic(self) -> bool:
@@ -57,35 +68,41 @@ class Filter:
         """Verdict for one raw message; ``evidence`` strongest features are
         named in each direction (0 to skip naming, which is cheaper)."""
         msg = parse(raw)
-        feats = extract(msg, self.model.settings)
-        margin = self.model.margin(feats.vec)
-        a, c = self.model.platt
-        log_odds = a * margin + c
+        return self.verdict(msg, extract(msg, self.model.settings), evidence)
+
+    def verdict(self, msg: ParsedMessage, feats: Features, evidence: int = 6) -> Verdict:
+        """The scoring half of :meth:`score`, for callers that already hold
+        the features (online evaluation learns from them afterwards)."""
+        log_odds = self.model.log_odds(self.model.margin(feats.vec))
         probability = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
         weight = self.model_weight
-        points = model_points(log_odds, weight)
+        points = model_points(log_odds, weight, self.config.model.default_cap if self.is_generic else None)
         total = points  # rule hits will add here
         th = self.config.thresholds
-        ev: list[Evidence] = []
-        if evidence and len(feats.indices):
-            contrib = self.model.contributions(feats.vec)
-            order = np.argsort(contrib)
-            top = [i for i in order[::-1][:evidence] if contrib[i] > 0]
-            bottom = [i for i in order[:evidence] if contrib[i] < 0]
-            names = feats.names(feats.indices[top + bottom])
-            ev = [
-                Evidence(names[int(feats.indices[i])], round(float(contrib[i]) * a, 4)) for i in top + bottom
-            ]
         return Verdict(
             probability=probability,
-            score=round(total, 3),
+            score=total,
             action=action_for(total, th.add_header, th.reject),
             required=th.add_header,
-            model_points=round(points, 3),
+            model_points=points,
             model_weight=weight,
             model_name=str(self.model_path),
             default_model=self.is_generic,
-            evidence=ev,
+            evidence=self._evidence(feats, evidence) if evidence else [],
             hits=[],
             defects=list(msg.defects),
         )
+
+    def _evidence(self, feats: Features, n: int) -> list[Evidence]:
+        """The n features pushing hardest each way, in calibrated log-odds."""
+        if not len(feats.indices):
+            return []
+        contrib = self.model.contributions(feats.vec)
+        order = np.argsort(contrib)
+        top = [i for i in order[::-1][:n] if contrib[i] > 0]
+        bottom = [i for i in order[:n] if contrib[i] < 0]
+        names = feats.names(feats.indices[top + bottom])
+        slope = self.model.platt[0]
+        return [
+            Evidence(names[int(feats.indices[i])], round(float(contrib[i]) * slope, 4)) for i in top + bottom
+        ]

@@ -6,9 +6,11 @@ contribution is a continuous version of SpamAssassin's BAYES_xx bands:
 
     model points = weight * POINTS_PER_DECADE * log10(p / (1 - p))
 
-so at weight 1 a message needs p >= 0.99 to reach 5 points on the model
-alone, and the shipped default model (weight 0.5) needs p >= 0.9999.  Rule
-hits (a later layer) add their own points to the same sum.
+so at weight 1 a message needs p >= 0.91 to reach 5 points on the model
+alone, and p >= 0.99 to reach 10.  The shipped default model, which was not
+trained on this user's mail, is squashed into +/- ``default_cap`` points: it
+can mark a message but never reject it on its own.  Rule hits (a later layer)
+add their own points to the same sum.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-POINTS_PER_DECADE = 2.5
+POINTS_PER_DECADE = 5.0
 ACCEPT, ADD_HEADER, REJECT = "accept", "add_header", "reject"
 
 
@@ -61,6 +63,8 @@ class Verdict:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["is_spam"] = self.is_spam
+        for key in ("score", "model_points"):
+            d[key] = round(d[key], 3)
         return d
 
     def summary(self) -> str:
@@ -72,9 +76,14 @@ class Verdict:
         )
 
 
-def model_points(log_odds: float, weight: float) -> float:
-    """Model contribution in points from the calibrated log-odds (natural log)."""
-    return weight * POINTS_PER_DECADE * log_odds / math.log(10)
+def model_points(log_odds: float, weight: float, cap: float | None = None) -> float:
+    """Model contribution in points from the calibrated log-odds (natural
+    log).  With a cap, squashed smoothly into (-cap, cap) by cap*tanh(x/cap):
+    bounded, but still strictly increasing, so messages keep their order."""
+    points = weight * POINTS_PER_DECADE * log_odds / math.log(10)
+    if cap is not None:
+        points = cap * math.tanh(points / cap)
+    return points
 
 
 def action_for(score: float, add_header: float, reject: float) -> str:
