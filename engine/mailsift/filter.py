@@ -76,7 +76,8 @@ class Filter:
         log_odds = self.model.log_odds(self.model.margin(feats.vec))
         probability = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
         weight = self.model_weight
-        points = model_points(log_odds, weight, self.config.model.default_cap if self.is_generic else None)
+        cap = self.config.model.default_cap if self.is_generic else None
+        points = model_points(log_odds, weight, cap)
         total = points  # rule hits will add here
         th = self.config.thresholds
         return Verdict(
@@ -88,6 +89,7 @@ class Filter:
             model_weight=weight,
             model_name=str(self.model_path),
             default_model=self.is_generic,
+            model_cap=cap,
             evidence=self._evidence(feats, evidence) if evidence else [],
             hits=[],
             defects=list(msg.defects),

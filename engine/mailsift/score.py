@@ -52,6 +52,8 @@ class Verdict:
     model_weight: float
     model_name: str
     default_model: bool
+    #: the model's points are squashed into +/- this (None: not capped)
+    model_cap: float | None = None
     evidence: list[Evidence] = field(default_factory=list)
     hits: list[RuleHit] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
@@ -99,9 +101,11 @@ def explain(verdict: Verdict) -> str:
     lines = [verdict.summary(), ""]
     kind = "shipped default model (not trained on your mail)" if verdict.default_model else "your model"
     lines.append(f"model   {verdict.model_name}: {kind}, weight {verdict.model_weight:g}")
+    formula = f"{verdict.model_weight:g} x {POINTS_PER_DECADE:g} x log10 odds"
+    if verdict.model_cap is not None:
+        formula = f"{verdict.model_cap:g} x tanh({formula} / {verdict.model_cap:g})"
     lines.append(
-        f"        p(spam) = {verdict.probability:.6f} -> {verdict.model_points:+.2f} points "
-        f"(= {verdict.model_weight:g} x {POINTS_PER_DECADE:g} x log10 odds)"
+        f"        p(spam) = {verdict.probability:.6f} -> {verdict.model_points:+.2f} points (= {formula})"
     )
     for hit in verdict.hits:
         detail = f"  [{hit.detail}]" if hit.detail else ""
@@ -115,7 +119,7 @@ def explain(verdict: Verdict) -> str:
     spam_side = [e for e in verdict.evidence if e.weight > 0]
     ham_side = [e for e in verdict.evidence if e.weight < 0]
     lines.append("")
-    lines.append("strongest features toward spam (share of model margin):")
+    lines.append("strongest features toward spam (their share of the log odds):")
     lines += [f"  {e.weight:+.3f}  {e.feature}" for e in spam_side] or ["  (none)"]
     lines.append("strongest features toward ham:")
     lines += [f"  {e.weight:+.3f}  {e.feature}" for e in ham_side] or ["  (none)"]

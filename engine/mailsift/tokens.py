@@ -84,13 +84,14 @@ class FeatureSettings:
         return settings
 
 
-#: Headers the sending side writes; only these are read in "sender" mode, so a
-#: model does not learn the mailbox (Received, Delivered-To, list and filter
-#: headers) it was trained from.
+#: Headers the sending side writes and that say something about the sender's
+#: software and habits; only these are read in "sender" mode.  Left out on
+#: purpose: receiver-side headers (Received, Delivered-To, list and filter
+#: headers), recipients (To/Cc name the mailbox, not the sender), Date (the
+#: month a corpus was collected is no spam sign) and message ids.
 SENDER_HEADERS = frozenset(
-    "from sender reply-to to cc subject date message-id content-type mime-version "
-    "x-mailer user-agent organization importance x-priority x-msmail-priority "
-    "content-transfer-encoding in-reply-to references".split()
+    "from sender reply-to content-type mime-version x-mailer user-agent organization "
+    "importance x-priority x-msmail-priority content-transfer-encoding".split()
 )
 
 
@@ -395,6 +396,11 @@ def _raw_view(msg: ParsedMessage, settings: FeatureSettings) -> bytes:
     return msg.raw[msg.raw_start : msg.raw_start + settings.ngram_bytes]
 
 
+def _quote(gram: str) -> str:
+    """A byte gram shown in double quotes with escapes, so spaces show."""
+    return '"' + repr(gram)[1:-1].replace('"', '\\"') + '"'
+
+
 def _gram_stream(view: bytes, seed: int, tag: str, n_bits: int) -> _Stream:
     b = np.frombuffer(view, dtype=np.uint8).astype(np.uint32)
     if len(b) < 4:
@@ -403,7 +409,7 @@ def _gram_stream(view: bytes, seed: int, tag: str, n_bits: int) -> _Stream:
         grams = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]
         grams ^= np.uint32(seed)
         slots = _slots(grams, n_bits)
-    return _Stream(slots, lambda i: f"{tag}:" + repr(view[i : i + 4].decode("latin-1"))[1:-1])
+    return _Stream(slots, lambda i: f"{tag}:" + _quote(view[i : i + 4].decode("latin-1")))
 
 
 def extract(msg: ParsedMessage, settings: FeatureSettings) -> Features:
