@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from mailsift.corpus import read_index
 from mailsift.train import PROFILES, collect, fit_model, labelled_stream
 

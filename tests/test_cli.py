@@ -10,9 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
+
 from mailsift.corpus import read_index
 from mailsift.train import message_digest
-from sklearn.metrics import roc_auc_score
 
 
 def run(*args, stdin: bytes | None = None, env=None, cwd=None):

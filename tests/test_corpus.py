@@ -1,4 +1,5 @@
 import pytest
+
 from mailsift.corpus import CorpusError, iter_mbox, iter_source, read_index
 
 

@@ -3,8 +3,9 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mailsift.evaluate import lam, metrics, one_minus_auc, spam_caught_at_fpr
 from sklearn.metrics import roc_auc_score
+
+from mailsift.evaluate import lam, metrics, one_minus_auc, spam_caught_at_fpr
 
 
 @settings(max_examples=200, deadline=None)

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from mailsift.model import LinearModel, ModelError, TrainParams, fit_platt
 from mailsift.parse import parse
 from mailsift.tokens import FeatureSettings, extract

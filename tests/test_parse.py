@@ -4,6 +4,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from mailsift.corpus import read_index
 from mailsift.parse import MAX_PARSE_BYTES, MAX_PART_TEXT, html_to_text, parse
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mailsift.parse import parse
-from mailsift.tokens import FeatureSettings, _spans, _TEXT_CLASS, extract
+from mailsift.tokens import _TEXT_CLASS, FeatureSettings, _spans, extract
 from mailsift.train import PROFILES
 
 

@@ -224,6 +224,7 @@ def cmd_eval(args) -> int:
                 recent = slice(-4 * ONLINE_RECALIBRATE, None)
                 flt.model.platt = fit_platt(np.array(margins[recent]), np.array(labels[recent]))
     else:
+        items = read_index(args.test)  # a bad index fails before any training
         if args.train:
             profile = PROFILES[args.features]
             ts = _training_set(args, profile.features, dedupe=False, index_attr="train", quiet=args.json)
@@ -231,7 +232,6 @@ def cmd_eval(args) -> int:
             flt = Filter(config, model=model)
         else:
             flt = Filter(config, args.model)
-        items = read_index(args.test)
         start = time.perf_counter()  # msgs/s is scoring speed; train reports its own time
         for item in _progress(items, "scoring"):
             scores.append(flt.score(item.read(), evidence=0).score)
@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_opt(sp, help_text):
         sp.add_argument("--model", metavar="FILE", help=help_text)
+        # --config is accepted after the command too (SUPPRESS: an absent
+        # sub-command option must not overwrite the top-level one)
+        sp.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML config file")
 
     s = sub.add_parser(
         "score",
@@ -331,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, unlearn in (("learn", False), ("unlearn", True)):
         lp = sub.add_parser(
             name,
-            help=f"{name} one message as spam or ham (for mail-client hooks)",
+            help=(
+                "learn one message as spam or ham (for mail-client hooks)"
+                if not unlearn
+                else "take back an earlier 'learn' of one message"
+            ),
             description=(
                 "Learn one message into your model, incrementally. "
                 "Learning the same message twice is detected."

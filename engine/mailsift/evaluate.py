@@ -9,27 +9,8 @@ computed exactly from ranks, with ties counting half.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
-
-PCT_KEYS = (
-    "one_minus_auc_pct",
-    "lam_pct",
-    "spam_caught_pct_at_fpr_0_1",
-    "spam_caught_pct_at_fpr_0_01",
-    "fpr_pct",
-    "fnr_pct",
-)
-
-
-@dataclass
-class Scored:
-    """One scored message of an evaluation run."""
-
-    spam: bool
-    score: float
-    path: str
 
 
 def one_minus_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -51,16 +51,12 @@ class FeatureSettings:
 
     n_bits: int = 22
     ngram_bytes: int = 3000
-    ngram_view: str = "content"  # "content" (sender headers + decoded text), "raw" or "both"
+    ngram_view: str = "content"  # "content" (sender headers + decoded text) or "raw"
     text_chars: int = 6000
     osb_window: int = 4
     header_tokens: bool = True
     header_words: str = "none"  # words of header values, tagged by name: "none", "sender", "all"
     received_tokens: bool = False
-    #: normalise each feature family (byte grams, words, pairs, header tokens)
-    #: to unit length before the whole vector, so 10,000 byte grams do not
-    #: drown 30 header tokens
-    family_norm: bool = False
     #: CRM114-style tokens (runs of printing bytes) and their OSB pairs over the
     #: raw message, headers included
     raw_osb: bool = False
@@ -77,8 +73,8 @@ class FeatureSettings:
         settings = cls(**data)
         if not 10 <= settings.n_bits <= 26:
             raise ValueError(f"n_bits must be 10..26, got {settings.n_bits}")
-        if settings.ngram_view not in ("content", "raw", "both"):
-            raise ValueError(f"ngram_view must be content, raw or both, got {settings.ngram_view!r}")
+        if settings.ngram_view not in ("content", "raw"):
+            raise ValueError(f"ngram_view must be content or raw, got {settings.ngram_view!r}")
         if settings.header_words not in ("none", "sender", "all"):
             raise ValueError(f"header_words must be none, sender or all, got {settings.header_words!r}")
         return settings
@@ -361,34 +357,10 @@ def _unique(a: np.ndarray) -> np.ndarray:
     return s[keep]
 
 
-def _combine(families: list[np.ndarray], family_norm: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Binary features -> (sorted unique slots, values) of unit L2 length."""
-    if not family_norm:
-        indices = _unique(np.concatenate(families))
-        return indices, np.full(len(indices), 1.0 / np.sqrt(max(len(indices), 1)), dtype=np.float32)
-    uniq = [_unique(f) for f in families if len(f)]
-    if not uniq:
-        return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.float32)
-    slots = np.concatenate(uniq)
-    weights = np.concatenate([np.full(len(u), 1.0 / np.sqrt(len(u)), dtype=np.float32) for u in uniq])
-    indices, inverse = np.unique(slots, return_inverse=True)
-    values = np.bincount(inverse, weights=weights).astype(np.float32)
-    values /= np.float32(np.sqrt(np.dot(values, values)))
-    return indices, values
-
-
-def _osb(h: np.ndarray, window: int, seed: int) -> np.ndarray:
-    """Orthogonal sparse bigrams of a token-hash sequence: each token with
-    each of the next ``window`` tokens, the distance mixed into the key."""
-    h = h.astype(np.uint32)
-    parts = [np.zeros(0, dtype=np.uint32)]
-    for d in range(1, window + 1):
-        if len(h) <= d:
-            break
-        combined = h[:-d] * np.uint32(0x85EBCA6B) + h[d:] * np.uint32(2 * d + 1)
-        combined ^= np.uint32(seed + d)
-        parts.append(combined)
-    return np.concatenate(parts)
+def _binary(families: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Slots of all families -> (sorted unique slots, equal values of unit length)."""
+    indices = _unique(np.concatenate(families))
+    return indices, np.full(len(indices), 1.0 / np.sqrt(max(len(indices), 1)), dtype=np.float32)
 
 
 def _raw_view(msg: ParsedMessage, settings: FeatureSettings) -> bytes:
@@ -416,10 +388,10 @@ def extract(msg: ParsedMessage, settings: FeatureSettings) -> Features:
     """All features of one message (see the module docstring)."""
     n_bits = settings.n_bits
     streams: list[_Stream] = []
-    # byte 4-grams of the raw message and/or of the decoded content
-    if settings.ngram_view in ("raw", "both"):
+    # byte 4-grams of the raw message or of the decoded content
+    if settings.ngram_view == "raw":
         streams.append(_gram_stream(_raw_view(msg, settings), _SEED["4g"], "4g", n_bits))
-    if settings.ngram_view in ("content", "both"):
+    else:
         streams.append(_gram_stream(content_view(msg)[: settings.ngram_bytes], _SEED["4c"], "4c", n_bits))
     # decoded words and their pairs
     text = _URL_STRIP.sub(" ", "\n".join(msg.text)[: settings.text_chars].lower())
@@ -450,5 +422,5 @@ def extract(msg: ParsedMessage, settings: FeatureSettings) -> Features:
     if settings.header_words != "none":
         tagged += header_words(msg, settings.header_words)
     streams.append(_Stream(_slots(_crc(tagged, _SEED["hdr"]), n_bits), tagged.__getitem__))
-    indices, values = _combine([st.slots for st in streams], settings.family_norm)
+    indices, values = _binary([st.slots for st in streams])
     return Features(indices, values, streams)
