@@ -28,7 +28,15 @@ from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream,
 #: online evaluation refits the calibration every this many messages
 ONLINE_RECALIBRATE = 500
 
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 65, 66, 70, 73, 78
+EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = (
+    64,
+    65,
+    66,
+    69,
+    70,
+    73,
+    78,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -259,6 +267,41 @@ def _progress(items, desc):
     return progress(items, len(items), desc)
 
 
+# -- serve ---------------------------------------------------------------
+def cmd_serve(args) -> int:
+    import asyncio
+    import logging
+    from dataclasses import replace
+
+    from .config import validate
+    from .proxy import serve_forever
+
+    config = load_config(args.config)
+    overrides = {
+        k: v
+        for k, v in (
+            ("listen", args.listen),
+            ("relay", args.relay),
+            ("mode", args.mode),
+            ("workers", args.workers),
+            ("log_format", args.log_format),
+        )
+        if v is not None
+    }
+    config.proxy = replace(config.proxy, **overrides)
+    validate(config)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s mailsift[%(process)d]: %(message)s", stream=sys.stderr
+    )
+    try:
+        asyncio.run(serve_forever(config, args.model))
+    except OSError as exc:
+        raise CliError(
+            f"serve: cannot listen on {config.proxy.listen} ({exc.strerror})", EX_UNAVAILABLE
+        ) from None
+    return 0
+
+
 # -- parser --------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
@@ -376,6 +419,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cv-folds", type=int, default=3, help=argparse.SUPPRESS)
     model_opt(e, "model for --test alone (default: as for score)")
     e.set_defaults(func=cmd_eval)
+    v = sub.add_parser(
+        "serve",
+        help="run the SMTP content filter for Postfix",
+        description="SMTP content filter. After-queue (Postfix content_filter): receive on --listen, "
+        "score, add X-Spam-* headers, relay to --relay with the same envelope; answer 250 only after "
+        "the next hop accepted, 451 if it is down or slow. Before-queue (smtpd_proxy_filter): the "
+        "same, but mail at or above the reject threshold is refused with 550 while the sender is "
+        "connected. Every flag can also be set in the [proxy] section of the config file. "
+        "SIGTERM/SIGINT stop accepting and let sessions in flight finish.",
+    )
+    v.add_argument("--listen", metavar="HOST:PORT", help="listen address (default 127.0.0.1:10025)")
+    v.add_argument("--relay", metavar="HOST:PORT", help="next hop (default 127.0.0.1:10026)")
+    v.add_argument("--mode", choices=["after-queue", "before-queue"], help="default after-queue")
+    v.add_argument("--workers", type=int, help="scoring processes (default: one per core)")
+    v.add_argument("--log-format", choices=["text", "json"], help="one log line per message (default text)")
+    model_opt(v, "model file (default: as for score)")
+    v.set_defaults(func=cmd_serve)
     return p
 
 

@@ -42,9 +42,44 @@ class Thresholds:
 
 
 @dataclass
+class ProxyConfig:
+    """``mailsift serve``: the SMTP content filter (see README, Postfix)."""
+
+    #: where Postfix hands mail to us; loopback unless you mean otherwise
+    listen: str = "127.0.0.1:10025"
+    #: the only place mail is ever relayed to (Postfix's re-injection port)
+    relay: str = "127.0.0.1:10026"
+    #: "after-queue" (content_filter) or "before-queue" (smtpd_proxy_filter)
+    mode: str = "after-queue"
+    #: largest message accepted, in bytes (SIZE and DATA answer 552 above it)
+    max_message_size: int = 50 * 1024 * 1024
+    #: concurrent SMTP sessions; more are told 421 and retry later
+    max_sessions: int = 100
+    #: idle time allowed between client commands or data lines, seconds
+    command_timeout: float = 300.0
+    #: time allowed for each command to the next hop, seconds
+    relay_timeout: float = 60.0
+    #: time allowed to score one message, seconds
+    scoring_deadline: float = 10.0
+    #: when scoring fails or times out: "pass" (relay, X-Spam-Status: Unknown)
+    #: or "tempfail" (451, Postfix retries later)
+    on_scoring_error: str = "pass"
+    #: after-queue: refuse mail at or above the reject threshold with 550
+    #: (Postfix then bounces it) instead of passing it marked
+    reject: bool = False
+    #: after-queue: silently drop mail at or above the reject threshold
+    discard: bool = False
+    #: scoring processes; 0 = one per CPU core
+    workers: int = 0
+    #: "text" or "json"
+    log_format: str = "text"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     source: str = ""
 
 
@@ -84,15 +119,45 @@ def load_config(explicit: str | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-    sections = {"model": config.model, "thresholds": config.thresholds}
+    sections = {"model": config.model, "thresholds": config.thresholds, "proxy": config.proxy}
     for name, table in data.items():
         if name not in sections or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")
         _apply(sections[name], table, f"{path}: [{name}]")
-    if config.thresholds.reject < config.thresholds.add_header:
-        raise ConfigError(f"{path}: thresholds.reject must be >= thresholds.add_header")
+    try:
+        validate(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     config.source = str(path)
     return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks; raises ConfigError naming the key."""
+    if config.thresholds.reject < config.thresholds.add_header:
+        raise ConfigError("thresholds.reject must be >= thresholds.add_header")
+    p = config.proxy
+    if p.mode not in ("after-queue", "before-queue"):
+        raise ConfigError(f"proxy.mode must be after-queue or before-queue, got {p.mode!r}")
+    if p.on_scoring_error not in ("pass", "tempfail"):
+        raise ConfigError(f"proxy.on_scoring_error must be pass or tempfail, got {p.on_scoring_error!r}")
+    if p.log_format not in ("text", "json"):
+        raise ConfigError(f"proxy.log_format must be text or json, got {p.log_format!r}")
+    for key in ("listen", "relay"):
+        split_hostport(getattr(p, key), f"proxy.{key}")
+    for key in ("max_message_size", "max_sessions"):
+        if getattr(p, key) <= 0:
+            raise ConfigError(f"proxy.{key} must be positive")
+
+
+def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
+    """'127.0.0.1:10025' or '[::1]:10025' -> (host, port); port 0 means any
+    free port (for tests)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
+    return host, int(port)
 
 
 def _apply(target: object, table: dict, where: str) -> None:
@@ -103,6 +168,10 @@ def _apply(target: object, table: dict, where: str) -> None:
         want = types[key]
         if want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
+        elif want == "int" and isinstance(value, int) and not isinstance(value, bool):
+            pass
+        elif want == "bool" and isinstance(value, bool):
+            pass
         elif want == "str" and isinstance(value, str):
             pass
         else:

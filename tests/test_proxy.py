@@ -1,0 +1,346 @@
+"""The SMTP content filter, over real SMTP on loopback: smtplib as the MTA in
+front, an aiosmtpd sink as the next hop behind."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from mailsift.config import Config
+from mailsift.proxy import LenientSMTP, ProxyServer, Scorer
+
+HAM = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: lunch\r\n\r\nSee you at noon.\r\n"
+
+
+@dataclass
+class Sink:
+    """Next hop: records what it accepts; misbehaves on request."""
+
+    received: list = field(default_factory=list)
+    refuse_rcpt: set = field(default_factory=set)
+    data_reply: str | None = None
+    data_delay: float = 0.0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse_rcpt:
+            return "550 5.1.1 no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        if self.data_reply:
+            return self.data_reply
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 queued as TEST"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SinkController(Controller):
+    def factory(self):
+        return LenientSMTP(self.handler, **self.SMTP_kwargs)
+
+
+@pytest.fixture
+def sink():
+    handler = Sink()
+    controller = SinkController(handler, hostname="127.0.0.1", port=_free_port(), enable_SMTPUTF8=True)
+    controller.start()
+    handler.port = controller.port
+    yield handler
+    controller.stop()
+
+
+class ProxyThread:
+    """A ProxyServer on its own event loop in a thread, like a daemon."""
+
+    def __init__(self, config: Config):
+        self.loop = asyncio.new_event_loop()
+        self.server = ProxyServer(config, workers=-1)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.port = self.server.port
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=5), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def make_proxy(sink):
+    started = []
+
+    def make(**proxy_settings) -> ProxyThread:
+        config = Config()
+        settings = {"listen": "127.0.0.1:0", "relay": f"127.0.0.1:{sink.port}", "relay_timeout": 2.0}
+        config.proxy = replace(config.proxy, **{**settings, **proxy_settings})
+        p = ProxyThread(config)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+def _client(proxy: ProxyThread) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", proxy.port, timeout=10)
+
+
+def test_proxy_relays_with_headers_and_the_same_envelope(make_proxy, sink, sa_test):
+    proxy = make_proxy()
+    spam = [i for i in sa_test if i.spam][0].read()
+    with _client(proxy) as c:
+        c.sendmail("sender@example.org", ["a@example.net", "b@example.net"], HAM)
+        c.sendmail("", ["c@example.net"], spam)  # null sender, as bounces use
+    assert [(f, r) for f, r, _ in sink.received] == [
+        ("sender@example.org", ["a@example.net", "b@example.net"]),
+        ("<>", ["c@example.net"]),
+    ]
+    ham_out, spam_out = sink.received[0][2], sink.received[1][2]
+    assert b"X-Spam-Status: No, score=" in ham_out and b"X-Spam-Flag" not in ham_out
+    assert ham_out.endswith(HAM)
+    assert b"X-Spam-Flag: YES" in spam_out and b"X-Spam-Status: Yes, score=" in spam_out
+    assert b"X-Mailsift-Report: p=" in spam_out
+
+
+def test_forged_spam_headers_from_outside_are_replaced(make_proxy, sink):
+    proxy = make_proxy()
+    forged = b"X-Spam-Flag: NO\r\nX-Spam-Status: No, score=-100\r\n\tfolded=yes\r\n" + HAM
+    with _client(proxy) as c:
+        c.sendmail("s@example.org", ["a@example.net"], forged)
+    out = sink.received[0][2]
+    assert out.count(b"X-Spam-Status:") == 1 and b"score=-100" not in out and b"folded" not in out
+    assert b"X-Spam-Flag: NO" not in out
+
+
+def test_proxy_tempfails_when_next_hop_down(make_proxy, sink):
+    proxy = make_proxy(relay=f"127.0.0.1:{_free_port()}")
+    with _client(proxy) as c:
+        c.ehlo()
+        code, msg = c.mail("s@example.org")
+    assert code == 451 and b"next hop unavailable" in msg
+
+
+def test_proxy_tempfails_when_next_hop_answers_4xx(make_proxy, sink):
+    sink.data_reply = "452 4.3.1 insufficient system storage"
+    proxy = make_proxy()
+    with _client(proxy) as c, pytest.raises(smtplib.SMTPDataError) as err:
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert err.value.smtp_code == 451 and b"452" in err.value.smtp_error
+    assert sink.received == []
+
+
+def test_proxy_tempfails_when_next_hop_is_slow(make_proxy, sink):
+    sink.data_delay = 3.0  # over relay_timeout (2 s)
+    proxy = make_proxy()
+    with _client(proxy) as c, pytest.raises(smtplib.SMTPDataError) as err:
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert err.value.smtp_code == 451
+
+
+def test_proxy_passes_5xx_from_next_hop_unchanged(make_proxy, sink):
+    sink.refuse_rcpt = {"gone@example.net"}
+    proxy = make_proxy()
+    with _client(proxy) as c:
+        refused = c.sendmail("s@example.org", ["gone@example.net", "here@example.net"], HAM)
+    assert refused == {"gone@example.net": (550, b"5.1.1 no such user here")}
+    assert [r for _, r, _ in sink.received] == [["here@example.net"]]
+    sink.data_reply = "554 5.7.1 content refused"
+    with _client(proxy) as c, pytest.raises(smtplib.SMTPDataError) as err:
+        c.sendmail("s@example.org", ["here@example.net"], HAM)
+    assert err.value.smtp_code == 554 and err.value.smtp_error == b"5.7.1 content refused"
+
+
+@pytest.mark.parametrize(
+    "rcpt",
+    [
+        "@relay.example.com:victim@example.net",
+        "victim%elsewhere.example@example.net",
+        "host!victim@example.net",
+    ],
+)
+def test_proxy_refuses_source_routes_and_routing_tricks(make_proxy, sink, rcpt):
+    proxy = make_proxy()
+    with _client(proxy) as c:
+        c.ehlo()
+        assert c.mail("s@example.org")[0] == 250
+        code, _ = c.rcpt(rcpt)
+    assert code == 553
+    assert sink.received == []
+
+
+def test_proxy_answers_552_to_oversize_mail(make_proxy, sink):
+    proxy = make_proxy(max_message_size=10_000)
+    with _client(proxy) as c:
+        c.ehlo()
+        assert c.esmtp_features["size"] == "10000"
+        code, _ = c.mail("s@example.org", ["SIZE=20000"])
+        assert code == 552
+        # a client that does not declare SIZE is stopped at DATA
+        assert c.mail("s@example.org")[0] == 250
+        assert c.rcpt("a@example.net")[0] == 250
+        code, _ = c.data(HAM + (b"x" * 70 + b"\r\n") * 300)
+        assert code == 552
+    assert sink.received == []
+
+
+def test_dot_stuffing_8bit_and_smtputf8_arrive_intact(make_proxy, sink):
+    proxy = make_proxy()
+    body = "Subject: Grüße\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nnot the end\r\nÄÖÜ €\r\n".encode()
+    with _client(proxy) as c:
+        c.ehlo()
+        assert c.has_extn("smtputf8") and c.has_extn("8bitmime")
+        c.sendmail("jörg@example.de", ["zoë@example.net"], body, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    sender, rcpts, content = sink.received[0]
+    assert (sender, rcpts) == ("jörg@example.de", ["zoë@example.net"])
+    assert content.endswith(body)
+
+
+def test_pipelined_commands_get_every_reply(make_proxy, sink):
+    proxy = make_proxy()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()  # greeting
+        s.sendall(
+            b"EHLO client\r\nMAIL FROM:<s@example.org>\r\nRCPT TO:<a@example.net>\r\n"
+            b"RCPT TO:<b@example.net>\r\nDATA\r\n"
+        )
+        lines = []
+        while not lines or not lines[-1].startswith(b"354"):
+            lines.append(f.readline())
+        s.sendall(HAM + b".\r\nQUIT\r\n")
+        final = [f.readline(), f.readline()]
+    codes = [ln[:3] for ln in lines if ln[3:4] == b" "]
+    assert codes == [b"250", b"250", b"250", b"250", b"354"]
+    assert final[0].startswith(b"250") and final[1].startswith(b"221")
+    assert [r for _, r, _ in sink.received] == [["a@example.net", "b@example.net"]]
+
+
+def test_client_that_disconnects_mid_data_delivers_nothing_and_breaks_nothing(make_proxy, sink):
+    proxy = make_proxy()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()
+        for cmd in (
+            b"HELO x\r\n",
+            b"MAIL FROM:<s@example.org>\r\n",
+            b"RCPT TO:<a@example.net>\r\n",
+            b"DATA\r\n",
+        ):
+            s.sendall(cmd)
+            f.readline()
+        s.sendall(b"Subject: half\r\n\r\nthe first half of a mess")
+    time.sleep(0.3)
+    assert sink.received == []
+    with _client(proxy) as c:  # the proxy still works
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert len(sink.received) == 1
+
+
+def test_garbage_commands_are_answered_and_the_session_survives(make_proxy, sink):
+    proxy = make_proxy()
+    with _client(proxy) as c:
+        assert c.docmd("FROBNICATE")[0] == 500
+        assert c.docmd("X" * 2000)[0] == 500
+        assert c.docmd("AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=")[0] in (500, 502, 503, 530)
+        assert c.docmd("RCPT TO:<a@example.net>")[0] == 503
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert len(sink.received) == 1
+
+
+def test_scoring_failure_passes_the_message_marked_unknown(make_proxy, sink, monkeypatch):
+    async def boom(self, raw, deadline):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Scorer, "score", boom)
+    proxy = make_proxy()
+    with _client(proxy) as c:
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert b"X-Spam-Status: Unknown" in sink.received[0][2]
+
+
+def test_scoring_failure_tempfails_when_configured(make_proxy, sink, monkeypatch):
+    async def slow(self, raw, deadline):
+        raise TimeoutError
+
+    monkeypatch.setattr(Scorer, "score", slow)
+    proxy = make_proxy(on_scoring_error="tempfail")
+    with _client(proxy) as c, pytest.raises(smtplib.SMTPDataError) as err:
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert err.value.smtp_code == 451
+    assert sink.received == []
+
+
+def test_before_queue_mode_rejects_spam_while_the_sender_is_connected(make_proxy, sink, sa_test):
+    proxy = make_proxy(mode="before-queue")
+    proxy.server.config.thresholds.reject = 6.0  # the default model alone stays under 7.5
+    spam = [i for i in sa_test if i.spam][0].read()
+    with _client(proxy) as c:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            c.sendmail("s@example.org", ["a@example.net"], spam)
+        c.sendmail("s@example.org", ["a@example.net"], HAM)  # the session goes on
+    assert err.value.smtp_code == 550 and b"spam" in err.value.smtp_error
+    assert len(sink.received) == 1 and sink.received[0][2].endswith(HAM)
+
+
+def test_sessions_over_the_limit_are_told_421(make_proxy, sink):
+    proxy = make_proxy(max_sessions=1)
+    with _client(proxy):
+        with pytest.raises(smtplib.SMTPConnectError) as err:
+            _client(proxy)
+        assert err.value.smtp_code == 421
+
+
+def test_xforward_is_offered_and_its_client_is_logged(make_proxy, sink, caplog):
+    proxy = make_proxy()
+    caplog.set_level("INFO", logger="mailsift.proxy")
+    with _client(proxy) as c:
+        c.ehlo()
+        assert c.has_extn("xforward")
+        assert c.docmd("XFORWARD ADDR=203.0.113.9 HELO=mx.sender.example IDENT=4XyZ123")[0] == 250
+        assert c.docmd("XFORWARD BOGUS=1")[0] == 501
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    line = [r.getMessage() for r in caplog.records if "outcome=" in r.getMessage()][-1]
+    assert line.startswith("4XyZ123 client=203.0.113.9 ") and "outcome=relay" in line
+
+
+def test_every_message_the_filter_accepted_reached_the_next_hop(make_proxy, sink):
+    """The never-lose-mail property, under a next hop that fails at random:
+    a 250 from the filter always means the next hop has the message."""
+    import random
+
+    rng = random.Random(1)
+    proxy = make_proxy(relay_timeout=0.5)
+    accepted = []
+    for n in range(40):
+        choice = rng.random()
+        sink.data_reply = "451 4.3.0 try later" if choice < 0.25 else None
+        sink.data_delay = 1.0 if 0.25 <= choice < 0.35 else 0.0
+        msg = HAM.replace(b"lunch", f"lunch {n}".encode())
+        try:
+            with _client(proxy) as c:
+                c.sendmail("s@example.org", ["a@example.net"], msg)
+            accepted.append(msg)
+        except smtplib.SMTPDataError as err:
+            assert err.smtp_code == 451
+    delivered = [content for _, _, content in sink.received]
+    assert accepted, "some messages must get through"
+    assert len(accepted) < 40, "some must have been tempfailed"
+    for msg in accepted:
+        assert sum(d.endswith(msg) for d in delivered) >= 1
