@@ -3,12 +3,17 @@ anything derived goes to pytest's temporary folders."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
+from mailsift.config import Config
 from mailsift.corpus import read_index
+from mailsift.proxy import ProxyServer
 from mailsift.train import PROFILES, collect, fit_model, labelled_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +100,26 @@ def message_bytes():
         return (head + headers + "\n" + body).encode("utf-8")
 
     return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProxyThread:
+    """A ProxyServer on its own event loop in a thread, like a daemon."""
+
+    def __init__(self, config: Config):
+        self.loop = asyncio.new_event_loop()
+        self.server = ProxyServer(config, workers=-1)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.port = self.server.port
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=5), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

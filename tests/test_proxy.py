@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
-import threading
 import time
 from dataclasses import dataclass, field, replace
 
 import pytest
 from aiosmtpd.controller import Controller
+from conftest import ProxyThread, free_port
 
 from mailsift.config import Config
-from mailsift.proxy import LenientSMTP, ProxyServer, Scorer
+from mailsift.proxy import LenientSMTP, Scorer
 
 HAM = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: lunch\r\n\r\nSee you at noon.\r\n"
 
@@ -43,12 +43,6 @@ class Sink:
         return "250 2.0.0 queued as TEST"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SinkController(Controller):
     def factory(self):
         return LenientSMTP(self.handler, **self.SMTP_kwargs)
@@ -57,28 +51,11 @@ class SinkController(Controller):
 @pytest.fixture
 def sink():
     handler = Sink()
-    controller = SinkController(handler, hostname="127.0.0.1", port=_free_port(), enable_SMTPUTF8=True)
+    controller = SinkController(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
     controller.start()
     handler.port = controller.port
     yield handler
     controller.stop()
-
-
-class ProxyThread:
-    """A ProxyServer on its own event loop in a thread, like a daemon."""
-
-    def __init__(self, config: Config):
-        self.loop = asyncio.new_event_loop()
-        self.server = ProxyServer(config, workers=-1)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        self.port = self.server.port
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace=5), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture
@@ -130,7 +107,7 @@ def test_forged_spam_headers_from_outside_are_replaced(make_proxy, sink):
 
 
 def test_proxy_tempfails_when_next_hop_down(make_proxy, sink):
-    proxy = make_proxy(relay=f"127.0.0.1:{_free_port()}")
+    proxy = make_proxy(relay=f"127.0.0.1:{free_port()}")
     with _client(proxy) as c:
         c.ehlo()
         code, msg = c.mail("s@example.org")
