@@ -7,13 +7,15 @@ import asyncio
 import os
 import socket
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from mailsift.config import Config
 from mailsift.corpus import read_index
-from mailsift.proxy import ProxyServer
+from mailsift.proxy import LenientSMTP, ProxyServer
 from mailsift.train import PROFILES, collect, fit_model, labelled_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,3 +125,46 @@ class ProxyThread:
         asyncio.run_coroutine_threadsafe(self.server.stop(grace=5), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+#: a small plain message for SMTP tests
+HAM = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: lunch\r\n\r\nSee you at noon.\r\n"
+
+
+@dataclass
+class Sink:
+    """Next hop: records what it accepts; misbehaves on request."""
+
+    received: list = field(default_factory=list)
+    refuse_rcpt: set = field(default_factory=set)
+    data_reply: str | None = None
+    data_delay: float = 0.0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse_rcpt:
+            return "550 5.1.1 no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        if self.data_reply:
+            return self.data_reply
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 queued as TEST"
+
+
+class SinkController(Controller):
+    def factory(self):
+        return LenientSMTP(self.handler, **self.SMTP_kwargs)
+
+
+@pytest.fixture
+def sink():
+    handler = Sink()
+    controller = SinkController(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
+    controller.start()
+    handler.port = controller.port
+    yield handler
+    controller.stop()

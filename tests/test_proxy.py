@@ -3,59 +3,16 @@ front, an aiosmtpd sink as the next hop behind."""
 
 from __future__ import annotations
 
-import asyncio
 import smtplib
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pytest
-from aiosmtpd.controller import Controller
-from conftest import ProxyThread, free_port
+from conftest import HAM, ProxyThread, free_port
 
 from mailsift.config import Config
-from mailsift.proxy import LenientSMTP, Scorer
-
-HAM = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: lunch\r\n\r\nSee you at noon.\r\n"
-
-
-@dataclass
-class Sink:
-    """Next hop: records what it accepts; misbehaves on request."""
-
-    received: list = field(default_factory=list)
-    refuse_rcpt: set = field(default_factory=set)
-    data_reply: str | None = None
-    data_delay: float = 0.0
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address in self.refuse_rcpt:
-            return "550 5.1.1 no such user here"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.data_delay:
-            await asyncio.sleep(self.data_delay)
-        if self.data_reply:
-            return self.data_reply
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 2.0.0 queued as TEST"
-
-
-class SinkController(Controller):
-    def factory(self):
-        return LenientSMTP(self.handler, **self.SMTP_kwargs)
-
-
-@pytest.fixture
-def sink():
-    handler = Sink()
-    controller = SinkController(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
+from mailsift.proxy import Scorer
 
 
 @pytest.fixture
@@ -321,3 +278,17 @@ def test_every_message_the_filter_accepted_reached_the_next_hop(make_proxy, sink
     assert len(accepted) < 40, "some must have been tempfailed"
     for msg in accepted:
         assert sum(d.endswith(msg) for d in delivered) >= 1
+
+
+@pytest.mark.parametrize("setting, code", [("reject", 550), ("discard", 250)])
+def test_after_queue_can_reject_or_discard_above_the_reject_threshold(make_proxy, sink, sa_test, setting, code):
+    proxy = make_proxy(**{setting: True})
+    proxy.server.config.thresholds.reject = 6.0
+    spam = [i for i in sa_test if i.spam][0].read()
+    with _client(proxy) as c:
+        c.ehlo()
+        assert c.mail("s@example.org")[0] == 250
+        assert c.rcpt("a@example.net")[0] == 250
+        assert c.data(spam)[0] == code
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert [content.endswith(HAM) for _, _, content in sink.received] == [True]

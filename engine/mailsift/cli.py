@@ -294,7 +294,7 @@ def cmd_serve(args) -> int:
         level=logging.INFO, format="%(asctime)s mailsift[%(process)d]: %(message)s", stream=sys.stderr
     )
     try:
-        asyncio.run(serve_forever(config, args.model))
+        asyncio.run(serve_forever(config, args.model, config.source or None, overrides))
     except OSError as exc:
         raise CliError(
             f"serve: cannot listen on {config.proxy.listen} ({exc.strerror})", EX_UNAVAILABLE

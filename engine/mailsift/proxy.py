@@ -24,13 +24,13 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from .config import Config, ProxyConfig, split_hostport
+from .config import Config, ConfigError, ProxyConfig, load_config, split_hostport, validate
 from .filter import Filter
 from .parse import MAX_PARSE_BYTES
 from .report import add_headers, spam_headers
@@ -56,22 +56,40 @@ def _score_in_worker(raw: bytes) -> Verdict:
 
 class Scorer:
     """Scores messages off the event loop, so one large message cannot hold
-    up every other session: a pool of processes (``workers`` > 0), or a
-    thread for tests and tiny setups (``workers`` = -1)."""
+    up every other session: a pool of processes (``workers`` > 0, 0 = one per
+    core), or a thread for tests and tiny setups (``workers`` = -1)."""
 
     def __init__(self, config: Config, model_path: str | None, workers: int):
-        self.config = config
+        self.workers = workers
         self.model_path = model_path
-        Filter(config, model_path)  # fail now, in the parent, on a bad model
-        if workers < 0:
-            _init_worker(config, model_path)
-            self.pool: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(1)
-        else:
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers or os.cpu_count() or 1,
-                initializer=_init_worker,
-                initargs=(config, model_path),
-            )
+        self.pool = self._start(config)
+
+    def _start(self, config: Config) -> concurrent.futures.Executor:
+        probe = Filter(config, self.model_path)  # a bad model fails here, in the parent
+        self.model_file = probe.model_path
+        self.model_mtime = _mtime(self.model_file)
+        if self.workers < 0:
+            _init_worker(config, self.model_path)
+            return concurrent.futures.ThreadPoolExecutor(1)
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers or os.cpu_count() or 1,
+            initializer=_init_worker,
+            initargs=(config, self.model_path),
+        )
+
+    def reload(self, config: Config) -> bool:
+        """New workers with the model and config as they are now on disk.
+        A model that does not load is refused and the running one kept;
+        scorings in flight finish in the old pool."""
+        old = self.pool
+        try:
+            self.pool = self._start(config)
+        except Exception as exc:
+            log.error("reload refused, keeping the current model: %s", exc)
+            return False
+        old.shutdown(wait=False)
+        log.info("reloaded: model %s", self.model_file)
+        return True
 
     async def score(self, raw: bytes, deadline: float) -> Verdict:
         loop = asyncio.get_running_loop()
@@ -81,6 +99,13 @@ class Scorer:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _mtime(path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 # -- the SMTP side ---------------------------------------------------------
@@ -405,8 +430,18 @@ class ProxySMTP(LenientSMTP):
 class ProxyServer:
     """Listener + handler + scorer; start(), then stop() drains sessions."""
 
-    def __init__(self, config: Config, model_path: str | None = None, workers: int | None = None):
+    def __init__(
+        self,
+        config: Config,
+        model_path: str | None = None,
+        workers: int | None = None,
+        config_path: str | None = None,
+        overrides: dict | None = None,
+    ):
         self.config = config
+        self.config_path = config_path
+        self.overrides = overrides or {}  # command-line flags, kept over reloads
+        self.config_mtime = _mtime(config_path) if config_path else 0.0
         p = config.proxy
         self.host, self.port = split_hostport(p.listen, "proxy.listen")
         n = p.workers if workers is None else workers
@@ -436,6 +471,34 @@ class ProxyServer:
         log.info("listening on %s:%d, relaying to %s (%s)", self.host, self.port, self.config.proxy.relay,
                  self.config.proxy.mode)  # fmt: skip
 
+    def reload(self) -> bool:
+        """Re-read the config file (if there is one) and the model; sessions
+        in flight are not touched.  Listen and relay addresses are read only
+        at start."""
+        config = self.config
+        if self.config_path:
+            try:
+                config = load_config(self.config_path)
+                validate(config)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the current config: %s", exc)
+                return False
+            config.proxy = replace(
+                config.proxy,
+                **{**self.overrides, "listen": self.config.proxy.listen, "relay": self.config.proxy.relay},
+            )
+            self.config_mtime = _mtime(self.config_path)
+        if not self.scorer.reload(config):
+            return False
+        self.config = config
+        self.handler.config, self.handler.proxy = config, config.proxy
+        return True
+
+    def changed_on_disk(self) -> bool:
+        model_changed = _mtime(self.scorer.model_file) != self.scorer.model_mtime
+        config_changed = bool(self.config_path) and _mtime(self.config_path) != self.config_mtime
+        return model_changed or config_changed
+
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let sessions in flight finish (up to ``grace``
         seconds), then shut the scorer down."""
@@ -448,13 +511,31 @@ class ProxyServer:
         self.scorer.close()
 
 
-async def serve_forever(config: Config, model_path: str | None = None) -> None:
-    server = ProxyServer(config, model_path)
+async def serve_forever(
+    config: Config,
+    model_path: str | None = None,
+    config_path: str | None = None,
+    overrides: dict | None = None,
+    watch_every: float = 2.0,
+) -> None:
+    """Run until SIGTERM/SIGINT.  SIGHUP, or a model or config file that
+    changed on disk, reloads them without dropping sessions."""
+    server = ProxyServer(config, model_path, config_path=config_path, overrides=overrides)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), watch_every)
+        except TimeoutError:
+            if server.changed_on_disk():
+                log.info("model or config changed on disk: reloading")
+                if not server.reload():  # do not retry a bad file every tick
+                    server.scorer.model_mtime = _mtime(server.scorer.model_file)
+                    server.config_mtime = _mtime(config_path) if config_path else 0.0
     log.info("stopping: finishing sessions in flight")
     await server.stop()
+    log.info("stopped")
