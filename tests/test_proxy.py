@@ -281,7 +281,7 @@ def test_every_message_the_filter_accepted_reached_the_next_hop(make_proxy, sink
 
 
 @pytest.mark.parametrize("setting, code", [("reject", 550), ("discard", 250)])
-def test_after_queue_rejects_or_discards_at_reject_threshold(make_proxy, sink, sa_test, setting, code):  # noqa: E501
+def test_after_queue_rejects_or_discards_at_reject_threshold(make_proxy, sink, sa_test, setting, code):
     proxy = make_proxy(**{setting: True})
     proxy.server.config.thresholds.reject = 6.0
     spam = [i for i in sa_test if i.spam][0].read()
