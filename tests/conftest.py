@@ -166,5 +166,7 @@ def sink():
     controller = SinkController(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
     controller.start()
     handler.port = controller.port
+    handler.controller = controller
     yield handler
-    controller.stop()
+    if controller._thread is not None:  # a test may have stopped it already
+        controller.stop()

@@ -292,3 +292,15 @@ def test_after_queue_rejects_or_discards_at_reject_threshold(make_proxy, sink, s
         assert c.data(spam)[0] == code
         c.sendmail("s@example.org", ["a@example.net"], HAM)
     assert [content.endswith(HAM) for _, _, content in sink.received] == [True]
+
+
+def test_proxy_tempfails_when_next_hop_vanishes_between_rcpt_and_data(make_proxy, sink):
+    proxy = make_proxy()
+    with _client(proxy) as c:
+        c.ehlo()
+        assert c.mail("s@example.org")[0] == 250
+        assert c.rcpt("a@example.net")[0] == 250
+        sink.controller.stop()
+        code, _ = c.data(HAM)
+    assert code == 451
+    assert sink.received == []

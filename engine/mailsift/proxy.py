@@ -288,8 +288,10 @@ class FilterHandler:
                 )
         message = add_headers(raw, spam_headers(verdict))
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
-        if relay is None or not relay.in_transaction:
-            return "503 5.5.1 no transaction"
+        if relay is None or not relay.in_transaction:  # the next hop went away since RCPT
+            return await self._finish(
+                session, envelope, start, verdict, "451 4.4.1 lost the next hop; try again later", "tempfail"
+            )
         try:
             resp = await relay.client.data(message)
             reply = f"250 2.0.0 OK: relayed {resp.message}".strip()
