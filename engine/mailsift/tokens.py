@@ -394,7 +394,9 @@ def extract(msg: ParsedMessage, settings: FeatureSettings) -> Features:
     else:
         streams.append(_gram_stream(content_view(msg)[: settings.ngram_bytes], _SEED["4c"], "4c", n_bits))
     # decoded words and their pairs
-    text = _URL_STRIP.sub(" ", "\n".join(msg.text)[: settings.text_chars].lower())
+    text = "\n".join(msg.text)[: settings.text_chars].lower()
+    if "://" in text:  # URLs are host tokens already; their words would only add noise
+        text = _URL_STRIP.sub(" ", text)
     streams += _token_streams(
         text.encode("utf-8", "surrogatepass"),
         _TEXT_CLASS,
