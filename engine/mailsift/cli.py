@@ -1,6 +1,6 @@
 """``mailsift`` command line.  Errors are one line on stderr naming what and
 where, with an exit status from sysexits(3): 64 usage, 65 bad data, 66 no
-input, 70 internal error, 73 cannot create output, 78 bad config.
+input, 69 cannot listen, 73 cannot create output, 78 bad config.
 """
 
 from __future__ import annotations
@@ -23,20 +23,14 @@ from .model import LinearModel, ModelError, fit_platt
 from .parse import parse
 from .score import explain
 from .tokens import extract
-from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest
+from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest, progress
 
 #: online evaluation refits the calibration every this many messages
 ONLINE_RECALIBRATE = 500
 
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = (
-    64,
-    65,
-    66,
-    69,
-    70,
-    73,
-    78,
-)
+# sysexits(3)
+EX_USAGE, EX_DATAERR, EX_NOINPUT = os.EX_USAGE, os.EX_DATAERR, os.EX_NOINPUT
+EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG = os.EX_UNAVAILABLE, os.EX_CANTCREAT, os.EX_CONFIG
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,6 +100,7 @@ def _training_set(args, settings, dedupe=True, index_attr="index", quiet=False):
 def cmd_train(args) -> int:
     if not (args.ham or args.spam or args.index):
         raise CliError("train: give --ham and --spam folders/mboxes, or --index FILE", EX_USAGE)
+    config = load_config(args.config)  # a bad config fails before minutes of reading
     profile = PROFILES[args.features]
     settings = profile.features
     out = Path(args.model) if args.model else user_model_path()
@@ -122,7 +117,6 @@ def cmd_train(args) -> int:
             f"and {ts.n_spam} spam; no model written",
             EX_DATAERR,
         )
-    config = load_config(args.config)
     weight = config.model.default_weight if args.generic else config.model.weight
     model, report = fit_model(
         ts,
@@ -151,10 +145,7 @@ def cmd_train(args) -> int:
 
 # -- learn / unlearn -----------------------------------------------------
 def _own_model_path(args) -> Path:
-    if args.model:
-        return Path(args.model)
-    path = resolve_model_path(load_config(args.config))
-    return path
+    return Path(args.model) if args.model else resolve_model_path(load_config(args.config))
 
 
 def cmd_learn(args, unlearn: bool = False) -> int:
@@ -262,8 +253,6 @@ def cmd_eval(args) -> int:
 
 
 def _progress(items, desc):
-    from .train import progress
-
     return progress(items, len(items), desc)
 
 
