@@ -21,7 +21,7 @@ import numpy as np
 
 from .corpus import CorpusError, Labelled, iter_source
 from .evaluate import metrics
-from .model import LinearModel, TrainParams, fit_platt
+from .model import LinearModel, TrainParams, Vec, fit_platt
 from .parse import parse
 from .score import model_points
 from .tokens import FeatureSettings, extract
@@ -72,7 +72,7 @@ def message_digest(raw: bytes) -> bytes:
 class TrainingSet:
     """Features and labels of labelled mail, and how reading it went."""
 
-    X: list[np.ndarray] = field(default_factory=list)
+    X: list[Vec] = field(default_factory=list)
     y: list[bool] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
