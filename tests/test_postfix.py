@@ -67,7 +67,8 @@ virtual_mailbox_limit = 0
 biff = no
 """
 
-MASTER_CF = """\
+#: the README's after-queue lines (content_filter), on test ports
+AFTER_QUEUE_CF = """\
 127.0.0.1:{port_in} inet n - n - - smtpd
   -o content_filter=mailsift:[127.0.0.1]:{port_filter}
 mailsift unix - - n - 4 smtp
@@ -80,6 +81,20 @@ mailsift unix - - n - 4 smtp
   -o smtpd_recipient_restrictions=permit_mynetworks,reject
   -o mynetworks=127.0.0.0/8
   -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+"""
+
+#: the README's before-queue lines (smtpd_proxy_filter), on test ports
+BEFORE_QUEUE_CF = """\
+127.0.0.1:{port_in} inet n - n - 20 smtpd
+  -o smtpd_proxy_filter=127.0.0.1:{port_filter}
+127.0.0.1:{port_back} inet n - n - - smtpd
+  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+  -o smtpd_recipient_restrictions=permit_mynetworks,reject
+  -o mynetworks=127.0.0.0/8
+  -o receive_override_options=no_unknown_recipient_checks
+"""
+
+SERVICES_CF = """\
 pickup unix n - n 60 1 pickup
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 1 1 qmgr
@@ -107,9 +122,10 @@ def _postfix(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([POSTFIX or "postfix", *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def postfix():
-    """A running Postfix whose content filter is 127.0.0.1:<port_filter>."""
+@pytest.fixture(params=["after-queue"])
+def postfix(request):
+    """A running Postfix whose content filter is 127.0.0.1:<port_filter>
+    (parametrize indirectly with "before-queue" for smtpd_proxy_filter)."""
     assert POSTFIX, "postfix is not installed"
     etc = Path("/etc/postfix")
     saved = {n: (etc / n).read_bytes() for n in ("main.cf", "master.cf") if (etc / n).exists()}
@@ -117,7 +133,8 @@ def postfix():
     os.chmod(base, 0o755)
     ports = {"port_in": free_port(), "port_filter": free_port(), "port_back": free_port()}
     (etc / "main.cf").write_text(MAIN_CF.format(base=base, log=LOG))
-    (etc / "master.cf").write_text(MASTER_CF.format(**ports))
+    filter_cf = AFTER_QUEUE_CF if request.param == "after-queue" else BEFORE_QUEUE_CF
+    (etc / "master.cf").write_text(filter_cf.format(**ports) + SERVICES_CF)
     shutil.chown(base, 65534, 65534)
     _postfix("stop")
     check = _postfix("check")
@@ -153,13 +170,17 @@ def _wait(cond, seconds: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}; postfix log tail:\n{log}")
 
 
-def _filter(ports) -> ProxyThread:
+def _filter(ports, mode: str = "after-queue") -> ProxyThread:
     from dataclasses import replace
 
     config = Config()
     config.proxy = replace(
-        config.proxy, listen=f"127.0.0.1:{ports['port_filter']}", relay=f"127.0.0.1:{ports['port_back']}"
+        config.proxy,
+        listen=f"127.0.0.1:{ports['port_filter']}",
+        relay=f"127.0.0.1:{ports['port_back']}",
+        mode=mode,
     )
+    config.thresholds.reject = 6.0  # so the default model alone can reach it
     return ProxyThread(config)
 
 
@@ -243,3 +264,26 @@ def test_postfix_defers_while_the_filter_is_down_and_delivers_once_after(postfix
     assert sorted(delivered) == sorted(msgs)
     assert all(len(copies) == 1 for copies in delivered.values())
     assert all(b"X-Spam-Status:" in copies[0] for copies in delivered.values())
+
+
+@pytest.mark.parametrize("postfix", ["before-queue"], indirect=True)
+def test_postfix_before_queue_refuses_spam_while_the_sender_waits(postfix, sa_test):
+    proxy = _filter(postfix, mode="before-queue")
+    try:
+        msgs, spam_ids = _corpus(sa_test, 5, 5, "c")
+        refused = {}
+        with smtplib.SMTP("127.0.0.1", postfix["port_in"], timeout=30) as c:
+            for test_id, raw in msgs.items():
+                try:
+                    c.sendmail("sender@outside.example", ["user@test.example"], _tag(raw, test_id))
+                except smtplib.SMTPDataError as err:
+                    refused[test_id] = err.smtp_code
+        ham_ids = set(msgs) - spam_ids
+        _wait(lambda: len(_delivered(postfix["maildir"])) == len(ham_ids), 60, "the ham in the Maildir")
+        time.sleep(1)
+    finally:
+        proxy.stop()
+    assert refused == {test_id: 550 for test_id in spam_ids}
+    delivered = _delivered(postfix["maildir"])
+    assert sorted(delivered) == sorted(ham_ids)
+    assert all(len(c) == 1 and b"X-Spam-Status: No" in c[0] for c in delivered.values())
