@@ -204,3 +204,13 @@ def test_eval_usage_errors(isolated_env, small_indexes):
     assert run("eval", "--online", train, "--test", test, env=isolated_env).returncode == 64
     r = run("eval", "--test", "/nonexistent/x.index", env=isolated_env)
     assert r.returncode == 66 and b"index file not found" in r.stderr
+
+
+def test_serve_refuses_a_bad_proxy_config(isolated_env, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[proxy]\nmode = "sideways"\n')
+    r = run("--config", cfg, "serve", env=isolated_env)
+    assert r.returncode == 78 and b"proxy.mode" in r.stderr
+    cfg.write_text('[proxy]\nrelay = "nowhere"\n')
+    r = run("--config", cfg, "serve", env=isolated_env)
+    assert r.returncode == 78 and b"proxy.relay must be HOST:PORT" in r.stderr

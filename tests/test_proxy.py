@@ -304,3 +304,29 @@ def test_proxy_tempfails_when_next_hop_vanishes_between_rcpt_and_data(make_proxy
         code, _ = c.data(HAM)
     assert code == 451
     assert sink.received == []
+
+
+def test_idle_clients_are_disconnected_after_the_command_timeout(make_proxy, sink):
+    proxy = make_proxy(command_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"HELO slow.example\r\n")
+        assert f.readline().startswith(b"250")
+        time.sleep(1.5)
+        rest = f.read()  # the proxy closed the connection
+    assert rest == b"" or rest.startswith(b"421")
+
+
+def test_json_log_line_per_message(make_proxy, sink, caplog):
+    import json
+
+    proxy = make_proxy(log_format="json")
+    caplog.set_level("INFO", logger="mailsift.proxy")
+    with _client(proxy) as c:
+        c.sendmail("s@example.org", ["a@example.net", "b@example.net"], HAM)
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert len(records) == 1
+    rec = records[0]
+    assert rec["from"] == "s@example.org" and rec["to"] == ["a@example.net", "b@example.net"]
+    assert rec["outcome"] == "relay" and rec["action"] == "accept" and rec["ms"] > 0
