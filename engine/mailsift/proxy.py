@@ -184,7 +184,8 @@ class FilterHandler:
             opts = self._mail_options(relay, mail_options)
             xforward = getattr(session, "mailsift_xforward", {})
             if xforward and relay.client.supports_extension("xforward"):
-                resp = await relay.client.execute_command(
+                # the reply does not matter: a next hop that will not take it still takes the mail
+                await relay.client.execute_command(
                     b"XFORWARD", *[f"{k}={v}".encode("ascii", "replace") for k, v in xforward.items()]
                 )
             reverse_path = "" if address == NULL_SENDER else address
@@ -413,6 +414,11 @@ class ProxySMTP(LenientSMTP):
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Postfix's XFORWARD: the original client's name, address, HELO and
         queue id, for the rules and the log."""
+        peer = self.session.peer[0] if self.session and self.session.peer else ""
+        if not (peer.startswith("127.") or peer == "::1"):
+            # like Postfix's smtpd_authorized_xforward_hosts: only the local MTA may say who the client was
+            await self.push("550 5.7.0 XFORWARD is only accepted from loopback")
+            return
         if not arg:
             await self.push("501 5.5.4 Syntax: XFORWARD attribute=value ...")
             return
