@@ -71,7 +71,7 @@ def _proxy(port: int, relay: int, scoring: bool, ready) -> None:
     logging.basicConfig(level=logging.WARNING)
     if not scoring:
 
-        async def no_scoring(self, raw, deadline):
+        async def no_scoring(self, raw, deadline, context=None):
             return None
 
         proxy.Scorer.score = no_scoring

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import ConfigError, load_config, user_model_path
+from .config import ConfigError, load_config, split_hostport, user_model_path
 from .corpus import CorpusError, read_index
 from .evaluate import format_metrics, metrics
 from .filter import Filter, resolve_model_path
 from .model import LinearModel, ModelError, fit_platt
 from .parse import parse
+from .rules import Context
 from .score import explain
 from .tokens import extract
 from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest, progress
@@ -60,16 +61,16 @@ def _read_input(name: str) -> bytes:
         raise CliError(f"{name}: cannot read ({exc.strerror})", EX_NOINPUT) from None
 
 
-def _load_filter(args) -> Filter:
-    config = load_config(args.config)
-    return Filter(config, args.model)
-
-
 # -- score ---------------------------------------------------------------
 def cmd_score(args) -> int:
     raw = _read_input(args.file)
-    flt = _load_filter(args)
-    verdict = flt.score(raw, evidence=8 if (args.explain or args.json) else 0)
+    config = load_config(args.config)
+    if args.dns:
+        split_hostport(args.dns, "--dns")
+        config.dns.servers = [args.dns]
+    flt = Filter(config, args.model)
+    context = Context(client_ip=args.ip or "", helo=args.helo or "", mail_from=args.mail_from or "")
+    verdict = flt.score(raw, evidence=8 if (args.explain or args.json) else 0, context=context)
     if args.json:
         print(json.dumps(verdict.to_dict(), indent=None if not args.explain else 2))
     elif args.explain:
@@ -203,6 +204,7 @@ def cmd_eval(args) -> int:
             "eval: give --test INDEX (with --train INDEX to train first) or --online INDEX", EX_USAGE
         )
     config = load_config(args.config)
+    config.dnsbl = []  # network rules off: a corpus has no live DNS, and results must be repeatable
     threshold_points = config.thresholds.add_header
     start = time.perf_counter()
     labels, scores, paths = [], [], []
@@ -326,6 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the arithmetic of the verdict and the strongest features each way",
     )
     model_opt(s, "model file (default: config model.path, your trained model, or the shipped default)")
+    s.add_argument(
+        "--ip",
+        help="address of the SMTP client that sent it (for DNS blocklists; default: "
+        "the first public address in its Received headers)",
+    )
+    s.add_argument("--helo", help="HELO name the client gave")
+    s.add_argument("--mail-from", metavar="ADDR", help="envelope sender")
+    s.add_argument(
+        "--dns",
+        metavar="HOST:PORT",
+        help="DNS server for the network rules (default: dns.servers in the config, else the system's)",
+    )
     s.set_defaults(func=cmd_score)
 
     t = sub.add_parser(

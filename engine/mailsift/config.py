@@ -76,10 +76,26 @@ class ProxyConfig:
 
 
 @dataclass
+class DnsConfig:
+    """The resolver shared by the network rules."""
+
+    #: "host" or "host:port"; empty = the system's /etc/resolv.conf
+    servers: list = field(default_factory=list)
+    #: seconds per query
+    timeout: float = 1.0
+    #: seconds for all network checks of one message together
+    deadline: float = 2.0
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    #: DNS blocklists ([[dnsbl]] tables); none by default: choose lists whose
+    #: terms of use fit you (most are free only below a query volume)
+    dnsbl: list = field(default_factory=list)
     source: str = ""
 
 
@@ -119,8 +135,16 @@ def load_config(explicit: str | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-    sections = {"model": config.model, "thresholds": config.thresholds, "proxy": config.proxy}
+    sections = {
+        "model": config.model,
+        "thresholds": config.thresholds,
+        "proxy": config.proxy,
+        "dns": config.dns,
+    }
     for name, table in data.items():
+        if name == "dnsbl" and isinstance(table, list):
+            config.dnsbl = [_zone(t, f"{path}: [[dnsbl]] #{n}") for n, t in enumerate(table, 1)]
+            continue
         if name not in sections or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")
         _apply(sections[name], table, f"{path}: [{name}]")
@@ -148,6 +172,11 @@ def validate(config: Config) -> None:
     for key in ("max_message_size", "max_sessions"):
         if getattr(p, key) <= 0:
             raise ConfigError(f"proxy.{key} must be positive")
+    for server in config.dns.servers:
+        if ":" in server and not server.startswith("["):
+            split_hostport(server, "dns.servers entry")
+    if config.dns.timeout <= 0 or config.dns.deadline <= 0:
+        raise ConfigError("dns.timeout and dns.deadline must be positive")
 
 
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
@@ -158,6 +187,31 @@ def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+def _zone(table: object, where: str):
+    """One [[dnsbl]] table -> rules.dnsbl.Zone, every field checked."""
+    from .rules.dnsbl import Zone
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    for key in ("name", "zone"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise ConfigError(f"{where}: {key} is required (a string)")
+    zone = Zone(name=table["name"], zone=table["zone"].strip("."))
+    rest = {k: v for k, v in table.items() if k not in ("name", "zone", "codes")}
+    _apply(zone, rest, where)
+    if zone.kind not in ("ip", "domain"):
+        raise ConfigError(f"{where}: kind must be ip or domain, got {zone.kind!r}")
+    codes = table.get("codes", {})
+    if not isinstance(codes, dict):
+        raise ConfigError(f'{where}: codes must be a table of "127.0.0.x" = [points, meaning]')
+    for value, spec in codes.items():
+        ok = isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], (int, float))
+        if not ok or not isinstance(spec[1], str):
+            raise ConfigError(f'{where}: codes.{value} must be [points, "meaning"]')
+    zone.codes = {k: [float(v[0]), v[1]] for k, v in codes.items()}
+    return zone
 
 
 def _apply(target: object, table: dict, where: str) -> None:
@@ -173,6 +227,8 @@ def _apply(target: object, table: dict, where: str) -> None:
         elif want == "bool" and isinstance(value, bool):
             pass
         elif want == "str" and isinstance(value, str):
+            pass
+        elif want == "list" and isinstance(value, list) and all(isinstance(v, str) for v in value):
             pass
         else:
             raise ConfigError(f"{where} {key} must be a {want}, got {value!r}")

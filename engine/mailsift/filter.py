@@ -12,6 +12,7 @@ import numpy as np
 from .config import Config, user_model_path
 from .model import LinearModel
 from .parse import ParsedMessage, parse
+from .rules import Context, NetworkRules
 from .score import Evidence, Verdict, action_for, model_points
 from .tokens import Features, extract
 
@@ -53,6 +54,8 @@ class Filter:
         else:
             self.model_path = resolve_model_path(self.config, model_path)
             self.model = LinearModel.load(self.model_path)
+        dns = self.config.dns
+        self.network = NetworkRules(self.config.dnsbl, dns.servers, dns.timeout, dns.deadline)
 
     @property
     def is_generic(self) -> bool:
@@ -64,21 +67,26 @@ class Filter:
         m = self.config.model
         return m.default_weight if self.is_generic else m.weight
 
-    def score(self, raw: bytes, evidence: int = 6) -> Verdict:
+    def score(self, raw: bytes, evidence: int = 6, context: Context | None = None) -> Verdict:
         """Verdict for one raw message; ``evidence`` strongest features are
-        named in each direction (0 to skip naming, which is cheaper)."""
+        named in each direction (0 to skip naming, which is cheaper);
+        ``context`` is what the SMTP session knows (client address, HELO,
+        envelope sender) for the network rules."""
         msg = parse(raw)
-        return self.verdict(msg, extract(msg, self.model.settings), evidence)
+        return self.verdict(msg, extract(msg, self.model.settings), evidence, context)
 
-    def verdict(self, msg: ParsedMessage, feats: Features, evidence: int = 6) -> Verdict:
+    def verdict(
+        self, msg: ParsedMessage, feats: Features, evidence: int = 6, context: Context | None = None
+    ) -> Verdict:
         """The scoring half of :meth:`score`, for callers that already hold
         the features (online evaluation learns from them afterwards)."""
+        hits = self.network.check(msg, context)
         log_odds = self.model.log_odds(self.model.margin(feats.vec))
         probability = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
         weight = self.model_weight
         cap = self.config.model.default_cap if self.is_generic else None
         points = model_points(log_odds, weight, cap)
-        total = points  # rule hits will add here
+        total = points + sum(h.score for h in hits)
         th = self.config.thresholds
         return Verdict(
             probability=probability,
@@ -91,7 +99,7 @@ class Filter:
             default_model=self.is_generic,
             model_cap=cap,
             evidence=self._evidence(feats, evidence) if evidence else [],
-            hits=[],
+            hits=hits,
             defects=list(msg.defects),
         )
 

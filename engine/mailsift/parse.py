@@ -158,6 +158,16 @@ def domain_of(addr: str) -> str:
     return dom.strip().strip("<>[]. ").lower() if dom else ""
 
 
+def org_domain(domain: str) -> str:
+    """Rough organizational domain (last two labels, three under a two-letter
+    second level like co.uk).  Good enough for features and blocklist
+    queries; authentication rules will need the Public Suffix List."""
+    labels = domain.strip(".").split(".")
+    if len(labels) >= 3 and len(labels[-1]) == 2 and len(labels[-2]) <= 3:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
 def url_host(url: str) -> str:
     """Lower-case host name of a URL (or www.-prefixed text), '' if none."""
     m = _HOST_RE.match(url.strip())

@@ -34,6 +34,7 @@ from .config import Config, ConfigError, ProxyConfig, load_config, split_hostpor
 from .filter import Filter
 from .parse import MAX_PARSE_BYTES
 from .report import add_headers, spam_headers
+from .rules import Context
 from .score import REJECT, Verdict
 
 log = logging.getLogger("mailsift.proxy")
@@ -49,9 +50,9 @@ def _init_worker(config: Config, model_path: str | None) -> None:
     _worker_filter = Filter(config, model_path)
 
 
-def _score_in_worker(raw: bytes) -> Verdict:
+def _score_in_worker(raw: bytes, context: Context) -> Verdict:
     assert _worker_filter is not None, "worker not initialised"
-    return _worker_filter.score(raw, evidence=3)
+    return _worker_filter.score(raw, evidence=3, context=context)
 
 
 class Scorer:
@@ -91,10 +92,12 @@ class Scorer:
         log.info("reloaded: model %s", self.model_file)
         return True
 
-    async def score(self, raw: bytes, deadline: float) -> Verdict:
+    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
         loop = asyncio.get_running_loop()
         # the parser reads at most MAX_PARSE_BYTES: do not ship the rest to the worker
-        fut = loop.run_in_executor(self.pool, _score_in_worker, raw[: MAX_PARSE_BYTES + 1])
+        fut = loop.run_in_executor(
+            self.pool, _score_in_worker, raw[: MAX_PARSE_BYTES + 1], context or Context()
+        )
         return await asyncio.wait_for(fut, deadline)
 
     def close(self) -> None:
@@ -255,7 +258,9 @@ class FilterHandler:
         verdict: Verdict | None = None
         error = ""
         try:
-            verdict = await self.scorer.score(raw, self.proxy.scoring_deadline)
+            verdict = await self.scorer.score(
+                raw, self.proxy.scoring_deadline, self._context(session, envelope)
+            )
         except TimeoutError:
             error = f"scoring took over {self.proxy.scoring_deadline:g} s"
         except Exception as exc:  # a broken worker must not lose the message
@@ -308,6 +313,15 @@ class FilterHandler:
         relay.in_transaction = False
         return await self._finish(
             session, envelope, start, verdict, reply, outcome, relayed=outcome == "relay"
+        )
+
+    def _context(self, session: Session, envelope: Envelope) -> Context:
+        """The real client: Postfix's XFORWARD if it sent it (our peer is then
+        Postfix itself), else nothing, and the rules fall back to Received."""
+        xf = getattr(session, "mailsift_xforward", {})
+        mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
+        return Context(
+            client_ip=xf.get("ADDR", "").removeprefix("IPV6:"), helo=xf.get("HELO", ""), mail_from=mail_from
         )
 
     def _data_refused(self, code: int, message: str) -> tuple[str, str]:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .parse import ParsedMessage, decode_header
+from .parse import ParsedMessage, decode_header, org_domain
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SEED = {
@@ -278,7 +278,7 @@ def header_tokens(msg: ParsedMessage, received: bool = False) -> list[str]:
     out: list[str] = []
     if msg.from_domain:
         out.append("from-domain:" + msg.from_domain)
-        out.append("from-org:" + _org(msg.from_domain))
+        out.append("from-org:" + org_domain(msg.from_domain))
     local = msg.from_addr.rpartition("@")[0].lower()
     if local:
         out.append("from-local:" + _shape(local))
@@ -286,20 +286,22 @@ def header_tokens(msg: ParsedMessage, received: bool = False) -> list[str]:
         out.append("from-name:" + word)
     if msg.reply_to:
         rdom = msg.reply_to_domain
-        out.append("reply-to-org:" + _org(rdom))
-        out.append("reply-to:" + ("same-org" if _org(rdom) == _org(msg.from_domain) else "other-org"))
+        out.append("reply-to-org:" + org_domain(rdom))
+        out.append(
+            "reply-to:" + ("same-org" if org_domain(rdom) == org_domain(msg.from_domain) else "other-org")
+        )
     if not msg.to_addrs:
         out.append("to:none")
     else:
         out.append(f"to-count:{min(len(msg.to_addrs), 5)}")
     mid = msg.header("message-id")
-    out.append("msgid-org:" + (_org(mid.rpartition("@")[2].strip("<> ")) if "@" in mid else "none"))
+    out.append("msgid-org:" + (org_domain(mid.rpartition("@")[2].strip("<> ")) if "@" in mid else "none"))
     mailer = msg.header("x-mailer") or msg.header("user-agent")
     if mailer:
         out.append("mailer:" + " ".join(_WORD_RE.findall(mailer.lower())[:2]))
     for host in msg.url_hosts[:30]:
         out.append("url-host:" + host)
-        out.append("url-org:" + _org(host))
+        out.append("url-org:" + org_domain(host))
     n_urls = len(msg.urls)
     out.append("urls:" + ("0" if n_urls == 0 else "1-2" if n_urls < 3 else "3-9" if n_urls < 10 else "10+"))
     for ctype in dict.fromkeys(msg.mime_types):
@@ -327,15 +329,6 @@ def _defect_kind(defect: str) -> str:
     area, _, rest = defect.partition(":")
     words = rest.split()
     return f"{area}:{words[0] if words else ''}"
-
-
-def _org(domain: str) -> str:
-    """Rough organizational domain (last two labels, three under a two-letter
-    second level like co.uk); the rules use the Public Suffix List instead."""
-    labels = domain.strip(".").split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and len(labels[-2]) <= 3:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
 
 
 def _shape(local: str) -> str:

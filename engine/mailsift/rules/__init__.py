@@ -1,0 +1,94 @@
+"""Hand-written rules: each family in its own module returns ``RuleHit``s,
+whose points are added to the model's in ``Filter.verdict``.
+
+Built so far: DNS blocklists (``dnsbl.py``) on one shared resolver
+(``resolver.py``).  Network rules only run when zones are configured, and
+only where they have their inputs: the connecting client's address comes
+from the SMTP session (Postfix's XFORWARD) or ``--ip``; without it, the
+first public address in the Received chain is used, and the hit says so.
+All network checks of one message share one deadline; what is unfinished by
+then becomes a zero-point ``DNS_DEADLINE`` hit, so DNS trouble can delay a
+verdict by at most the deadline and never makes mail spam on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+
+from ..parse import ParsedMessage, org_domain
+from ..score import RuleHit
+from .dnsbl import Zone, check_domains, check_ip
+from .resolver import Resolver
+
+__all__ = ["Context", "NetworkRules", "Zone"]
+
+
+@dataclass
+class Context:
+    """What the SMTP session knows about the sender (empty from the CLI
+    unless given with --ip/--helo/--mail-from)."""
+
+    client_ip: str = ""
+    helo: str = ""
+    mail_from: str = ""
+
+
+def first_public_hop(msg: ParsedMessage) -> str:
+    """The newest Received hop from a public address: the client that
+    handed the message to our side, when no MTA told us."""
+    for hop in msg.received:
+        try:
+            addr = ipaddress.ip_address(hop.from_ip)
+        except ValueError:
+            continue
+        if addr.is_global:
+            return hop.from_ip
+    return ""
+
+
+class NetworkRules:
+    """DNS-based checks with their resolver (and its cache), made once per
+    Filter, so the cache lives as long as the filter does."""
+
+    def __init__(self, zones: list[Zone], servers: list[str], timeout: float, deadline: float):
+        self.zones = zones
+        self.deadline = deadline
+        self.resolver = Resolver(servers, timeout)
+
+    def check(self, msg: ParsedMessage, ctx: Context | None) -> list[RuleHit]:
+        if not self.zones:
+            return []
+        return asyncio.run(self._check(msg, ctx or Context()))
+
+    async def _check(self, msg: ParsedMessage, ctx: Context) -> list[RuleHit]:
+        hits: list[RuleHit] = []
+        ip = ctx.client_ip
+        if not ip:
+            ip = first_public_hop(msg)
+            if ip:
+                hits.append(
+                    RuleHit("CLIENT_FROM_RECEIVED", 0.0, "no SMTP client given: using the Received chain", ip)
+                )
+        names = [*msg.url_hosts[:20], msg.from_domain, _domain(ctx.mail_from)]
+        domains = [d for n in names if n for d in (n, org_domain(n))]
+        tasks = []
+        if ip:
+            tasks.append(asyncio.ensure_future(check_ip(self.resolver, ip, self.zones)))
+        if domains:
+            tasks.append(asyncio.ensure_future(check_domains(self.resolver, domains, self.zones)))
+        if not tasks:
+            return hits
+        done, pending = await asyncio.wait(tasks, timeout=self.deadline)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            hits += task.result()
+        if pending:
+            hits.append(RuleHit("DNS_DEADLINE", 0.0, f"DNS checks unfinished after {self.deadline:g} s", ""))
+        return hits
+
+
+def _domain(addr: str) -> str:
+    return addr.rpartition("@")[2].strip("<>").lower() if "@" in addr else ""
