@@ -26,10 +26,10 @@ def _eval_json(capsys, *args) -> dict:
 def test_dev_split_train_then_test(sa_dir, capsys):
     m = _eval_json(capsys, "--train", sa_dir / "train.index", "--test", sa_dir / "test.index")
     assert (m["n_ham"], m["n_spam"]) == (2075, 948)
-    # issue bar: < 0.0139; measured 0.0065
+    # the issue's bar: (1-AUC)% < 0.0139 (measured 0.0059) and >= 98.5% of spam
+    # caught at 0.1% FPR (measured 98.52%: 934 of 948 caught, exactly the 934 needed)
     assert m["one_minus_auc_pct"] < 0.0139
-    # measured 98.00% (issue bar 98.5%, not yet reached): guard the level we have
-    assert m["spam_caught_pct_at_fpr_0_1"] >= 97.5
+    assert m["spam_caught_pct_at_fpr_0_1"] >= 98.5
     assert m["fpr_pct"] <= 0.1
     assert m["fnr_pct"] <= 5.0
 
@@ -52,7 +52,7 @@ def test_shipped_default_model_is_safe_on_modern_mail(modern_dir):
     ham_flagged_pct = 100 * flagged[~spam].mean()
     spam_caught_pct = 100 * flagged[spam].mean()
     assert ham_flagged_pct <= 1.0, ham_flagged_pct  # measured 0.04%
-    assert spam_caught_pct >= 55.0, spam_caught_pct  # measured 64.6%
+    assert spam_caught_pct >= 55.0, spam_caught_pct  # measured 60.9%
 
 
 def test_shipped_default_model_separates_the_dev_test_split(sa_dir, capsys):

@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__
 from .config import ConfigError, load_config, split_hostport, user_model_path
 from .corpus import CorpusError, read_index
-from .evaluate import format_metrics, metrics
+from .evaluate import format_metrics, metrics, rule_hit_rates
 from .filter import Filter, resolve_model_path
 from .model import LinearModel, ModelError, fit_platt
 from .parse import parse
@@ -207,7 +207,7 @@ def cmd_eval(args) -> int:
     config.dnsbl = []  # network rules off: a corpus has no live DNS, and results must be repeatable
     threshold_points = config.thresholds.add_header
     start = time.perf_counter()
-    labels, scores, paths = [], [], []
+    labels, scores, paths, hit_names = [], [], [], []
     if args.online:
         profile = PROFILES[args.features]
         flt = Filter(config, model=LinearModel(profile.features, profile.params))
@@ -216,7 +216,9 @@ def cmd_eval(args) -> int:
         for n, item in enumerate(_progress(items, "online"), 1):
             msg = parse(item.read())
             feats = extract(msg, flt.model.settings)
-            scores.append(flt.verdict(msg, feats, evidence=0).score)
+            verdict = flt.verdict(msg, feats, evidence=0)
+            scores.append(verdict.score)
+            hit_names.append([h.name for h in verdict.hits])
             margins.append(flt.model.margin(feats.vec))
             flt.model.partial_fit([feats.vec], [item.spam])
             labels.append(item.spam)
@@ -235,11 +237,14 @@ def cmd_eval(args) -> int:
             flt = Filter(config, args.model)
         start = time.perf_counter()  # msgs/s is scoring speed; train reports its own time
         for item in _progress(items, "scoring"):
-            scores.append(flt.score(item.read(), evidence=0).score)
+            verdict = flt.score(item.read(), evidence=0)
+            scores.append(verdict.score)
+            hit_names.append([h.name for h in verdict.hits])
             labels.append(item.spam)
             paths.append(str(item.path))
     seconds = time.perf_counter() - start
     result = metrics(np.array(labels), np.array(scores), threshold_points, seconds)
+    result["rules"] = rule_hit_rates(labels, hit_names)
     if args.scores:
         try:
             with open(args.scores, "w", encoding="utf-8") as fh:

@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .rules.tld import DomainRules
+
 
 class ConfigError(Exception):
     """The configuration file is unreadable or has a bad key or value."""
@@ -93,6 +95,7 @@ class Config:
     thresholds: Thresholds = field(default_factory=Thresholds)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    domains: DomainRules = field(default_factory=DomainRules)
     #: DNS blocklists ([[dnsbl]] tables); none by default: choose lists whose
     #: terms of use fit you (most are free only below a query volume)
     dnsbl: list = field(default_factory=list)
@@ -140,6 +143,7 @@ def load_config(explicit: str | None = None) -> Config:
         "thresholds": config.thresholds,
         "proxy": config.proxy,
         "dns": config.dns,
+        "domains": config.domains,
     }
     for name, table in data.items():
         if name == "dnsbl" and isinstance(table, list):

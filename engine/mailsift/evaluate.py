@@ -85,6 +85,23 @@ def metrics(labels, scores, threshold: float, seconds: float | None = None) -> d
     return out
 
 
+def rule_hit_rates(labels, hit_names: list[list[str]]) -> dict:
+    """Per rule: how many ham and spam it fired on, and the percentages, so
+    a rule that hits ham as often as spam shows itself."""
+    labels = list(labels)
+    n_spam = sum(labels)
+    n_ham = len(labels) - n_spam
+    out: dict[str, dict] = {}
+    for spam, names in zip(labels, hit_names):
+        for name in set(names):
+            entry = out.setdefault(name, {"ham": 0, "spam": 0})
+            entry["spam" if spam else "ham"] += 1
+    for entry in out.values():
+        entry["ham_pct"] = 100 * entry["ham"] / n_ham if n_ham else 0.0
+        entry["spam_pct"] = 100 * entry["spam"] / n_spam if n_spam else 0.0
+    return dict(sorted(out.items()))
+
+
 def format_metrics(m: dict) -> str:
     """The human-readable block ``mailsift eval`` prints."""
     lines = [
@@ -97,4 +114,8 @@ def format_metrics(m: dict) -> str:
     ]
     if "msgs_per_s" in m:
         lines.append(f"speed           {m['msgs_per_s']:.0f} msgs/s ({m['seconds']:.1f} s)")
+    if m.get("rules"):
+        lines.append("rule hits       ham%     spam%")
+        for name, r in m["rules"].items():
+            lines.append(f"  {name:<24} {r['ham_pct']:6.2f}   {r['spam_pct']:6.2f}")
     return "\n".join(lines)

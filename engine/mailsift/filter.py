@@ -12,7 +12,7 @@ import numpy as np
 from .config import Config, user_model_path
 from .model import LinearModel
 from .parse import ParsedMessage, parse
-from .rules import Context, NetworkRules
+from .rules import Context, NetworkRules, tld
 from .score import Evidence, Verdict, action_for, model_points
 from .tokens import Features, extract
 
@@ -80,7 +80,8 @@ class Filter:
     ) -> Verdict:
         """The scoring half of :meth:`score`, for callers that already hold
         the features (online evaluation learns from them afterwards)."""
-        hits = self.network.check(msg, context)
+        hits = tld.check(msg, context.mail_from if context else "", self.config.domains)
+        hits += self.network.check(msg, context)
         log_odds = self.model.log_odds(self.model.margin(feats.vec))
         probability = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
         weight = self.model_weight
