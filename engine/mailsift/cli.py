@@ -205,6 +205,7 @@ def cmd_eval(args) -> int:
         )
     config = load_config(args.config)
     config.dnsbl = []  # network rules off: a corpus has no live DNS, and results must be repeatable
+    config.auth.enabled = False
     threshold_points = config.thresholds.add_header
     start = time.perf_counter()
     labels, scores, paths, hit_names = [], [], [], []

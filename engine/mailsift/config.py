@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .rules.auth import AuthConfig
 from .rules.tld import DomainRules
 
 
@@ -96,6 +97,10 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainRules = field(default_factory=DomainRules)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    #: points per rule name, overriding the defaults in code (``mailsift
+    #: tune`` will write these)
+    rule_weights: dict = field(default_factory=dict)
     #: DNS blocklists ([[dnsbl]] tables); none by default: choose lists whose
     #: terms of use fit you (most are free only below a query volume)
     dnsbl: list = field(default_factory=list)
@@ -144,10 +149,17 @@ def load_config(explicit: str | None = None) -> Config:
         "proxy": config.proxy,
         "dns": config.dns,
         "domains": config.domains,
+        "auth": config.auth,
     }
     for name, table in data.items():
         if name == "dnsbl" and isinstance(table, list):
             config.dnsbl = [_zone(t, f"{path}: [[dnsbl]] #{n}") for n, t in enumerate(table, 1)]
+            continue
+        if name == "rule_weights" and isinstance(table, dict):
+            bad = [k for k, v in table.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+            if bad:
+                raise ConfigError(f"{path}: [rule_weights] {bad[0]} must be a number of points")
+            config.rule_weights = {k: float(v) for k, v in table.items()}
             continue
         if name not in sections or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")

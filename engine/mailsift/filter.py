@@ -5,6 +5,7 @@ path raw bytes -> parse -> features -> model (+ rules) -> Verdict.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ class Filter:
             self.model_path = resolve_model_path(self.config, model_path)
             self.model = LinearModel.load(self.model_path)
         dns = self.config.dns
-        self.network = NetworkRules(self.config.dnsbl, dns.servers, dns.timeout, dns.deadline)
+        self.network = NetworkRules(
+            self.config.dnsbl, dns.servers, dns.timeout, dns.deadline, self.config.auth
+        )
 
     @property
     def is_generic(self) -> bool:
@@ -82,6 +85,9 @@ class Filter:
         the features (online evaluation learns from them afterwards)."""
         hits = tld.check(msg, context.mail_from if context else "", self.config.domains)
         hits += self.network.check(msg, context)
+        if self.config.rule_weights:  # the operator's (or tune's) points win over the defaults
+            weights = self.config.rule_weights
+            hits = [replace(h, score=weights[h.name]) if h.name in weights else h for h in hits]
         log_odds = self.model.log_odds(self.model.margin(feats.vec))
         probability = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
         weight = self.model_weight

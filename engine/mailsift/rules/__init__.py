@@ -1,8 +1,9 @@
 """Hand-written rules: each family in its own module returns ``RuleHit``s,
 whose points are added to the model's in ``Filter.verdict``.
 
-Built so far: DNS blocklists (``dnsbl.py``) on one shared resolver
-(``resolver.py``).  Network rules only run when zones are configured, and
+Built so far: TLD and domain lists (``tld.py``), DNS blocklists
+(``dnsbl.py``) on one shared resolver (``resolver.py``), SPF/DKIM/DMARC
+(``auth.py``).  Network rules only run when zones are configured, and
 only where they have their inputs: the connecting client's address comes
 from the SMTP session (Postfix's XFORWARD) or ``--ip``; without it, the
 first public address in the Received chain is used, and the hit says so.
@@ -14,11 +15,14 @@ verdict by at most the deadline and never makes mail spam on its own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 from dataclasses import dataclass
 
 from ..parse import ParsedMessage, org_domain
 from ..score import RuleHit
+from . import auth
+from .auth import AuthConfig
 from .dnsbl import Zone, check_domains, check_ip
 from .resolver import Resolver
 
@@ -48,17 +52,33 @@ def first_public_hop(msg: ParsedMessage) -> str:
     return ""
 
 
+#: threads for the synchronous SPF/DKIM/DMARC libraries.  Not the event
+#: loop's default executor: asyncio.run() waits for that one at exit, which
+#: would let a dead DNS server hold a message past its deadline.  A check cut
+#: off by the deadline finishes in the background, bounded by dns.timeout.
+_AUTH_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="mailsift-auth")
+
+
 class NetworkRules:
-    """DNS-based checks with their resolver (and its cache), made once per
+    """DNS-based checks with their resolvers (and cache), made once per
     Filter, so the cache lives as long as the filter does."""
 
-    def __init__(self, zones: list[Zone], servers: list[str], timeout: float, deadline: float):
+    def __init__(
+        self,
+        zones: list[Zone],
+        servers: list[str],
+        timeout: float,
+        deadline: float,
+        auth_config: AuthConfig | None = None,
+    ):
         self.zones = zones
         self.deadline = deadline
         self.resolver = Resolver(servers, timeout)
+        self.auth = auth_config or AuthConfig()
+        self.sync_dns = auth.SyncDNS(servers, timeout) if self.auth.enabled else None
 
     def check(self, msg: ParsedMessage, ctx: Context | None) -> list[RuleHit]:
-        if not self.zones:
+        if not self.zones and not self.auth.enabled:
             return []
         return asyncio.run(self._check(msg, ctx or Context()))
 
@@ -74,10 +94,16 @@ class NetworkRules:
         names = [*msg.url_hosts[:20], msg.from_domain, _domain(ctx.mail_from)]
         domains = [d for n in names if n for d in (n, org_domain(n))]
         tasks = []
-        if ip:
+        if ip and self.zones:
             tasks.append(asyncio.ensure_future(check_ip(self.resolver, ip, self.zones)))
-        if domains:
+        if domains and self.zones:
             tasks.append(asyncio.ensure_future(check_domains(self.resolver, domains, self.zones)))
+        if self.auth.enabled:
+            trusted = auth.from_trusted_header(msg, self.auth.trusted_authserv_ids)
+            if trusted is not None:
+                hits += auth.hits(trusted, auth.DEFAULT_WEIGHTS, "trusted Authentication-Results")
+            else:  # pyspf and dkimpy are synchronous: a thread each message
+                tasks.append(asyncio.ensure_future(self._auth(msg, ip, ctx)))
         if not tasks:
             return hits
         done, pending = await asyncio.wait(tasks, timeout=self.deadline)
@@ -88,6 +114,13 @@ class NetworkRules:
         if pending:
             hits.append(RuleHit("DNS_DEADLINE", 0.0, f"DNS checks unfinished after {self.deadline:g} s", ""))
         return hits
+
+    async def _auth(self, msg: ParsedMessage, ip: str, ctx: Context) -> list[RuleHit]:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            _AUTH_THREADS, auth.evaluate, self.sync_dns, msg, ip, ctx.mail_from, ctx.helo
+        )
+        return auth.hits(result, auth.DEFAULT_WEIGHTS, ip)
 
 
 def _domain(addr: str) -> str:
