@@ -128,7 +128,10 @@ class ProxyThread:
 
 
 #: a small plain message for SMTP tests
-HAM = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: lunch\r\n\r\nSee you at noon.\r\n"
+HAM = (
+    b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: lunch\r\n"
+    b"Date: Mon, 01 Jul 2024 10:00:00 +0000\r\nMessage-ID: <lunch-1@example.org>\r\n\r\nSee you at noon.\r\n"
+)
 
 
 @dataclass

@@ -214,3 +214,34 @@ def test_serve_refuses_a_bad_proxy_config(isolated_env, tmp_path):
     cfg.write_text('[proxy]\nrelay = "nowhere"\n')
     r = run("--config", cfg, "serve", env=isolated_env)
     assert r.returncode == 78 and b"proxy.relay must be HOST:PORT" in r.stderr
+
+
+def test_tune_reports_the_gain_and_writes_weights_the_config_can_load(
+    split_model, small_indexes, tmp_path, isolated_env
+):
+    import tomllib
+
+    _, test = small_indexes
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[thresholds]\nadd_header = 5.0\n\n[[dnsbl]]\nname = "RBL"\nzone = "rbl.test"\n'
+        'codes = { "127.0.0.2" = [3.0, "listed"] }\n'
+    )
+    r = run("--config", cfg, "tune", "--index", test, "--model", split_model[0], env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "current weights" in out and "tuned (5-fold CV)" in out and "model weight" in out
+    data = tomllib.loads(cfg.read_text())
+    assert isinstance(data["model"]["weight"], float) and data["model"]["weight"] > 0
+    assert "rule_weights" in data
+    assert data["dnsbl"][0]["codes"] == {"127.0.0.2": [3.0, "listed"]}  # the rest survives
+    assert (tmp_path / "c.toml.bak").exists()
+    assert run("--config", cfg, "score", _ham_file(tmp_path), env=isolated_env).returncode in (0, 1)
+
+
+def _ham_file(tmp_path):
+    from conftest import HAM
+
+    p = tmp_path / "ham.eml"
+    p.write_bytes(HAM)
+    return p

@@ -13,7 +13,7 @@ import numpy as np
 from .config import Config, user_model_path
 from .model import LinearModel
 from .parse import ParsedMessage, parse
-from .rules import Context, NetworkRules, tld
+from .rules import Context, NetworkRules, headers, tld
 from .score import Evidence, Verdict, action_for, model_points
 from .tokens import Features, extract
 
@@ -84,6 +84,7 @@ class Filter:
         """The scoring half of :meth:`score`, for callers that already hold
         the features (online evaluation learns from them afterwards)."""
         hits = tld.check(msg, context.mail_from if context else "", self.config.domains)
+        hits += headers.check(msg)
         hits += self.network.check(msg, context)
         if self.config.rule_weights:  # the operator's (or tune's) points win over the defaults
             weights = self.config.rule_weights
