@@ -44,6 +44,8 @@ def auth_dns(dkim_key):
     records = {
         "example.org.": f"v=spf1 ip4:{GOOD_IP} -all",
         "soft.example.": "v=spf1 ~all",
+        "neutral.example.": "v=spf1 ?all",
+        "perm.example.": "v=spf1 ip4:not-an-address -all",
         "_dmarc.example.org.": "v=DMARC1; p=reject; adkim=r; aspf=r",
         "_dmarc.strict.example.": "v=DMARC1; p=quarantine; adkim=s",
         "sel._domainkey.example.org.": f"v=DKIM1; k=rsa; p={dkim_key[1]}",
@@ -54,7 +56,9 @@ def auth_dns(dkim_key):
         def resolve(self, request, handler):
             reply = request.reply()
             name = str(request.q.qname).lower()
-            if request.q.qtype == QTYPE.TXT and name in records:
+            if name.endswith("servfail.example."):
+                reply.header.rcode = RCODE.SERVFAIL
+            elif request.q.qtype == QTYPE.TXT and name in records:
                 reply.add_answer(RR(name, QTYPE.TXT, rdata=_txt(records[name]), ttl=60))
             elif name not in records:
                 reply.header.rcode = RCODE.NXDOMAIN
@@ -103,6 +107,10 @@ def test_spf_pass_fail_softfail_and_none(auth_dns):
     assert "SPF_FAIL" in _hits(flt.score(_msg(), context=Context(BAD_IP, "mx.example.org", "a@example.org")))
     assert "SPF_SOFTFAIL" in _hits(flt.score(_msg(), context=Context(BAD_IP, "x", "a@soft.example")))
     assert "SPF_NONE" in _hits(flt.score(_msg(), context=Context(BAD_IP, "x", "a@nospf.example")))
+    assert "SPF_NEUTRAL" in _hits(flt.score(_msg(), context=Context(BAD_IP, "x", "a@neutral.example")))
+    assert "SPF_PERMERROR" in _hits(flt.score(_msg(), context=Context(BAD_IP, "x", "a@perm.example")))
+    temp = flt.score(_msg(), context=Context(BAD_IP, "x", "a@servfail.example"))
+    assert _hits(temp)["SPF_TEMPERROR"] == 0.0
 
 
 def test_dkim_signature_verifies_and_tampering_fails(auth_dns, dkim_key):

@@ -25,7 +25,9 @@ from mailsift.rules.dnsbl import Zone, reverse_ip
 LISTED_V4 = "81.2.69.160"  # any address: every query goes to the test server
 REFUSED_V4 = "81.2.69.161"
 LISTED_V6 = "2001:db8::1"
+TRUNCATED_V4 = "81.2.69.170"
 
+TRUNCATED_PREFIX = reverse_ip(TRUNCATED_V4) + ".zen.test"
 RECORDS = {
     f"{reverse_ip(LISTED_V4)}.zen.test.": "127.0.0.2",
     f"{reverse_ip(REFUSED_V4)}.zen.test.": "127.255.255.254",
@@ -41,8 +43,13 @@ class ZoneResolver(BaseResolver):
     def resolve(self, request, handler):
         reply = request.reply()
         qname = str(request.q.qname)
-        self.queries.append(qname)
-        if qname.endswith("broken.test."):
+        self.queries.append(f"{handler.protocol}:{qname}")
+        if qname.startswith(TRUNCATED_PREFIX) and handler.protocol == "udp":
+            reply.header.tc = 1  # "too big for UDP": the resolver must ask again over TCP
+            return reply
+        if qname.startswith(TRUNCATED_PREFIX):
+            reply.add_answer(RR(qname, QTYPE.A, rdata=A("127.0.0.2"), ttl=300))
+        elif qname.endswith("broken.test."):
             reply.header.rcode = RCODE.SERVFAIL
         elif qname in RECORDS and request.q.qtype == QTYPE.A:
             reply.add_answer(RR(qname, QTYPE.A, rdata=A(RECORDS[qname]), ttl=300))
@@ -55,10 +62,13 @@ class ZoneResolver(BaseResolver):
 def dns_server():
     resolver = ZoneResolver()
     port = free_port()
-    server = DNSServer(resolver, address="127.0.0.1", port=port, logger=_Quiet())
-    server.start_thread()
+    udp = DNSServer(resolver, address="127.0.0.1", port=port, logger=_Quiet())
+    tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=_Quiet())
+    udp.start_thread()
+    tcp.start_thread()
     yield f"127.0.0.1:{port}", resolver
-    server.stop()
+    udp.stop()
+    tcp.stop()
 
 
 class _Quiet:
@@ -206,3 +216,11 @@ def test_proxy_checks_the_client_postfix_names_in_xforward(dns_server, sink):
     out = sink.received[0][2]
     status = [ln for ln in out.split(b"\r\n") if ln.startswith(b"X-Spam-Status:")][0]
     assert b"RCVD_IN_ZEN" in status.split(b"tests=")[1]
+
+
+def test_truncated_udp_answer_is_fetched_again_over_tcp(dns_server):
+    server, resolver = dns_server
+    v = _filter(server, zones=ZONES[:1]).score(HAM, context=Context(client_ip=TRUNCATED_V4))
+    assert _names(v)["RCVD_IN_ZEN"] == 3.5
+    asked = [q for q in resolver.queries if q.split(":", 1)[1].startswith(TRUNCATED_PREFIX)]
+    assert asked[:2] == [f"udp:{TRUNCATED_PREFIX}.", f"tcp:{TRUNCATED_PREFIX}."]
