@@ -75,7 +75,6 @@ class NetworkRules:
         self.deadline = deadline
         self.resolver = Resolver(servers, timeout)
         self.auth = auth_config or AuthConfig()
-        self.sync_dns = auth.SyncDNS(servers, timeout) if self.auth.enabled else None
 
     def check(self, msg: ParsedMessage, ctx: Context | None) -> list[RuleHit]:
         if not self.zones and not self.auth.enabled:
@@ -117,8 +116,9 @@ class NetworkRules:
 
     async def _auth(self, msg: ParsedMessage, ip: str, ctx: Context) -> list[RuleHit]:
         loop = asyncio.get_running_loop()
+        dns_ = auth.LoopDNS(self.resolver, loop)
         result = await loop.run_in_executor(
-            _AUTH_THREADS, auth.evaluate, self.sync_dns, msg, ip, ctx.mail_from, ctx.helo
+            _AUTH_THREADS, auth.evaluate, dns_, msg, ip, ctx.mail_from, ctx.helo
         )
         return auth.hits(result, auth.DEFAULT_WEIGHTS, ip)
 

@@ -5,9 +5,10 @@ bounces, the HELO name's) policy with pyspf; DKIM verifies every signature
 with dkimpy; DMARC looks up the From domain's policy (falling back to its
 registered domain) and checks that a passing SPF or DKIM result is aligned
 with the From domain, relaxed or strict as the policy says.  All DNS goes
-through one synchronous dnspython resolver built from the same ``[dns]``
-settings as the blocklists' (pyspf and dkimpy are synchronous), and the
-three checks run in threads under the message's DNS deadline.
+through the one resolver built from the ``[dns]``
+settings as the blocklists' — the same resolver and cache, reached from
+the thread pyspf and dkimpy (which are synchronous) run in — under the
+message's DNS deadline.
 
 If the MTA in front already checked (OpenDKIM/OpenDMARC on the Postfix box),
 an ``Authentication-Results`` header whose authserv-id is listed in
@@ -17,16 +18,18 @@ since anybody can write that header.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import re
 from dataclasses import dataclass, field
 
 import dkim
 import dns.exception
-import dns.resolver
 import spf
 
 from ..parse import ParsedMessage, domain_of
 from ..score import RuleHit
+from .resolver import NXDOMAIN, OK, TIMEOUT, Answer, Resolver
 from .tld import registered_domain
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
@@ -73,40 +76,53 @@ class AuthResult:
     policy: str = ""
 
 
-class SyncDNS:
-    """dnspython's synchronous resolver on the configured servers, in the
-    shapes pyspf and dkimpy ask for."""
+class LoopDNS:
+    """The shared async resolver, offered synchronously to pyspf and dkimpy
+    running in a worker thread: each lookup is handed to the event loop that
+    waits for that thread, so SPF, DKIM and DMARC use the same servers,
+    timeout and cache as the blocklists."""
 
-    def __init__(self, servers: list[str], timeout: float):
-        if servers:
-            self.r = dns.resolver.Resolver(configure=False)
-            self.r.nameservers = [s.rpartition(":")[0] if s.count(":") == 1 else s for s in servers]
-            self.r.port = int(servers[0].rpartition(":")[2]) if servers[0].count(":") == 1 else 53
-        else:
-            self.r = dns.resolver.Resolver()
-        self.r.timeout = self.r.lifetime = timeout
+    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop):
+        self.resolver = resolver
+        self.loop = loop
+        self.timeout = resolver.timeout
+
+    def _ask(self, name: str, rdtype: str) -> Answer:
+        coro = self.resolver.query(name, rdtype)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed: the message's deadline passed
+            coro.close()
+            return Answer(TIMEOUT, detail="message deadline passed")
+        try:
+            return future.result(self.timeout + 1.0)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            future.cancel()
+            try:
+                coro.close()  # the loop closed before it ran: not a leak, just never started
+            except RuntimeError:
+                pass
+            return Answer(TIMEOUT, detail="message deadline passed")
 
     def txt(self, name: str) -> list[str] | None:
-        """TXT strings of a name; None if it has none; raises TempError-like
-        dns.exception.Timeout on a server that does not answer."""
-        try:
-            answer = self.r.resolve(name, "TXT", raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN:
+        """TXT strings of a name; None if it has none; raises
+        dns.exception.Timeout when the servers do not answer."""
+        answer = self._ask(name, "TXT")
+        if answer.status == NXDOMAIN:
             return None
-        if answer.rrset is None:
-            return None
-        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+        if answer.status != OK:
+            raise dns.exception.Timeout(answer.detail)
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer.rdata]
 
     def spf_lookup(self, name, qtype, tcpfallback=True, timeout=30):
-        """pyspf's DNSLookup interface."""
+        """pyspf's DNSLookup interface (the shapes its dnspython backend returns)."""
+        answer = self._ask(name, qtype)
+        if answer.status == NXDOMAIN:
+            return []
+        if answer.status != OK:
+            raise spf.TempError(f"DNS {answer.detail or answer.status}")
         out = []
-        try:
-            answer = self.r.resolve(name, qtype, raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN:
-            return out
-        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-            raise spf.TempError(f"DNS {exc}") from None
-        for rdata in answer if answer.rrset is not None else []:
+        for rdata in answer.rdata:
             if qtype in ("A", "AAAA"):
                 out.append(((name, qtype), rdata.address))
             elif qtype == "MX":
@@ -123,18 +139,18 @@ class SyncDNS:
         return records[0].encode() if records else None
 
 
-def check_spf(dns_: SyncDNS, ip: str, mail_from: str, helo: str) -> tuple[str, str]:
+def check_spf(dns_: LoopDNS, ip: str, mail_from: str, helo: str) -> tuple[str, str]:
     """(result, domain checked)."""
     domain = domain_of(mail_from) or helo
     if not ip or not domain:
         return "none", domain
     spf.DNSLookup = dns_.spf_lookup  # pyspf resolves through this module global
     sender = mail_from or f"postmaster@{helo}"
-    result, _ = spf.check2(i=ip, s=sender, h=helo or domain, querytime=dns_.r.lifetime)
+    result, _ = spf.check2(i=ip, s=sender, h=helo or domain, querytime=dns_.timeout * 3)
     return (result if result in RESULTS else "permerror"), domain
 
 
-def check_dkim(dns_: SyncDNS, raw: bytes, n_signatures: int) -> list[tuple[str, str]]:
+def check_dkim(dns_: LoopDNS, raw: bytes, n_signatures: int) -> list[tuple[str, str]]:
     out = []
     for idx in range(min(n_signatures, 5)):
         d = dkim.DKIM(raw, minkey=1024)
@@ -155,7 +171,7 @@ def check_dkim(dns_: SyncDNS, raw: bytes, n_signatures: int) -> list[tuple[str, 
 _TAG_RE = re.compile(r"\s*([a-z]+)\s*=\s*([^;]*)")
 
 
-def dmarc_policy(dns_: SyncDNS, from_domain: str) -> dict | None:
+def dmarc_policy(dns_: LoopDNS, from_domain: str) -> dict | None:
     """The DMARC record's tags, from the From domain or else its registered
     domain; None if neither publishes one."""
     for name in dict.fromkeys([from_domain, registered_domain(from_domain)]):
@@ -176,7 +192,7 @@ def aligned(domain: str, from_domain: str, mode: str) -> bool:
     return registered_domain(domain) == registered_domain(from_domain)
 
 
-def evaluate(dns_: SyncDNS, msg: ParsedMessage, ip: str, mail_from: str, helo: str) -> AuthResult:
+def evaluate(dns_: LoopDNS, msg: ParsedMessage, ip: str, mail_from: str, helo: str) -> AuthResult:
     res = AuthResult()
     try:
         res.spf, res.spf_domain = check_spf(dns_, ip, mail_from, helo)

@@ -25,6 +25,7 @@ class Answer:
     status: str  # OK, NXDOMAIN (includes "no answer"), TIMEOUT or ERROR
     records: tuple[str, ...] = ()
     detail: str = ""
+    rdata: tuple = ()  # dnspython's records, for callers that want their fields
 
 
 class Resolver:
@@ -40,6 +41,7 @@ class Resolver:
             self._r = dns.asyncresolver.Resolver()  # the system's /etc/resolv.conf
         self._r.timeout = timeout
         self._r.lifetime = timeout
+        self.timeout = timeout
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
         self._cache_size = cache_size
         self.queries = 0
@@ -55,8 +57,9 @@ class Resolver:
         ttl = 60.0
         try:
             result = await self._r.resolve(name, rdtype, raise_on_no_answer=False)
-            records = tuple(r.to_text().strip('"') for r in result) if result.rrset else ()
-            answer = Answer(OK if records else NXDOMAIN, records)
+            rdata = tuple(result.rrset) if result.rrset else ()
+            records = tuple(r.to_text().strip('"') for r in rdata)
+            answer = Answer(OK if records else NXDOMAIN, records, rdata=rdata)
             if result.rrset is not None:
                 ttl = float(result.rrset.ttl)
         except dns.resolver.NXDOMAIN:
