@@ -224,3 +224,29 @@ def test_truncated_udp_answer_is_fetched_again_over_tcp(dns_server):
     assert _names(v)["RCVD_IN_ZEN"] == 3.5
     asked = [q for q in resolver.queries if q.split(":", 1)[1].startswith(TRUNCATED_PREFIX)]
     assert asked[:2] == [f"udp:{TRUNCATED_PREFIX}.", f"tcp:{TRUNCATED_PREFIX}."]
+
+
+def test_earlier_untrusted_relays_are_checked_too_and_a_rule_counts_once(dns_server):
+    raw = (
+        b"Received: from mx.ours.example (mx.ours.example [10.0.0.2]) by inbound.example; Mon, 1 Jul 2024\r\n"
+        b"Received: from relay.example (relay.example [81.2.69.99]) by mx.ours.example; Mon, 1 Jul 2024\r\n"
+        + f"Received: from origin.example (origin.example [{LISTED_V4}]) by relay.example\r\n".encode()
+        + HAM
+    )
+    flt = _filter(dns_server[0], zones=ZONES[:1])
+    v = flt.score(raw, context=Context(client_ip="81.2.69.99"))
+    assert [h for h in v.hits if h.name == "RCVD_IN_ZEN"][0].detail.startswith(LISTED_V4)
+    both = flt.score(raw, context=Context(client_ip=LISTED_V6))  # client and relay both listed
+    assert [h.name for h in both.hits].count("RCVD_IN_ZEN") == 1
+    assert _names(both)["RCVD_IN_ZEN"] == 3.5  # the strongest of the two
+
+
+def test_a_bug_in_the_rules_never_raises_out_of_score(dns_server, monkeypatch):
+    from mailsift import rules
+
+    async def broken(*a, **k):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(rules, "check_ip", broken)
+    v = _filter(dns_server[0]).score(HAM, context=Context(client_ip=LISTED_V4))
+    assert _names(v)["NETWORK_RULES_ERROR"] == 0.0

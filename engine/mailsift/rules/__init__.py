@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ipaddress
+import logging
 from dataclasses import dataclass
 
 from ..parse import ParsedMessage, org_domain
@@ -27,6 +28,8 @@ from .dnsbl import Zone, check_domains, check_ip
 from .resolver import Resolver
 
 __all__ = ["Context", "NetworkRules", "Zone"]
+
+log = logging.getLogger("mailsift.rules")
 
 
 @dataclass
@@ -39,17 +42,29 @@ class Context:
     mail_from: str = ""
 
 
-def first_public_hop(msg: ParsedMessage) -> str:
-    """The newest Received hop from a public address: the client that
-    handed the message to our side, when no MTA told us."""
+def public_hops(msg: ParsedMessage) -> list[str]:
+    """Public addresses of the Received chain, newest first.  Private and
+    loopback hops are our own relays (trusted); the first public one is the
+    client that handed the message to our side, the rest are the relays
+    before it, which a spammer can also have used or forged."""
+    out = []
     for hop in msg.received:
         try:
             addr = ipaddress.ip_address(hop.from_ip)
         except ValueError:
             continue
-        if addr.is_global:
-            return hop.from_ip
-    return ""
+        if addr.is_global and hop.from_ip not in out:
+            out.append(hop.from_ip)
+    return out
+
+
+def first_public_hop(msg: ParsedMessage) -> str:
+    hops = public_hops(msg)
+    return hops[0] if hops else ""
+
+
+#: IP lists are asked about the client and this many earlier untrusted hops
+MAX_RELAY_HOPS = 2
 
 
 #: threads for the synchronous SPF/DKIM/DMARC libraries.  Not the event
@@ -79,7 +94,13 @@ class NetworkRules:
     def check(self, msg: ParsedMessage, ctx: Context | None) -> list[RuleHit]:
         if not self.zones and not self.auth.enabled:
             return []
-        return asyncio.run(self._check(msg, ctx or Context()))
+        try:
+            return asyncio.run(self._check(msg, ctx or Context()))
+        except Exception as exc:  # never let a rule bug decide, or lose, a message
+            log.exception("network rules failed")
+            return [
+                RuleHit("NETWORK_RULES_ERROR", 0.0, "network rules failed; see the log", type(exc).__name__)
+            ]
 
     async def _check(self, msg: ParsedMessage, ctx: Context) -> list[RuleHit]:
         hits: list[RuleHit] = []
@@ -94,7 +115,11 @@ class NetworkRules:
         domains = [d for n in names if n for d in (n, org_domain(n))]
         tasks = []
         if ip and self.zones:
-            tasks.append(asyncio.ensure_future(check_ip(self.resolver, ip, self.zones)))
+            relays = (
+                [h for h in public_hops(msg) if h != ip][:MAX_RELAY_HOPS] if _has_ip_zones(self.zones) else []
+            )
+            for addr in [ip, *relays]:
+                tasks.append(asyncio.ensure_future(check_ip(self.resolver, addr, self.zones)))
         if domains and self.zones:
             tasks.append(asyncio.ensure_future(check_domains(self.resolver, domains, self.zones)))
         if self.auth.enabled:
@@ -112,7 +137,7 @@ class NetworkRules:
             hits += task.result()
         if pending:
             hits.append(RuleHit("DNS_DEADLINE", 0.0, f"DNS checks unfinished after {self.deadline:g} s", ""))
-        return hits
+        return _one_per_rule(hits)
 
     async def _auth(self, msg: ParsedMessage, ip: str, ctx: Context) -> list[RuleHit]:
         loop = asyncio.get_running_loop()
@@ -121,6 +146,20 @@ class NetworkRules:
             _AUTH_THREADS, auth.evaluate, dns_, msg, ip, ctx.mail_from, ctx.helo
         )
         return auth.hits(result, auth.DEFAULT_WEIGHTS, ip)
+
+
+def _has_ip_zones(zones: list[Zone]) -> bool:
+    return any(z.kind == "ip" for z in zones)
+
+
+def _one_per_rule(hits: list[RuleHit]) -> list[RuleHit]:
+    """A rule counts once per message (its strongest hit), however many hops
+    or domains it matched, as SpamAssassin's RCVD_IN_* rules do."""
+    best: dict[str, RuleHit] = {}
+    for h in hits:
+        if h.name not in best or h.score > best[h.name].score:
+            best[h.name] = h
+    return list(best.values())
 
 
 def _domain(addr: str) -> str:
