@@ -366,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    def sources_opt(sp):
+        sp.add_argument("--ham", nargs="+", metavar="PATH", default=[], help="folders/mboxes of good mail")
+        sp.add_argument("--spam", nargs="+", metavar="PATH", default=[], help="folders/mboxes of spam")
+        sp.add_argument("--index", nargs="+", metavar="FILE", default=[], help="TREC-style index files")
+
     def model_opt(sp, help_text):
         sp.add_argument("--model", metavar="FILE", help=help_text)
         # --config is accepted after the command too (SUPPRESS: an absent
@@ -408,9 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'ham PATH'/'spam PATH' lines. Duplicates are dropped. The model is written "
         "atomically, so running filters never see half a file.",
     )
-    t.add_argument("--ham", nargs="+", metavar="PATH", default=[], help="folders/mboxes of good mail")
-    t.add_argument("--spam", nargs="+", metavar="PATH", default=[], help="folders/mboxes of spam")
-    t.add_argument("--index", nargs="+", metavar="FILE", default=[], help="TREC-style index files")
+    sources_opt(t)
     t.add_argument("--model", metavar="OUT", help=f"where to write the model (default: {user_model_path()})")
     t.add_argument(
         "--features",
@@ -487,9 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write them to the config file ([model] weight and [rule_weights]; the old file is kept "
         "as .bak). Network rules run as configured: for a stored corpus, switch them off.",
     )
-    u.add_argument("--index", nargs="+", metavar="FILE", default=[], help="TREC-style index files")
-    u.add_argument("--ham", nargs="+", metavar="PATH", default=[], help="folders/mboxes of good mail")
-    u.add_argument("--spam", nargs="+", metavar="PATH", default=[], help="folders/mboxes of spam")
+    sources_opt(u)
     u.add_argument("--dry-run", action="store_true", help="print the weights, write nothing")
     model_opt(u, "model to tune for (default: as for score)")
     u.set_defaults(func=cmd_tune)
