@@ -315,6 +315,47 @@ def cmd_tune(args) -> int:
     return 0
 
 
+# -- corpus --------------------------------------------------------------
+def cmd_corpus_index(args) -> int:
+    from .datasets import build_index, write_index
+
+    if not (args.ham_glob or args.spam_glob):
+        raise CliError("corpus index: give --ham-glob and/or --spam-glob patterns", EX_USAGE)
+    items = build_index(args.folder, args.ham_glob, args.spam_glob)
+    out = Path(args.out) if args.out else Path(args.folder) / "full.index"
+    try:
+        write_index(items, out)
+    except OSError as exc:
+        raise CliError(f"{out}: cannot write index ({exc.strerror})", EX_CANTCREAT) from None
+    n_spam = sum(it.spam for it in items)
+    print(f"{out}: {len(items) - n_spam} ham, {n_spam} spam")
+    return 0
+
+
+def cmd_corpus_split(args) -> int:
+    from .datasets import split_index, write_index
+
+    try:
+        result = split_index(args.index, ratio=args.ratio, seed=args.seed, by_date=args.by_date)
+    except ValueError as exc:
+        raise CliError(f"corpus split: {exc}", EX_USAGE) from None
+    index = Path(args.index)
+    prefix = Path(args.out_prefix) if args.out_prefix else index.with_suffix("")
+    for name, items in (("train", result.train), ("test", result.test)):
+        out = prefix.parent / f"{prefix.name}.{name}.index"
+        try:
+            write_index(items, out)
+        except OSError as exc:
+            raise CliError(f"{out}: cannot write index ({exc.strerror})", EX_CANTCREAT) from None
+        n_spam = sum(it.spam for it in items)
+        print(f"{out}: {len(items) - n_spam} ham, {n_spam} spam")
+    how = "by date" if args.by_date else f"at random (seed {args.seed})"
+    print(f"split {how}; {result.duplicates} test messages also in train (same subject and body)")
+    if result.undated:
+        print(f"{result.undated} messages had no usable Date header and went to train")
+    return 0
+
+
 # -- serve ---------------------------------------------------------------
 def cmd_serve(args) -> int:
     import asyncio
@@ -494,6 +535,38 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="print the weights, write nothing")
     model_opt(u, "model to tune for (default: as for score)")
     u.set_defaults(func=cmd_tune)
+
+    c = sub.add_parser(
+        "corpus",
+        help="make index files and train/test splits",
+        description="Dataset tools: index files from folders, and train/test splits of an index.",
+    )
+    csub = c.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    ci = csub.add_parser(
+        "index",
+        help="write an index file from folders",
+        description="Write a TREC-style "
+        "index ('ham PATH' / 'spam PATH', paths relative to the index file) of the files "
+        "under FOLDER that match the patterns.",
+    )
+    ci.add_argument("folder", metavar="FOLDER")
+    ci.add_argument("--ham-glob", nargs="+", default=[], metavar="PATTERN", help="e.g. 'easy_ham*/*'")
+    ci.add_argument("--spam-glob", nargs="+", default=[], metavar="PATTERN", help="e.g. 'spam*/*'")
+    ci.add_argument("-o", "--out", metavar="FILE", help="index to write (default FOLDER/full.index)")
+    ci.set_defaults(func=cmd_corpus_index)
+    cs = csub.add_parser(
+        "split",
+        help="split an index into train and test",
+        description="Split an index "
+        "into PREFIX.train.index and PREFIX.test.index, stratified by class, at random or "
+        "by the Date header, and report messages found in both halves.",
+    )
+    cs.add_argument("index", metavar="INDEX")
+    cs.add_argument("--ratio", type=float, default=0.5, help="share of each class to train (default 0.5)")
+    cs.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    cs.add_argument("--by-date", action="store_true", help="oldest mail trains, newest tests")
+    cs.add_argument("--out-prefix", metavar="PREFIX", help="default: the index's path without .index")
+    cs.set_defaults(func=cmd_corpus_split)
 
     v = sub.add_parser(
         "serve",
