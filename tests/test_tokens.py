@@ -67,3 +67,13 @@ def test_settings_round_trip_and_reject_unknown_keys():
         FeatureSettings.from_dict({**s.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="n_bits"):
         FeatureSettings.from_dict({**s.to_dict(), "n_bits": 40})
+
+
+def test_received_ip_tokens_when_enabled(message_bytes):
+    raw = (
+        b"Received: from mx.example.net (mx.example.net [81.2.69.160]) by in.example.org\n" + message_bytes()
+    )
+    on = extract(parse(raw), FeatureSettings(received_tokens=True))
+    off = extract(parse(raw), FeatureSettings())
+    assert "received-ip:81.2.69.0/24" in " ".join(on.names(on.indices).values())
+    assert "received-ip:" not in " ".join(off.names(off.indices).values())

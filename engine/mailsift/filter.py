@@ -98,6 +98,7 @@ class Filter:
         th = self.config.thresholds
         return Verdict(
             probability=probability,
+            log_odds=log_odds,
             score=total,
             action=action_for(total, th.add_header, th.reject),
             required=th.add_header,

@@ -45,6 +45,8 @@ class Verdict:
     """Everything mailsift decided about a message, and why."""
 
     probability: float
+    #: the model's calibrated log-odds (the probability without rounding to 0 or 1)
+    log_odds: float
     score: float
     action: str
     required: float

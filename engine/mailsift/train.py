@@ -75,7 +75,6 @@ class TrainingSet:
     X: list[Vec] = field(default_factory=list)
     y: list[bool] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
     duplicates: int = 0
     seconds: float = 0.0
@@ -128,7 +127,7 @@ def collect(
     ts = TrainingSet()
     seen: set[bytes] = set()
     start = time.perf_counter()
-    for spam, name, raw in progress(stream, total, "reading", show_progress):
+    for spam, _, raw in progress(stream, total, "reading", show_progress):
         if isinstance(raw, Exception):
             ts.skipped["unreadable"] += 1
             continue
@@ -143,7 +142,6 @@ def collect(
         ts.X.append(extract(parse(raw), settings).vec)
         ts.y.append(spam)
         ts.digests.append(digest)
-        ts.names.append(name)
     ts.seconds = time.perf_counter() - start
     return ts
 

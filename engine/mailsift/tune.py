@@ -45,7 +45,7 @@ def rows(flt: Filter, raws, labels) -> tuple[np.ndarray, list[str], np.ndarray, 
         msg = parse(raw)
         feats = extract(msg, flt.model.settings)
         verdict = flt.verdict(msg, feats, evidence=0)
-        log_odds.append(flt.model.log_odds(flt.model.margin(feats.vec)))
+        log_odds.append(verdict.log_odds)
         hit_sets.append({h.name for h in verdict.hits})
         scores.append(verdict.score)
     names = sorted(set().union(*hit_sets)) if hit_sets else []
