@@ -198,6 +198,56 @@ def test_eval_scores_file_recomputes_to_the_printed_metrics(small_indexes, tmp_p
     assert m["msgs_per_s"] > 0
 
 
+def test_eval_out_writes_scores_report_and_figures_that_agree(small_indexes, tmp_path, isolated_env):
+    train, test = small_indexes
+    out = tmp_path / "run"
+    r = run("eval", "--train", train, "--test", test, "--out", out, env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    m = report["runs"][0]["metrics"]
+    rows = [line.split("\t") for line in (out / "scores.tsv").read_text().splitlines()]
+    assert rows[0] == ["path", "label", "score"] and len(rows) == 201
+    labels = np.array([row[1] == "spam" for row in rows[1:]])
+    values = np.array([float(row[2]) for row in rows[1:]])
+    assert abs(m["one_minus_auc_pct"] - 100 * (1 - roc_auc_score(labels, values))) < 1e-9
+    assert m["train_msgs_per_s"] > 0 and m["msgs_per_s"] > 0
+    md = (out / "report.md").read_text()
+    assert "| mailsift |" in md and f"{m['one_minus_auc_pct']:.4f}" in md
+    for png in ("roc.png", "hist.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "learning.png").exists()  # only online runs have a learning curve
+
+
+def test_eval_online_out_draws_the_learning_curve(small_indexes, tmp_path, isolated_env):
+    train, _ = small_indexes
+    out = tmp_path / "online"
+    r = run("eval", "--online", train, "--order", "shuffle", "--out", out, env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "report.json").read_text())["runs"][0]["online"] is True
+    assert (out / "learning.png").stat().st_size > 10_000
+
+
+def test_eval_compare_puts_runs_on_one_table_and_refuses_different_tests(
+    small_indexes, tmp_path, isolated_env
+):
+    train, test = small_indexes
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run("eval", "--train", train, "--test", test, "--out", a, env=isolated_env).returncode == 0
+    r = run("eval", "--train", test, "--test", train, "--out", c, "--name", "swapped", env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(a, b)
+    meta = json.loads((b / "run.json").read_text())
+    (b / "run.json").write_text(json.dumps({**meta, "name": "copy"}))
+    r = run("eval", "--compare", a, b, "--out", tmp_path / "cmp", env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    assert b"| mailsift |" in r.stdout and b"| copy |" in r.stdout
+    names = [run_["name"] for run_ in json.loads((tmp_path / "cmp" / "report.json").read_text())["runs"]]
+    assert names == ["mailsift", "copy"]
+    r = run("eval", "--compare", a, c, "--out", tmp_path / "bad", env=isolated_env)
+    assert r.returncode == 65 and b"scored different messages" in r.stderr
+    assert run("eval", "--compare", a, env=isolated_env).returncode == 64  # --out is required
+
+
 def test_eval_usage_errors(isolated_env, small_indexes):
     train, test = small_indexes
     assert run("eval", env=isolated_env).returncode == 64

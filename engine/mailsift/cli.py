@@ -17,17 +17,14 @@ import numpy as np
 from . import __version__
 from .config import ConfigError, load_config, split_hostport, user_model_path
 from .corpus import CorpusError, read_index
-from .evaluate import format_metrics, metrics, rule_hit_rates
+from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
 from .filter import Filter, resolve_model_path
-from .model import LinearModel, ModelError, fit_platt
+from .model import LinearModel, ModelError
 from .parse import parse
 from .rules import Context
 from .score import explain
 from .tokens import extract
 from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest, progress
-
-#: online evaluation refits the calibration every this many messages
-ONLINE_RECALIBRATE = 500
 
 # sysexits(3)
 EX_USAGE, EX_DATAERR, EX_NOINPUT = os.EX_USAGE, os.EX_DATAERR, os.EX_NOINPUT
@@ -197,6 +194,15 @@ def cmd_learn(args, unlearn: bool = False) -> int:
 
 # -- eval ----------------------------------------------------------------
 def cmd_eval(args) -> int:
+    if args.compare:
+        if args.online or args.train or args.test:
+            raise CliError(
+                "eval: --compare reads finished runs; do not combine it with --train/--test/--online",
+                EX_USAGE,
+            )
+        if not args.out:
+            raise CliError("eval: --compare needs --out DIR for the report", EX_USAGE)
+        return _eval_compare(args)
     if args.online and (args.train or args.test):
         raise CliError("eval: --online takes one index; do not combine it with --train/--test", EX_USAGE)
     if not args.online and not args.test:
@@ -207,45 +213,31 @@ def cmd_eval(args) -> int:
     config.dnsbl = []  # network rules off: a corpus has no live DNS, and results must be repeatable
     config.auth.enabled = False
     threshold_points = config.thresholds.add_header
-    start = time.perf_counter()
-    labels, scores, paths, hit_names = [], [], [], []
+    train_seconds, n_train = None, None
     if args.online:
+        from .datasets import ordered
+
         profile = PROFILES[args.features]
         flt = Filter(config, model=LinearModel(profile.features, profile.params))
-        items = read_index(args.online)
-        margins = []
-        for n, item in enumerate(_progress(items, "online"), 1):
-            msg = parse(item.read())
-            feats = extract(msg, flt.model.settings)
-            verdict = flt.verdict(msg, feats, evidence=0)
-            scores.append(verdict.score)
-            hit_names.append([h.name for h in verdict.hits])
-            margins.append(flt.model.margin(feats.vec))
-            flt.model.partial_fit([feats.vec], [item.spam])
-            labels.append(item.spam)
-            paths.append(str(item.path))
-            if n % ONLINE_RECALIBRATE == 0:  # as a live filter would: calibrate on recent mail
-                recent = slice(-4 * ONLINE_RECALIBRATE, None)
-                flt.model.platt = fit_platt(np.array(margins[recent]), np.array(labels[recent]))
+        scored = score_online(flt, ordered(read_index(args.online), args.order, args.seed), _progress)
     else:
         items = read_index(args.test)  # a bad index fails before any training
         if args.train:
+            start = time.perf_counter()
             profile = PROFILES[args.features]
             ts = _training_set(args, profile.features, dedupe=False, index_attr="train", quiet=args.json)
             model, _ = fit_model(ts, profile.features, profile.params, folds=args.cv_folds)
+            train_seconds, n_train = time.perf_counter() - start, ts.n_ham + ts.n_spam
             flt = Filter(config, model=model)
         else:
             flt = Filter(config, args.model)
-        start = time.perf_counter()  # msgs/s is scoring speed; train reports its own time
-        for item in _progress(items, "scoring"):
-            verdict = flt.score(item.read(), evidence=0)
-            scores.append(verdict.score)
-            hit_names.append([h.name for h in verdict.hits])
-            labels.append(item.spam)
-            paths.append(str(item.path))
-    seconds = time.perf_counter() - start
+        scored = score_split(flt, items, _progress)  # msgs/s is scoring speed; training has its own
+    labels, scores, paths, seconds = scored.labels, scored.scores, scored.paths, scored.seconds
     result = metrics(np.array(labels), np.array(scores), threshold_points, seconds)
-    result["rules"] = rule_hit_rates(labels, hit_names)
+    if train_seconds:
+        result["train_seconds"] = train_seconds
+        result["train_msgs_per_s"] = n_train / train_seconds
+    result["rules"] = rule_hit_rates(labels, scored.hit_names)
     if args.scores:
         try:
             with open(args.scores, "w", encoding="utf-8") as fh:
@@ -253,10 +245,59 @@ def cmd_eval(args) -> int:
                     fh.write(f"{'spam' if spam else 'ham'} {s:.6f} {p}\n")
         except OSError as exc:
             raise CliError(f"{args.scores}: cannot write scores ({exc.strerror})", EX_CANTCREAT) from None
+    if args.out:
+        from .runs import Run, write_report, write_run
+
+        how = (
+            f"online ({args.order} order): each message scored, then learned"
+            if args.online
+            else f"trained on {' '.join(args.train)} ({args.features} features)"
+            if args.train
+            else f"model {flt.model_path}"
+        )
+        run = Run(
+            name=args.name,
+            labels=np.array(labels, dtype=bool),
+            scores=np.array(scores),
+            paths=paths,
+            threshold=threshold_points,
+            score_seconds=seconds,
+            train_seconds=train_seconds,
+            n_train=n_train,
+            online=bool(args.online),
+            version=__version__,
+            notes=f"{how}; one process, in-process scoring; network rules off",
+            extra={"rules": result["rules"]},
+        )
+        try:
+            write_run(run, args.out)
+            write_report([run], args.out, title=f"mailsift eval: {args.online or args.test}")
+        except OSError as exc:
+            raise CliError(f"{args.out}: cannot write report ({exc.strerror})", EX_CANTCREAT) from None
     if args.json:
         print(json.dumps(result))
     else:
         print(format_metrics(result))
+        if args.out:
+            print(f"report          {Path(args.out) / 'report.md'} (+ report.json, scores.tsv, figures)")
+    return 0
+
+
+def _eval_compare(args) -> int:
+    from .runs import RunError, markdown_table, read_run, write_report
+
+    try:
+        runs = [read_run(folder) for folder in args.compare]
+        doc = write_report(runs, args.out, title="Comparison on one test set")
+    except RunError as exc:
+        raise CliError(f"eval: {exc}", EX_DATAERR) from None
+    except OSError as exc:
+        raise CliError(f"{args.out}: cannot write report ({exc.strerror})", EX_CANTCREAT) from None
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(markdown_table([r["name"] for r in doc["runs"]], [r["metrics"] for r in doc["runs"]]), end="")
+        print(f"report: {Path(args.out) / 'report.md'} (+ report.json, roc.png, hist.png)")
     return 0
 
 
@@ -507,13 +548,38 @@ def build_parser() -> argparse.ArgumentParser:
         "and scores B; --test B alone scores with the current model; --online A "
         "scores each message in order and then learns its label (TREC immediate "
         "feedback). Prints n_ham, n_spam, (1-AUC)%, lam%, spam caught at 0.1% and "
-        "0.01% FPR, FPR%/FNR% at the add-header threshold, and msgs/s.",
+        "0.01% FPR, FPR%/FNR% at the add-header threshold, and msgs/s. --out DIR adds "
+        "the per-message scores, a JSON and Markdown report and PNG figures; --compare RUN... "
+        "--out DIR puts several runs (mailsift's and benchmarks/peers') on one table and one ROC.",
     )
     e.add_argument("--train", nargs="+", metavar="INDEX", help="index file(s) to train on")
     e.add_argument("--test", metavar="INDEX", help="index file to score")
     e.add_argument("--online", metavar="INDEX", help="index file for the online protocol")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--scores", metavar="FILE", help="write 'LABEL SCORE PATH' lines")
+    e.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write scores.tsv, run.json, report.json, report.md and figures (roc.png, hist.png, "
+        "learning.png for --online) to DIR",
+    )
+    e.add_argument(
+        "--order",
+        choices=("index", "date", "shuffle"),
+        default="index",
+        help="message order for --online: as the index lists them (default; TREC indexes are "
+        "chronological), by Date header, or shuffled with --seed. An index listing all ham before "
+        "all spam needs date or shuffle",
+    )
+    e.add_argument("--seed", type=int, default=0, help="seed for --order shuffle (default 0)")
+    e.add_argument("--name", default="mailsift", help="the run's name in reports (default mailsift)")
+    e.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN",
+        help="compare finished runs (folders written by --out or benchmarks/peers) on one table and "
+        "one ROC figure, written to --out DIR",
+    )
     e.add_argument(
         "--features",
         choices=sorted(PROFILES),

@@ -63,6 +63,24 @@ def message_date(raw: bytes) -> float | None:
         return None
 
 
+def ordered(items: list[Labelled], how: str = "index", seed: int = 0) -> list[Labelled]:
+    """The order an online run meets mail in: the index's own (TREC indexes
+    are chronological), by Date header (undated first, as split does), or
+    shuffled with a seed.  A corpus indexed class by class (all ham, then
+    all spam) must not be run online in index order: the learning curve
+    would measure the ordering, not the filter."""
+    if how == "index":
+        return list(items)
+    if how == "shuffle":
+        out = list(items)
+        random.Random(seed).shuffle(out)
+        return out
+    if how == "date":
+        dated = [(message_date(it.read()), n, it) for n, it in enumerate(items)]
+        return [it for _, _, it in sorted(dated, key=lambda p: (p[0] is not None, p[0] or 0.0, p[1]))]
+    raise ValueError(f"unknown order {how!r}: index, date or shuffle")
+
+
 @dataclass
 class Split:
     train: list[Labelled]

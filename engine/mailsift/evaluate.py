@@ -9,8 +9,80 @@ computed exactly from ranks, with ties counting half.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .corpus import Labelled
+    from .filter import Filter
+
+#: online evaluation refits the calibration every this many messages, and
+#: early on at these counts: until the first refit the scores come from the
+#: untrained model's default scale, which puts nearly all spam below the
+#: threshold (measured: (1-AUC)% 0.46 -> 0.33 on the shuffled SpamAssassin corpus)
+ONLINE_RECALIBRATE = 500
+ONLINE_EARLY_RECALIBRATE = (50, 100, 200, 300, 400)
+
+
+@dataclass
+class Scored:
+    """Per-message results of one evaluation pass, in scoring order."""
+
+    labels: list[bool] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    hit_names: list[list[str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _identity(items: Iterable, desc: str) -> Iterable:
+    return items
+
+
+def score_split(flt: Filter, items: list[Labelled], progress: Callable = _identity) -> Scored:
+    """Score every message with a fixed filter; ``seconds`` is scoring time
+    including reading each file, as a filter meets mail."""
+    out = Scored()
+    start = time.perf_counter()
+    for item in progress(items, "scoring"):
+        verdict = flt.score(item.read(), evidence=0)
+        out.scores.append(verdict.score)
+        out.hit_names.append([h.name for h in verdict.hits])
+        out.labels.append(item.spam)
+        out.paths.append(str(item.path))
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def score_online(flt: Filter, items: list[Labelled], progress: Callable = _identity) -> Scored:
+    """TREC immediate feedback: score each message, then learn its label;
+    the calibration is refitted on recent mail as a live filter would."""
+    from .model import fit_platt
+    from .parse import parse
+    from .tokens import extract
+
+    out = Scored()
+    margins: list[float] = []
+    start = time.perf_counter()
+    for n, item in enumerate(progress(items, "online"), 1):
+        msg = parse(item.read())
+        feats = extract(msg, flt.model.settings)
+        verdict = flt.verdict(msg, feats, evidence=0)
+        out.scores.append(verdict.score)
+        out.hit_names.append([h.name for h in verdict.hits])
+        margins.append(flt.model.margin(feats.vec))
+        flt.model.partial_fit([feats.vec], [item.spam])
+        out.labels.append(item.spam)
+        out.paths.append(str(item.path))
+        if n % ONLINE_RECALIBRATE == 0 or n in ONLINE_EARLY_RECALIBRATE:
+            recent = slice(-4 * ONLINE_RECALIBRATE, None)
+            flt.model.platt = fit_platt(np.array(margins[recent]), np.array(out.labels[recent]))
+    out.seconds = time.perf_counter() - start
+    return out
 
 
 def one_minus_auc(labels: np.ndarray, scores: np.ndarray) -> float:
