@@ -1,0 +1,67 @@
+"""CRM114: its OSB classifier with the settings of the mailfilter it ships
+(osb_mailfilter.crm beside this file), trained on error with a thick
+threshold in index order, one ``crm`` process per message as mailfilter.crm
+runs."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from common import Corpus, package_version, save
+
+NAME = "CRM114"
+NEEDS = {"crm": "crm114"}
+SCRIPT = Path(__file__).with_name("osb_mailfilter.crm")
+#: mailfilter.cf's :decision_length: and :thick_threshold:
+DECISION_LENGTH = 16000
+THICK = 5.0
+NOTES = (
+    "Debian crm114 20100106; OSB classifier with mailfilter.cf's settings (osb unique microgroom, "
+    "tokens [[:graph:]]+, first 16,000 bytes, thick threshold 5.0), one pass of train-on-error in "
+    "index order; mailfilter's base64 decoding and rewrites not applied; score = -pR; one crm process "
+    "per message (as mailfilter.crm runs), which its msgs/s include"
+)
+
+
+def _crm(state: Path, raw: bytes, mode: str) -> float:
+    result = subprocess.run(
+        ["crm", str(SCRIPT), f"--dir={state}/", f"--mode={mode}", f"--thick={THICK}"],
+        input=raw[:DECISION_LENGTH],
+        capture_output=True,
+        check=True,
+    )
+    try:
+        return float(result.stdout.split()[0])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"crm: no pR in output {result.stdout[:200]!r} {result.stderr[:500]!r}") from None
+
+
+def run(corpus: Corpus, state: Path, out: Path):
+    state.mkdir(parents=True)
+    for css in ("nonspam", "spam"):  # classify needs both files; learning one token creates them
+        subprocess.run(
+            ["crm", f"-{{ learn <osb unique microgroom> ({state}/{css}.css) /[[:graph:]]+/ }}"],
+            input=b"x",
+            check=True,
+            capture_output=True,
+        )
+    t0 = time.perf_counter()
+    for item in corpus.train:
+        _crm(state, item.read(), "spam" if item.spam else "ham")
+    train_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = [-_crm(state, item.read(), "score") for item in corpus.test]  # pR > 0 means ham
+    score_seconds = time.perf_counter() - t0
+    return save(
+        out,
+        NAME,
+        corpus,
+        scores,
+        threshold=THICK,  # mailfilter.crm: pR <= -thick_threshold is spam
+        train_seconds=train_seconds,
+        score_seconds=score_seconds,
+        version=package_version("crm114"),
+        notes=NOTES,
+    )
