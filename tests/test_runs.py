@@ -73,6 +73,10 @@ def test_report_for_two_runs_has_both_rows_and_one_roc(tmp_path):
     assert [r["name"] for r in doc["runs"]] == ["a", "b"]
     assert doc["runs"][0]["metrics"]["one_minus_auc_pct"] == 0.0
     assert doc["runs"][1]["metrics"]["one_minus_auc_pct"] == 25.0
+    roc = doc["runs"][1]["roc"]  # the curve's points, from (0, 0) to (1, 1)
+    assert roc["fpr"][0] == 0 and roc["fpr"][-1] == 1 and roc["tpr"][-1] == 1
+    fpr, tpr = np.array(roc["fpr"]), np.array(roc["tpr"])
+    assert np.isclose(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2), 0.75)  # area under the points
     assert json.loads((tmp_path / "report.json").read_text()) == doc
     md = (tmp_path / "report.md").read_text()
     assert "| a | 0.0000 |" in md and "| b | 25.0000 |" in md and "test run" in md

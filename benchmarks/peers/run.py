@@ -31,6 +31,8 @@ from common import apt_install, load_corpus, missing_packages  # noqa: E402
 
 DATASETS = HERE.parents[2] / "shared" / "datasets" / "spamassassin"
 PEERS = ("spamassassin", "bogofilter", "crm114", "rspamd")
+#: the mailsift command line of the interpreter running this script
+MAILSIFT = [sys.executable, "-m", "mailsift.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [out / "mailsift"]
     t0 = time.perf_counter()
     subprocess.run(
-        ["mailsift", "eval", "--train", args.train, "--test", args.test, "--out", str(runs[0]), "--json"],
+        [*MAILSIFT, "eval", "--train", args.train, "--test", args.test, "--out", str(runs[0]), "--json"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             module.run(corpus, Path(state) / "state", out / module.__name__)
         runs.append(out / module.__name__)
         print(f"{module.NAME} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return subprocess.run(["mailsift", "eval", "--compare", *map(str, runs), "--out", str(out)]).returncode
+    return subprocess.run([*MAILSIFT, "eval", "--compare", *map(str, runs), "--out", str(out)]).returncode
 
 
 if __name__ == "__main__":

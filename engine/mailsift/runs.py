@@ -187,15 +187,16 @@ def markdown_table(names: list[str], rows: list[dict]) -> str:
 def write_report(runs: list[Run], out: str | os.PathLike, title: str = "mailsift evaluation") -> dict:
     """report.json, report.md and the figures for one run or a comparison.
 
-    Returns the JSON document.  Figures: roc.png (every run, log FPR axis),
-    hist.png (score histogram per class, a panel per run) and, when a run
-    was online, learning.png."""
+    Returns the JSON document (metrics and the ROC's points per run).
+    Figures: roc.png (every run, log FPR axis), hist.png (score histogram
+    per class, a panel per run) and, when a run was online, learning.png."""
     from . import plots
 
     check_comparable(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [run_metrics(r) for r in runs]
+    rocs = [plots.roc_points(r.labels, r.scores) for r in runs]
     figures = {"roc": "roc.png", "histograms": "hist.png"}
     plots.roc_figure(runs, out / figures["roc"])
     plots.histogram_figure(runs, out / figures["histograms"])
@@ -207,8 +208,15 @@ def write_report(runs: list[Run], out: str | os.PathLike, title: str = "mailsift
         "title": title,
         "created": created,
         "runs": [
-            {"name": r.name, "version": r.version, "online": r.online, "notes": r.notes, "metrics": m}
-            for r, m in zip(runs, rows)
+            {
+                "name": r.name,
+                "version": r.version,
+                "online": r.online,
+                "notes": r.notes,
+                "metrics": m,
+                "roc": {"fpr": fpr.round(8).tolist(), "tpr": tpr.round(8).tolist()},
+            }
+            for r, m, (fpr, tpr) in zip(runs, rows, rocs)
         ],
         "figures": figures,
     }
