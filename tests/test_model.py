@@ -37,6 +37,18 @@ def test_fit_separates_and_predict_proba_is_two_columns(toy_model):
     assert p[0, 1] > 0.5 > p[1, 1]
 
 
+def test_partial_fit_steps_at_online_lr_and_learn_one_at_lr():
+    x = _vec("cheap pills buy now")
+    online = [
+        LinearModel(SMALL, TrainParams(lr=40.0, online_lr=r)).partial_fit([x], [True]) for r in (5.0, 10.0)
+    ]
+    assert np.count_nonzero(online[0].w) > 0
+    assert np.allclose(online[1].w, 2 * online[0].w)  # from zero the step is proportional to its rate
+    learned = LinearModel(SMALL, TrainParams(lr=40.0, online_lr=10.0))
+    learned.learn_one(x, True, b"digest")
+    assert np.allclose(learned.w, 4 * online[1].w)  # mailsift learn keeps fit's step
+
+
 def test_save_load_round_trip_scores_identically(tmp_path, toy_model):
     path = tmp_path / "m.npz"
     toy_model.save(path)

@@ -164,7 +164,7 @@ class LinearModel:
         if not force and y * m > self.params.thick:
             return 0.0
         g = (1.0 if spam else 0.0) - float(_sigmoid(m))
-        step = (lr or self.params.lr) * g * (1.0 if spam else self.params.ham_weight)
+        step = (self.params.lr if lr is None else lr) * g * (1.0 if spam else self.params.ham_weight)
         self._apply(x, step)
         return step
 
