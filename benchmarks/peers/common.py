@@ -17,6 +17,12 @@ import numpy as np
 
 from mailsift.corpus import Labelled, read_index
 from mailsift.runs import Run, write_run
+from mailsift.train import progress as _progress
+
+
+def progress(items, total: int, desc: str):
+    """A progress bar on a terminal (mailsift's), nothing in logs."""
+    return _progress(items, total, desc)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import Corpus, package_version, save
+from common import Corpus, package_version, progress, save
 
 NAME = "CRM114"
 NEEDS = {"crm": "crm114"}
@@ -48,11 +48,12 @@ def run(corpus: Corpus, state: Path, out: Path):
             capture_output=True,
         )
     t0 = time.perf_counter()
-    for item in corpus.train:
+    for item in progress(corpus.train, len(corpus.train), "CRM114 training"):
         _crm(state, item.read(), "spam" if item.spam else "ham")
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = [-_crm(state, item.read(), "score") for item in corpus.test]  # pR > 0 means ham
+    test = progress(corpus.test, len(corpus.test), "CRM114 scoring")
+    scores = [-_crm(state, item.read(), "score") for item in test]  # pR > 0 means ham
     score_seconds = time.perf_counter() - t0
     return save(
         out,

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import Corpus, free_port, package_version, save, wait_for_port
+from common import Corpus, free_port, package_version, progress, save, wait_for_port
 
 NAME = "Rspamd"
 NEEDS = {"rspamd": "rspamd", "redis-server": "redis-server"}
@@ -116,7 +116,7 @@ def run(corpus: Corpus, state: Path, out: Path):
         controller = http.client.HTTPConnection("127.0.0.1", ports["controller"], timeout=60)
         skipped = {204: 0, 208: 0}
         t0 = time.perf_counter()
-        for item in corpus.train:
+        for item in progress(corpus.train, len(corpus.train), "Rspamd training"):
             url = "/learnspam" if item.spam else "/learnham"
             status, _ = _post(controller, url, item.read(), **LEARN_HEADERS)
             if status in skipped:
@@ -125,7 +125,7 @@ def run(corpus: Corpus, state: Path, out: Path):
         normal = http.client.HTTPConnection("127.0.0.1", ports["normal"], timeout=60)
         t0 = time.perf_counter()
         scores, bayes = [], 0
-        for item in corpus.test:
+        for item in progress(corpus.test, len(corpus.test), "Rspamd scoring"):
             result = _post(normal, "/checkv2", item.read())[1]
             scores.append(float(result["score"]))
             bayes += any(name.startswith("BAYES_") for name in result.get("symbols", {}))

@@ -29,7 +29,9 @@ sys.path.insert(0, str(HERE))
 
 from common import apt_install, load_corpus, missing_packages  # noqa: E402
 
-DATASETS = HERE.parents[2] / "shared" / "datasets" / "spamassassin"
+DATASETS = (
+    Path(os.environ.get("MAILSIFT_DATASETS") or HERE.parents[2] / "shared" / "datasets") / "spamassassin"
+)
 PEERS = ("spamassassin", "bogofilter", "crm114", "rspamd")
 #: the mailsift command line of the interpreter running this script
 MAILSIFT = [sys.executable, "-m", "mailsift.cli"]

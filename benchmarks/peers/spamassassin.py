@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from common import Corpus, package_version, save
+from common import Corpus, package_version, progress, save
 
 NAME = "SpamAssassin"
 NEEDS = {"sa-learn": "spamassassin", "spamassassin": "spamassassin"}
@@ -55,6 +56,7 @@ def run(corpus: Corpus, state: Path, out: Path):
     (site / "user_prefs").write_text("")
     for label, paths in (("ham", corpus.train_ham), ("spam", corpus.train_spam)):
         (state / f"{label}.list").write_text("".join(p + "\n" for p in paths))
+    print(f"SpamAssassin: sa-learn on {len(corpus.train)} messages", file=sys.stderr)
     t0 = time.perf_counter()
     _sa_learn(site, bayes, "--no-sync", "--ham", "-f", str(state / "ham.list"))
     _sa_learn(site, bayes, "--no-sync", "--spam", "-f", str(state / "spam.list"))
@@ -72,7 +74,7 @@ def run(corpus: Corpus, state: Path, out: Path):
         raise RuntimeError(f"sa_score.pl did not start: {ready!r}")
     t0 = time.perf_counter()
     by_path, bayes = {}, 0
-    for line in proc.stdout:
+    for line in progress(proc.stdout, len(corpus.test), "SpamAssassin scoring"):
         path, score, bayes_rule = line.rstrip("\n").rsplit("\t", 2)
         by_path[path] = float(score)
         bayes += bayes_rule != "-"
