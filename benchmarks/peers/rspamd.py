@@ -103,16 +103,22 @@ def run(corpus: Corpus, state: Path, out: Path):
     )  # fmt: skip
     variables = {"CONFDIR": CONFDIR, "LOCAL_CONFDIR": state, "DBDIR": state / "db", "RUNDIR": state / "run",
                  "LOGDIR": state / "log"}  # fmt: skip
+    stderr = open(state / "log" / "stderr.log", "wb")  # closed once rspamd has stopped
     rspamd = subprocess.Popen(
         ["rspamd", "-f", "-u", "root", "-g", "root", "-c", str(state / "rspamd.conf"),
          *[f"--var={k}={v}" for k, v in variables.items()]],
         stdout=subprocess.DEVNULL,
-        stderr=open(state / "log" / "stderr.log", "wb"),
+        stderr=stderr,
     )  # fmt: skip
     try:
-        wait_for_port(ports["redis"], redis)
-        wait_for_port(ports["normal"], rspamd)
-        wait_for_port(ports["controller"], rspamd)
+        try:
+            wait_for_port(ports["redis"], redis)
+            wait_for_port(ports["normal"], rspamd)
+            wait_for_port(ports["controller"], rspamd)
+        except RuntimeError as exc:  # the state folder is about to go: show why rspamd did not start
+            logs = [state / "log" / name for name in ("stderr.log", "rspamd.log")]
+            tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.exists())
+            raise RuntimeError(f"{exc}\n{tail}") from None
         controller = http.client.HTTPConnection("127.0.0.1", ports["controller"], timeout=60)
         skipped = {204: 0, 208: 0}
         t0 = time.perf_counter()
@@ -138,6 +144,7 @@ def run(corpus: Corpus, state: Path, out: Path):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        stderr.close()
     return save(
         out,
         NAME,
