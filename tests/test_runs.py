@@ -81,3 +81,12 @@ def test_report_for_two_runs_has_both_rows_and_one_roc(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| a | 0.0000 |" in md and "| b | 25.0000 |" in md and "test run" in md
     assert (tmp_path / "roc.png").stat().st_size > 10_000
+
+
+def test_a_one_class_test_set_reports_null_figures_and_no_curve(tmp_path):
+    run = _run(scores=(0.9, 0.8), labels=(True, True))
+    doc = write_report([run], tmp_path)
+    assert doc["runs"][0]["metrics"]["one_minus_auc_pct"] is None
+    assert doc["runs"][0]["roc"] == {"fpr": [], "tpr": []}
+    assert "NaN" not in (tmp_path / "report.json").read_text()  # strict JSON
+    assert (tmp_path / "roc.png").exists()

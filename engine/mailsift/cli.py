@@ -275,7 +275,9 @@ def cmd_eval(args) -> int:
         except OSError as exc:
             raise CliError(f"{args.out}: cannot write report ({exc.strerror})", EX_CANTCREAT) from None
     if args.json:
-        print(json.dumps(result))
+        from .runs import json_safe
+
+        print(json.dumps(json_safe(result)))
     else:
         print(format_metrics(result))
         if args.out:

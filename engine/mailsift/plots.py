@@ -33,10 +33,14 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) at every distinct threshold, starting at (0, 0)."""
+    """(FPR, TPR) at every distinct threshold, starting at (0, 0); empty
+    when the messages are all of one class (there is no curve)."""
     from sklearn.metrics import roc_curve
 
-    fpr, tpr, _ = roc_curve(np.asarray(labels, dtype=bool), np.asarray(scores, dtype=np.float64))
+    labels = np.asarray(labels, dtype=bool)
+    if labels.all() or not labels.any():
+        return np.array([]), np.array([])
+    fpr, tpr, _ = roc_curve(labels, np.asarray(scores, dtype=np.float64))
     return fpr, tpr
 
 
@@ -52,6 +56,9 @@ def roc_figure(runs: list[Run], path: str | os.PathLike | None = None) -> Figure
     lowest = 100.0  # the y axis starts below the worst curve's catch at 0.1% FPR
     for run in runs:
         fpr, tpr = roc_points(run.labels, run.scores)
+        if not len(fpr):
+            ax.plot([], [], label=f"{run.name}: no curve (only one class scored)")
+            continue
         lowest = min(lowest, 100 * float(tpr[np.searchsorted(fpr, 0.001, side="right") - 1]))
         auc = 100 * one_minus_auc(run.labels, run.scores)
         ax.step(np.maximum(fpr, floor), 100 * tpr, where="post", label=f"{run.name}  (1-AUC)% {auc:.4f}")

@@ -184,6 +184,18 @@ def markdown_table(names: list[str], rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def json_safe(value):
+    """JSON has no NaN: a figure that does not exist (AUC of a one-class
+    test set) is written as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_report(runs: list[Run], out: str | os.PathLike, title: str = "mailsift evaluation") -> dict:
     """report.json, report.md and the figures for one run or a comparison.
 
@@ -220,6 +232,7 @@ def write_report(runs: list[Run], out: str | os.PathLike, title: str = "mailsift
         ],
         "figures": figures,
     }
+    doc = json_safe(doc)
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     md = [f"# {title}", "", f"{created}; {rows[0]['n_ham']} ham and {rows[0]['n_spam']} spam scored.", ""]
     md.append(markdown_table([r.name for r in runs], rows))
