@@ -60,3 +60,22 @@ def test_peers_script_scores_the_same_messages_with_all_five_filters(small_index
         # each filter tells spam from ham better than chance even on this small set
         assert run.scores[run.labels].mean() > run.scores[~run.labels].mean(), folder
     assert (out / "roc.png").stat().st_size > 20_000
+
+
+def test_peers_script_online_scores_every_message_in_the_same_order(small_indexes, tmp_path):
+    _, test = small_indexes
+    out = tmp_path / "online"
+    r = subprocess.run(
+        [sys.executable, str(RUN), "--online", str(test), "--out", str(out), "--no-install"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    order = read_run(out / "mailsift").paths
+    assert sorted(order) != order  # shuffled (the default order), not the index's
+    for folder in ("spamassassin", "bogofilter", "crm114", "rspamd"):
+        run = read_run(out / folder)
+        assert run.online and run.paths == order  # every filter met the mail in the same order
+        assert run.train_seconds is None and run.score_seconds > 0
+    assert (out / "learning.png").stat().st_size > 20_000

@@ -8,7 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import Corpus, package_version, save
+from common import Corpus, package_version, progress, save
+
+from mailsift.corpus import Labelled
 
 NAME = "Bogofilter"
 NEEDS = {"bogofilter": "bogofilter"}
@@ -22,26 +24,34 @@ NOTES = (
 _LINE = re.compile(rb"^(.*) X-Bogosity: \w+,.*? spamicity=([0-9.]+)(?:,|$)")
 
 
-def _bogofilter(state: Path, *args: str) -> subprocess.CompletedProcess:
-    """Exit status 0/1/2 is spam/ham/unsure (of the last message); 3 is an error."""
+def _bogofilter(state: Path, *args: str, ok: tuple[int, ...] = (0, 1, 2)) -> subprocess.CompletedProcess:
+    """Exit status 0/1/2 is spam/ham/unsure (of the last message); 3 is an
+    error, which online scoring accepts while no wordlist exists yet."""
     cmd = ["bogofilter", "-c", str(state / "bogofilter.cf"), "-d", str(state / "db"), *args]
     result = subprocess.run(cmd, capture_output=True)
-    if result.returncode not in (0, 1, 2):
+    if result.returncode not in ok:
         raise RuntimeError(
             f"bogofilter {' '.join(args[:2])}: status {result.returncode}: {result.stderr[-500:]!r}"
         )
     return result
 
 
-def run(corpus: Corpus, state: Path, out: Path):
+SPAMICITY_FORMAT = "--spamicity-formats=%0.17f, %0.17f, %0.17f"
+
+
+def _create(state: Path) -> None:
     (state / "db").mkdir(parents=True)
     (state / "bogofilter.cf").write_text("")
+
+
+def run(corpus: Corpus, state: Path, out: Path):
+    _create(state)
     t0 = time.perf_counter()
     _bogofilter(state, "-n", "-B", *corpus.train_ham)
     _bogofilter(state, "-s", "-B", *corpus.train_spam)
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = _bogofilter(state, "--spamicity-formats=%0.17f, %0.17f, %0.17f", "-v", "-B", *corpus.test_paths)
+    result = _bogofilter(state, SPAMICITY_FORMAT, "-v", "-B", *corpus.test_paths)
     score_seconds = time.perf_counter() - t0
     by_path = {}
     for line in result.stdout.splitlines():
@@ -53,11 +63,42 @@ def run(corpus: Corpus, state: Path, out: Path):
     return save(
         out,
         NAME,
-        corpus,
+        corpus.test,
         scores,
         threshold=THRESHOLD,
         train_seconds=train_seconds,
+        n_train=len(corpus.train),
         score_seconds=score_seconds,
         version=package_version("bogofilter"),
         notes=NOTES,
+    )
+
+
+def run_online(items: list[Labelled], state: Path, out: Path):
+    """Score each message, then register it with its label (-s / -n), as a
+    mail client's "junk / not junk" buttons feed bogofilter.  Until both
+    classes have been registered bogofilter cannot score: those first
+    messages get 0.5, its own "unsure"."""
+    _create(state)
+    scores = []
+    t0 = time.perf_counter()
+    for it in progress(items, len(items), NAME):
+        empty = not (state / "db" / "wordlist.db").exists()  # status 3 until something is registered
+        result = _bogofilter(
+            state, SPAMICITY_FORMAT, "-v", "-B", str(it.path), ok=(0, 1, 2, 3) if empty else (0, 1, 2)
+        )
+        m = _LINE.match(result.stdout.strip())
+        scores.append(float(m.group(2)) if m else 0.5)
+        _bogofilter(state, "-s" if it.spam else "-n", "-B", str(it.path))
+    return save(
+        out,
+        NAME,
+        items,
+        scores,
+        threshold=THRESHOLD,
+        score_seconds=time.perf_counter() - t0,
+        online=True,
+        version=package_version("bogofilter"),
+        notes="Debian bogofilter with its compiled-in defaults; each message scored, then registered with "
+        "its label (-s / -n); 0.5 until the wordlist exists; two bogofilter processes per message",
     )

@@ -101,26 +101,31 @@ def package_version(package: str) -> str:
 def save(
     out: Path,
     name: str,
-    corpus: Corpus,
+    scored: list[Labelled],
     scores: list[float],
     *,
     threshold: float,
-    train_seconds: float,
     score_seconds: float,
     version: str,
     notes: str,
+    train_seconds: float | None = None,
+    n_train: int | None = None,
+    online: bool = False,
 ) -> Run:
-    if len(scores) != len(corpus.test):
-        raise RuntimeError(f"{name}: {len(scores)} scores for {len(corpus.test)} test messages")
+    """One run folder.  Online runs (score each message, then learn it)
+    have no training phase: their msgs/s is scoring and learning together."""
+    if len(scores) != len(scored):
+        raise RuntimeError(f"{name}: {len(scores)} scores for {len(scored)} messages")
     run = Run(
         name=name,
-        labels=np.array([it.spam for it in corpus.test], dtype=bool),
+        labels=np.array([it.spam for it in scored], dtype=bool),
         scores=np.array(scores, dtype=np.float64),
-        paths=corpus.test_paths,
+        paths=[str(it.path) for it in scored],
         threshold=threshold,
         score_seconds=score_seconds,
         train_seconds=train_seconds,
-        n_train=len(corpus.train),
+        n_train=n_train,
+        online=online,
         version=version,
         notes=notes,
     )

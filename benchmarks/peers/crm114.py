@@ -11,6 +11,8 @@ from pathlib import Path
 
 from common import Corpus, package_version, progress, save
 
+from mailsift.corpus import Labelled
+
 NAME = "CRM114"
 NEEDS = {"crm": "crm114"}
 SCRIPT = Path(__file__).with_name("osb_mailfilter.crm")
@@ -22,6 +24,10 @@ NOTES = (
     "tokens [[:graph:]]+, first 16,000 bytes, thick threshold 5.0), one pass of train-on-error in "
     "index order; mailfilter's base64 decoding and rewrites not applied; score = -pR; one crm process "
     "per message (as mailfilter.crm runs), which its msgs/s include"
+)
+ONLINE_NOTES = (
+    "Debian crm114 20100106; OSB with mailfilter.cf's settings (as in the split run); each message "
+    "classified, then learned if on the wrong side of the thick threshold; one crm process per message"
 )
 
 
@@ -38,7 +44,7 @@ def _crm(state: Path, raw: bytes, mode: str) -> float:
         raise RuntimeError(f"crm: no pR in output {result.stdout[:200]!r} {result.stderr[:500]!r}") from None
 
 
-def run(corpus: Corpus, state: Path, out: Path):
+def _create(state: Path) -> None:
     state.mkdir(parents=True)
     for css in ("nonspam", "spam"):  # classify needs both files; learning one token creates them
         subprocess.run(
@@ -47,6 +53,10 @@ def run(corpus: Corpus, state: Path, out: Path):
             check=True,
             capture_output=True,
         )
+
+
+def run(corpus: Corpus, state: Path, out: Path):
+    _create(state)
     t0 = time.perf_counter()
     for item in progress(corpus.train, len(corpus.train), "CRM114 training"):
         _crm(state, item.read(), "spam" if item.spam else "ham")
@@ -58,11 +68,33 @@ def run(corpus: Corpus, state: Path, out: Path):
     return save(
         out,
         NAME,
-        corpus,
+        corpus.test,
         scores,
         threshold=THICK,  # mailfilter.crm: pR <= -thick_threshold is spam
         train_seconds=train_seconds,
+        n_train=len(corpus.train),
         score_seconds=score_seconds,
         version=package_version("crm114"),
         notes=NOTES,
+    )
+
+
+def run_online(items: list[Labelled], state: Path, out: Path):
+    """Score each message, then train on error (the pR printed is the one
+    before learning): mailfilter's own way of learning from feedback."""
+    _create(state)
+    t0 = time.perf_counter()
+    scores = [
+        -_crm(state, it.read(), "spam" if it.spam else "ham") for it in progress(items, len(items), NAME)
+    ]
+    return save(
+        out,
+        NAME,
+        items,
+        scores,
+        threshold=THICK,
+        score_seconds=time.perf_counter() - t0,
+        online=True,
+        version=package_version("crm114"),
+        notes=ONLINE_NOTES,
     )

@@ -5,14 +5,18 @@ normal worker (one core), one request at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import Corpus, free_port, package_version, progress, save, wait_for_port
+
+from mailsift.corpus import Labelled
 
 NAME = "Rspamd"
 NEEDS = {"rspamd": "rspamd", "redis-server": "redis-server"}
@@ -86,7 +90,11 @@ def _post(conn: http.client.HTTPConnection, url: str, body: bytes, **headers: st
     return resp.status, json.loads(data)
 
 
-def run(corpus: Corpus, state: Path, out: Path):
+@contextlib.contextmanager
+def _rspamd(state: Path) -> Iterator[tuple[http.client.HTTPConnection, http.client.HTTPConnection]]:
+    """A private Redis and rspamd in ``state``; yields connections to the
+    normal worker (scanning) and the controller (learning), and stops both
+    servers however the block ends."""
     local = state / "local.d"
     for d in (local, state / "db", state / "run", state / "log"):
         d.mkdir(parents=True)
@@ -119,23 +127,10 @@ def run(corpus: Corpus, state: Path, out: Path):
             logs = [state / "log" / name for name in ("stderr.log", "rspamd.log")]
             tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.exists())
             raise RuntimeError(f"{exc}\n{tail}") from None
-        controller = http.client.HTTPConnection("127.0.0.1", ports["controller"], timeout=60)
-        skipped = {204: 0, 208: 0}
-        t0 = time.perf_counter()
-        for item in progress(corpus.train, len(corpus.train), "Rspamd training"):
-            url = "/learnspam" if item.spam else "/learnham"
-            status, _ = _post(controller, url, item.read(), **LEARN_HEADERS)
-            if status in skipped:
-                skipped[status] += 1
-        train_seconds = time.perf_counter() - t0
-        normal = http.client.HTTPConnection("127.0.0.1", ports["normal"], timeout=60)
-        t0 = time.perf_counter()
-        scores, bayes = [], 0
-        for item in progress(corpus.test, len(corpus.test), "Rspamd scoring"):
-            result = _post(normal, "/checkv2", item.read())[1]
-            scores.append(float(result["score"]))
-            bayes += any(name.startswith("BAYES_") for name in result.get("symbols", {}))
-        score_seconds = time.perf_counter() - t0
+        yield (
+            http.client.HTTPConnection("127.0.0.1", ports["normal"], timeout=60),
+            http.client.HTTPConnection("127.0.0.1", ports["controller"], timeout=60),
+        )
     finally:
         for proc in (rspamd, redis):
             proc.terminate()
@@ -145,16 +140,70 @@ def run(corpus: Corpus, state: Path, out: Path):
             except subprocess.TimeoutExpired:
                 proc.kill()
         stderr.close()
+
+
+def _check(normal: http.client.HTTPConnection, raw: bytes) -> tuple[float, bool]:
+    """(score, whether a BAYES_ symbol fired)."""
+    result = _post(normal, "/checkv2", raw)[1]
+    return float(result["score"]), any(name.startswith("BAYES_") for name in result.get("symbols", {}))
+
+
+def _learn(controller: http.client.HTTPConnection, item: Labelled, skipped: dict[int, int]) -> None:
+    status, _ = _post(controller, "/learnspam" if item.spam else "/learnham", item.read(), **LEARN_HEADERS)
+    if status in skipped:
+        skipped[status] += 1
+
+
+def run(corpus: Corpus, state: Path, out: Path):
+    skipped = {204: 0, 208: 0}
+    with _rspamd(state) as (normal, controller):
+        t0 = time.perf_counter()
+        for item in progress(corpus.train, len(corpus.train), "Rspamd training"):
+            _learn(controller, item, skipped)
+        train_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        checked = [
+            _check(normal, item.read()) for item in progress(corpus.test, len(corpus.test), "Rspamd scoring")
+        ]
+        score_seconds = time.perf_counter() - t0
     return save(
         out,
         NAME,
-        corpus,
-        scores,
+        corpus.test,
+        [score for score, _ in checked],
         threshold=THRESHOLD,
         train_seconds=train_seconds,
+        n_train=len(corpus.train),
         score_seconds=score_seconds,
         version=package_version("rspamd"),
         notes=NOTES + f"; rspamd skipped {skipped[208]} training messages as already learned and "
-        f"{skipped[204]} by its learn condition; BAYES_SPAM/BAYES_HAM fired on {bayes} of {len(scores)} "
-        "test messages",
+        f"{skipped[204]} by its learn condition; BAYES_SPAM/BAYES_HAM fired on "
+        f"{sum(b for _, b in checked)} of {len(checked)} test messages",
+    )
+
+
+def run_online(items: list[Labelled], state: Path, out: Path):
+    """Score each message, then learn it through the controller (rspamd's
+    learn condition applies, as in the split run)."""
+    skipped = {204: 0, 208: 0}
+    checked = []
+    with _rspamd(state) as (normal, controller):
+        t0 = time.perf_counter()
+        for item in progress(items, len(items), NAME):
+            checked.append(_check(normal, item.read()))
+            _learn(controller, item, skipped)
+        seconds = time.perf_counter() - t0
+    return save(
+        out,
+        NAME,
+        items,
+        [score for score, _ in checked],
+        threshold=THRESHOLD,
+        score_seconds=seconds,
+        online=True,
+        version=package_version("rspamd"),
+        notes="Rspamd as in the split run (shipped rules, network modules off, Bayes on a private Redis, "
+        f"autolearn off); each message scored, then learned (skipped by the learn condition: "
+        f"{skipped[204]}); BAYES_SPAM/BAYES_HAM fired on {sum(b for _, b in checked)} of {len(items)} "
+        "messages",
     )

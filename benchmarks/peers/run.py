@@ -9,6 +9,7 @@ histogram figures) with ``mailsift eval --compare``.
 
     python benchmarks/peers/run.py                      # the development split
     python benchmarks/peers/run.py --train my-train.index --test my-test.index --out my-report
+    python benchmarks/peers/run.py --online --out online-report   # score, then learn, each message
 
 Figures and fairness caveats: benchmarks/peers/README.md.
 """
@@ -29,6 +30,9 @@ sys.path.insert(0, str(HERE))
 
 from common import apt_install, load_corpus, missing_packages  # noqa: E402
 
+from mailsift.corpus import read_index  # noqa: E402
+from mailsift.datasets import ordered  # noqa: E402
+
 DATASETS = (
     Path(os.environ.get("MAILSIFT_DATASETS") or HERE.parents[2] / "shared" / "datasets") / "spamassassin"
 )
@@ -48,6 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         "--test", default=str(DATASETS / "test.index"), help="test index (default: the dev split)"
     )
     ap.add_argument(
+        "--online",
+        nargs="?",
+        const=str(DATASETS / "all.index"),
+        metavar="INDEX",
+        help="instead of train/test: score each message of INDEX, then learn it (TREC immediate "
+        "feedback); default INDEX: the whole development corpus",
+    )
+    ap.add_argument(
+        "--order",
+        choices=("index", "date", "shuffle"),
+        default="shuffle",
+        help="message order for --online (default shuffle: the development index lists all ham first)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="seed for --order shuffle (default 0)")
+    ap.add_argument(
         "--out", default="peers-report", help="folder for the runs and the report (default ./peers-report)"
     )
     ap.add_argument("--only", nargs="+", choices=PEERS, default=list(PEERS), help="run only these peers")
@@ -61,21 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     if missing and args.no_install:
         sys.exit(f"missing Debian packages: {' '.join(missing)}")
     apt_install(missing)
-    corpus = load_corpus(args.train, args.test)
-    print(f"{len(corpus.train)} training and {len(corpus.test)} test messages", file=sys.stderr)
 
     runs = [out / "mailsift"]
     t0 = time.perf_counter()
+    if args.online:
+        items = ordered(read_index(args.online), args.order, args.seed)  # the order mailsift eval uses
+        print(f"{len(items)} messages, online, {args.order} order", file=sys.stderr)
+        how = ["--online", args.online, "--order", args.order, "--seed", str(args.seed)]
+    else:
+        corpus = load_corpus(args.train, args.test)
+        print(f"{len(corpus.train)} training and {len(corpus.test)} test messages", file=sys.stderr)
+        how = ["--train", args.train, "--test", args.test]
     subprocess.run(
-        [*MAILSIFT, "eval", "--train", args.train, "--test", args.test, "--out", str(runs[0]), "--json"],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        [*MAILSIFT, "eval", *how, "--out", str(runs[0]), "--json"], check=True, stdout=subprocess.DEVNULL
     )
     print(f"mailsift done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     for module in modules:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"mailsift-peer-{module.__name__}-") as state:
-            module.run(corpus, Path(state) / "state", out / module.__name__)
+            if args.online:
+                module.run_online(items, Path(state) / "state", out / module.__name__)
+            else:
+                module.run(corpus, Path(state) / "state", out / module.__name__)
         runs.append(out / module.__name__)
         print(f"{module.NAME} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return subprocess.run([*MAILSIFT, "eval", "--compare", *map(str, runs), "--out", str(out)]).returncode

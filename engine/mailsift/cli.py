@@ -299,7 +299,8 @@ def _eval_compare(args) -> int:
         print(json.dumps(doc))
     else:
         print(markdown_table([r["name"] for r in doc["runs"]], [r["metrics"] for r in doc["runs"]]), end="")
-        print(f"report: {Path(args.out) / 'report.md'} (+ report.json, roc.png, hist.png)")
+        figures = ", ".join(doc["figures"].values())
+        print(f"report: {Path(args.out) / 'report.md'} (+ report.json, {figures})")
     return 0
 
 

@@ -212,7 +212,8 @@ def write_report(runs: list[Run], out: str | os.PathLike, title: str = "mailsift
     figures = {"roc": "roc.png", "histograms": "hist.png"}
     plots.roc_figure(runs, out / figures["roc"])
     plots.histogram_figure(runs, out / figures["histograms"])
-    if any(r.online for r in runs):
+    online = any(r.online for r in runs)
+    if online:
         figures["learning_curve"] = "learning.png"
         plots.learning_figure([r for r in runs if r.online], out / figures["learning_curve"])
     created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -238,7 +239,13 @@ def write_report(runs: list[Run], out: str | os.PathLike, title: str = "mailsift
     md.append(markdown_table([r.name for r in runs], rows))
     md.append(
         "(1-AUC)% and spam caught at a fixed FPR rank every message by the filter's own score, so "
-        "they need no threshold; FPR/FNR use each filter's own default threshold.\n"
+        "they need no threshold; FPR/FNR use each filter's own default threshold."
+        + (
+            " Online runs score each message and then learn it: their msgs/s is both together."
+            if online
+            else ""
+        )
+        + "\n"
     )
     notes = [(r.name, r.notes) for r in runs if r.notes]
     if notes:
