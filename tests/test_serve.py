@@ -47,9 +47,20 @@ class Served:
         return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
 
     def stop(self) -> None:
+        """Gracefully (SIGTERM shuts the scoring pool down), then by force."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def children(self) -> list[int]:
+        """The scoring workers (Linux /proc)."""
+        path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+        with open(path) as fh:
+            return [int(pid) for pid in fh.read().split()]
 
 
 @pytest.fixture
@@ -81,6 +92,30 @@ def test_sigterm_lets_the_session_in_flight_finish_then_exits(served, sink, tmp_
     assert srv.proc.wait(20) == 0
     assert len(sink.received) == 1
     assert "stopped" in srv.log_text()
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie nobody has reaped yet counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return any(line.split()[1:2] == ["Z"] for line in fh if line.startswith("State:"))
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_scoring_workers_exit_when_the_filter_is_killed(served, sink):
+    srv = served(DEFAULT_MODEL)
+    with srv.client() as c:
+        c.sendmail("s@example.org", ["a@example.net"], HAM)  # the pool has started its worker
+    workers = srv.children()
+    assert workers
+    srv.proc.kill()  # SIGKILL: no chance to shut the pool down
+    srv.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in workers)
 
 
 def _score_of(sink) -> float:

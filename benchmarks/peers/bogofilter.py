@@ -76,9 +76,9 @@ def run(corpus: Corpus, state: Path, out: Path):
 
 def run_online(items: list[Labelled], state: Path, out: Path):
     """Score each message, then register it with its label (-s / -n), as a
-    mail client's "junk / not junk" buttons feed bogofilter.  Until both
-    classes have been registered bogofilter cannot score: those first
-    messages get 0.5, its own "unsure"."""
+    mail client's "junk / not junk" buttons feed bogofilter.  Before the
+    first registration there is no wordlist and bogofilter cannot score:
+    that first message gets 0.5, its own "unsure"."""
     _create(state)
     scores = []
     t0 = time.perf_counter()
@@ -88,6 +88,8 @@ def run_online(items: list[Labelled], state: Path, out: Path):
             state, SPAMICITY_FORMAT, "-v", "-B", str(it.path), ok=(0, 1, 2, 3) if empty else (0, 1, 2)
         )
         m = _LINE.match(result.stdout.strip())
+        if m is None and not empty:
+            raise RuntimeError(f"bogofilter: unexpected output {result.stdout[:200]!r}")
         scores.append(float(m.group(2)) if m else 0.5)
         _bogofilter(state, "-s" if it.spam else "-n", "-B", str(it.path))
     return save(
@@ -100,5 +102,5 @@ def run_online(items: list[Labelled], state: Path, out: Path):
         online=True,
         version=package_version("bogofilter"),
         notes="Debian bogofilter with its compiled-in defaults; each message scored, then registered with "
-        "its label (-s / -n); 0.5 until the wordlist exists; two bogofilter processes per message",
+        "its label (-s / -n); 0.5 before the first registration; two bogofilter processes per message",
     )

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,8 +46,30 @@ _XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 _worker_filter: Filter | None = None
 
 
-def _init_worker(config: Config, model_path: str | None) -> None:
+def _die_with_parent(parent: int) -> None:
+    """A scoring worker must not outlive a filter that was killed (SIGKILL,
+    OOM killer): ask Linux to send it SIGTERM when the parent dies, and
+    leave at once if that already happened before the request took hold.
+    The worker was forked with the filter's own signal handlers (graceful
+    stop on SIGTERM, reload on SIGHUP), which mean nothing here: SIGTERM
+    gets its default action back, and SIGHUP sent to the whole process
+    group must not kill the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _init_worker(config: Config, model_path: str | None, parent: int | None = None) -> None:
     global _worker_filter
+    if parent is not None:
+        _die_with_parent(parent)
     _worker_filter = Filter(config, model_path)
 
 
@@ -75,7 +98,7 @@ class Scorer:
         return concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers or os.cpu_count() or 1,
             initializer=_init_worker,
-            initargs=(config, self.model_path),
+            initargs=(config, self.model_path, os.getpid()),
         )
 
     def reload(self, config: Config) -> bool:
