@@ -40,7 +40,8 @@ def test_run_round_trips_through_its_folder_exactly(tmp_path):
     [
         ("path\tlabel\tscore\n/x\tmaybe\t1\n", "ham|spam"),
         ("path\tlabel\tscore\n/x\tspam\tlots\n", "not a number"),
-        ("path\tlabel\tscore\n/x\tspam\tnan\n", "NaN"),
+        ("path\tlabel\tscore\n/x\tspam\tnan\n", "not finite"),
+        ("path\tlabel\tscore\n/x\tspam\t-inf\n", "not finite"),
         ("label score path\n", "header"),
     ],
 )

@@ -100,8 +100,8 @@ def read_run(folder: str | os.PathLike) -> Run:
                     raise RunError(
                         f"{folder / SCORES_FILE}:{lineno}: score {row[2]!r} is not a number"
                     ) from None
-                if math.isnan(score):
-                    raise RunError(f"{folder / SCORES_FILE}:{lineno}: score is NaN")
+                if not math.isfinite(score):
+                    raise RunError(f"{folder / SCORES_FILE}:{lineno}: score {row[2]!r} is not finite")
                 paths.append(row[0])
                 labels.append(row[1] == "spam")
                 scores.append(score)
