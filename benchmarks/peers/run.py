@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from common import apt_install, load_corpus, missing_packages  # noqa: E402
 
 from mailsift.corpus import read_index  # noqa: E402
-from mailsift.datasets import ordered  # noqa: E402
+from mailsift.datasets import ORDERS, ordered  # noqa: E402
 
 DATASETS = (
     Path(os.environ.get("MAILSIFT_DATASETS") or HERE.parents[2] / "shared" / "datasets") / "spamassassin"
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--order",
-        choices=("index", "date", "shuffle"),
+        choices=ORDERS,
         default="shuffle",
         help="message order for --online (default shuffle: the development index lists all ham first)",
     )

@@ -17,6 +17,7 @@ import numpy as np
 from . import __version__
 from .config import ConfigError, load_config, split_hostport, user_model_path
 from .corpus import CorpusError, read_index
+from .datasets import ORDERS, build_index, ordered, split_index, write_index
 from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
 from .filter import Filter, resolve_model_path
 from .model import LinearModel, ModelError
@@ -215,8 +216,6 @@ def cmd_eval(args) -> int:
     threshold_points = config.thresholds.add_header
     train_seconds, n_train = None, None
     if args.online:
-        from .datasets import ordered
-
         profile = PROFILES[args.features]
         flt = Filter(config, model=LinearModel(profile.features, profile.params))
         scored = score_online(flt, ordered(read_index(args.online), args.order, args.seed), _progress)
@@ -361,8 +360,6 @@ def cmd_tune(args) -> int:
 
 # -- corpus --------------------------------------------------------------
 def cmd_corpus_index(args) -> int:
-    from .datasets import build_index, write_index
-
     if not (args.ham_glob or args.spam_glob):
         raise CliError("corpus index: give --ham-glob and/or --spam-glob patterns", EX_USAGE)
     items = build_index(args.folder, args.ham_glob, args.spam_glob)
@@ -377,8 +374,6 @@ def cmd_corpus_index(args) -> int:
 
 
 def cmd_corpus_split(args) -> int:
-    from .datasets import split_index, write_index
-
     try:
         result = split_index(args.index, ratio=args.ratio, seed=args.seed, by_date=args.by_date)
     except ValueError as exc:
@@ -568,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--order",
-        choices=("index", "date", "shuffle"),
+        choices=ORDERS,
         default="index",
         help="message order for --online: as the index lists them (default; TREC indexes are "
         "chronological), by Date header, or shuffled with --seed. An index listing all ham before "

@@ -63,6 +63,10 @@ def message_date(raw: bytes) -> float | None:
         return None
 
 
+#: the orders :func:`ordered` knows, for command-line choices
+ORDERS = ("index", "date", "shuffle")
+
+
 def ordered(items: list[Labelled], how: str = "index", seed: int = 0) -> list[Labelled]:
     """The order an online run meets mail in: the index's own (TREC indexes
     are chronological), by Date header (undated first, as split does), or
