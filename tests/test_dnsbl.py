@@ -24,7 +24,7 @@ from mailsift.rules.dnsbl import Zone, reverse_ip
 
 LISTED_V4 = "81.2.69.160"  # any address: every query goes to the test server
 REFUSED_V4 = "81.2.69.161"
-LISTED_V6 = "2001:db8::1"
+LISTED_V6 = "2a01:4f8::1"  # global (2001:db8::/32 is documentation: never queried)
 TRUNCATED_V4 = "81.2.69.170"
 
 TRUNCATED_PREFIX = reverse_ip(TRUNCATED_V4) + ".zen.test"
@@ -117,7 +117,7 @@ def test_unlisted_ip_and_ipv6_listing(dns_server):
     flt = _filter(dns_server[0])
     assert "RCVD_IN_ZEN" not in _names(flt.score(HAM, context=Context(client_ip="81.2.69.99")))
     assert _names(flt.score(HAM, context=Context(client_ip=LISTED_V6)))["RCVD_IN_ZEN"] == 3.0
-    assert reverse_ip(LISTED_V6).startswith("1.0.0.0.") and reverse_ip(LISTED_V6).endswith(".8.b.d.0.1.0.0.2")
+    assert reverse_ip(LISTED_V6).startswith("1.0.0.0.") and reverse_ip(LISTED_V6).endswith(".8.f.4.0.1.0.a.2")
 
 
 def test_refused_query_code_is_logged_not_counted(dns_server, caplog):
@@ -226,14 +226,14 @@ def test_truncated_udp_answer_is_fetched_again_over_tcp(dns_server):
     assert asked[:2] == [f"udp:{TRUNCATED_PREFIX}.", f"tcp:{TRUNCATED_PREFIX}."]
 
 
-def test_earlier_untrusted_relays_are_checked_too_and_a_rule_counts_once(dns_server):
+def test_all_untrusted_scope_checks_earlier_relays_and_a_rule_counts_once(dns_server):
     raw = (
         b"Received: from mx.ours.example (mx.ours.example [10.0.0.2]) by inbound.example; Mon, 1 Jul 2024\r\n"
         b"Received: from relay.example (relay.example [81.2.69.99]) by mx.ours.example; Mon, 1 Jul 2024\r\n"
         + f"Received: from origin.example (origin.example [{LISTED_V4}]) by relay.example\r\n".encode()
         + HAM
     )
-    flt = _filter(dns_server[0], zones=ZONES[:1])
+    flt = _filter(dns_server[0], zones=[replace(ZONES[0], scope="all-untrusted")])
     v = flt.score(raw, context=Context(client_ip="81.2.69.99"))
     assert [h for h in v.hits if h.name == "RCVD_IN_ZEN"][0].detail.startswith(LISTED_V4)
     both = flt.score(raw, context=Context(client_ip=LISTED_V6))  # client and relay both listed

@@ -8,11 +8,13 @@ Unknown keys are errors, so a typo never silently does nothing.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .rules import NetworkConfig, parse_networks
 from .rules.auth import AuthConfig
 from .rules.tld import DomainRules
 
@@ -98,6 +100,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainRules = field(default_factory=DomainRules)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     #: points per rule name, overriding the defaults in code (``mailsift
     #: tune`` will write these)
     rule_weights: dict = field(default_factory=dict)
@@ -150,6 +153,7 @@ def load_config(explicit: str | None = None) -> Config:
         "dns": config.dns,
         "domains": config.domains,
         "auth": config.auth,
+        "network": config.network,
     }
     for name, table in data.items():
         if name == "dnsbl" and isinstance(table, list):
@@ -193,6 +197,16 @@ def validate(config: Config) -> None:
             split_hostport(server, "dns.servers entry")
     if config.dns.timeout <= 0 or config.dns.deadline <= 0:
         raise ConfigError("dns.timeout and dns.deadline must be positive")
+    if not all(map(math.isfinite, (config.dns.timeout, config.dns.deadline))):
+        raise ConfigError("dns.timeout and dns.deadline must be finite")
+    for key in ("trusted_networks", "internal_networks"):
+        try:
+            parse_networks(getattr(config.network, key))
+        except ValueError as exc:
+            raise ConfigError(f"network.{key}: {exc}") from None
+    for key in ("trusted_authserv_ids", "trusted_arc_sealers"):
+        if any(not v.strip() or any(c.isspace() for c in v.strip()) for v in getattr(config.auth, key)):
+            raise ConfigError(f"auth.{key}: entries must be single non-empty names")
 
 
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
@@ -207,7 +221,9 @@ def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
 
 def _zone(table: object, where: str):
     """One [[dnsbl]] table -> rules.dnsbl.Zone, every field checked."""
-    from .rules.dnsbl import Zone
+    import ipaddress
+
+    from .rules.dnsbl import KINDS, SCOPES, Zone
 
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table")
@@ -215,19 +231,53 @@ def _zone(table: object, where: str):
         if not isinstance(table.get(key), str) or not table[key]:
             raise ConfigError(f"{where}: {key} is required (a string)")
     zone = Zone(name=table["name"], zone=table["zone"].strip("."))
-    rest = {k: v for k, v in table.items() if k not in ("name", "zone", "codes")}
+    rest = {k: v for k, v in table.items() if k not in ("name", "zone", "codes", "bitmask")}
     _apply(zone, rest, where)
-    if zone.kind not in ("ip", "domain"):
+    if zone.kind not in KINDS:
         raise ConfigError(f"{where}: kind must be ip or domain, got {zone.kind!r}")
+    if "scope" in table and zone.kind != "ip":
+        raise ConfigError(f"{where}: scope is for ip lists (domain lists check URL and sender domains)")
+    if zone.scope not in SCOPES:
+        raise ConfigError(f"{where}: scope must be last-external or all-untrusted, got {zone.scope!r}")
+    if not math.isfinite(zone.score):
+        raise ConfigError(f"{where}: score must be a finite number")
+    for spec in zone.errors:
+        try:
+            net = ipaddress.ip_network(spec, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: errors entry {spec!r} is not an address or CIDR range") from None
+        if net.version != 4 or not net.subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+            raise ConfigError(f"{where}: errors entry {spec!r} must be inside 127.0.0.0/8")
     codes = table.get("codes", {})
     if not isinstance(codes, dict):
         raise ConfigError(f'{where}: codes must be a table of "127.0.0.x" = [points, meaning]')
     for value, spec in codes.items():
-        ok = isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], (int, float))
-        if not ok or not isinstance(spec[1], str):
-            raise ConfigError(f'{where}: codes.{value} must be [points, "meaning"]')
+        _points_meaning(spec, f"{where}: codes.{value}")
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ConfigError(f"{where}: codes key {value!r} must be an address like 127.0.0.2") from None
     zone.codes = {k: [float(v[0]), v[1]] for k, v in codes.items()}
+    bitmask = table.get("bitmask", {})
+    if not isinstance(bitmask, dict):
+        raise ConfigError(f'{where}: bitmask must be a table of BIT = [points, "meaning"]')
+    if bitmask and codes:
+        raise ConfigError(f"{where}: use codes or bitmask, not both")
+    parsed = {}
+    for bit, spec in bitmask.items():
+        _points_meaning(spec, f"{where}: bitmask.{bit}")
+        value = int(bit) if str(bit).isdigit() else 0
+        if not 1 <= value <= 255 or value & (value - 1):
+            raise ConfigError(f"{where}: bitmask key {bit!r} must be a power of two from 1 to 128")
+        parsed[value] = [float(spec[0]), spec[1]]
+    zone.bitmask = parsed
     return zone
+
+
+def _points_meaning(spec: object, where: str) -> None:
+    ok = isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], (int, float))
+    if not ok or isinstance(spec[0], bool) or not isinstance(spec[1], str) or not math.isfinite(spec[0]):
+        raise ConfigError(f'{where} must be [points, "meaning"]')
 
 
 def _apply(target: object, table: dict, where: str) -> None:

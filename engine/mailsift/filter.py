@@ -57,7 +57,7 @@ class Filter:
             self.model = LinearModel.load(self.model_path)
         dns = self.config.dns
         self.network = NetworkRules(
-            self.config.dnsbl, dns.servers, dns.timeout, dns.deadline, self.config.auth
+            self.config.dnsbl, dns.servers, dns.timeout, dns.deadline, self.config.auth, self.config.network
         )
 
     @property
@@ -76,16 +76,23 @@ class Filter:
         ``context`` is what the SMTP session knows (client address, HELO,
         envelope sender) for the network rules."""
         msg = parse(raw)
-        return self.verdict(msg, extract(msg, self.model.settings), evidence, context)
+        return self.verdict(msg, extract(msg, self.model.settings), evidence, context, raw=raw)
 
     def verdict(
-        self, msg: ParsedMessage, feats: Features, evidence: int = 6, context: Context | None = None
+        self,
+        msg: ParsedMessage,
+        feats: Features,
+        evidence: int = 6,
+        context: Context | None = None,
+        raw: bytes | None = None,
     ) -> Verdict:
         """The scoring half of :meth:`score`, for callers that already hold
-        the features (online evaluation learns from them afterwards)."""
+        the features (online evaluation learns from them afterwards).
+        ``raw`` is the whole message (DKIM is verified on all of it, not on
+        the parser's cut); default ``msg.raw``."""
         hits = tld.check(msg, context.mail_from if context else "", self.config.domains)
         hits += headers.check(msg)
-        hits += self.network.check(msg, context)
+        hits += self.network.check(msg, context, raw)
         if self.config.rule_weights:  # the operator's (or tune's) points win over the defaults
             weights = self.config.rule_weights
             hits = [replace(h, score=weights[h.name]) if h.name in weights else h for h in hits]

@@ -33,7 +33,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .config import Config, ConfigError, ProxyConfig, load_config, split_hostport, validate
 from .filter import Filter
-from .parse import MAX_PARSE_BYTES
 from .report import add_headers, spam_headers
 from .rules import Context
 from .score import REJECT, Verdict
@@ -117,10 +116,9 @@ class Scorer:
 
     async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
         loop = asyncio.get_running_loop()
-        # the parser reads at most MAX_PARSE_BYTES: do not ship the rest to the worker
-        fut = loop.run_in_executor(
-            self.pool, _score_in_worker, raw[: MAX_PARSE_BYTES + 1], context or Context()
-        )
+        # the whole message: the parser cuts what it reads itself, but DKIM
+        # signs (and is verified on) all of it, up to max_message_size
+        fut = loop.run_in_executor(self.pool, _score_in_worker, raw, context or Context())
         return await asyncio.wait_for(fut, deadline)
 
     def close(self) -> None:

@@ -1,27 +1,47 @@
-"""SPF, DKIM and DMARC, each result a hit with its own weight.
+"""SPF, DKIM, DMARC and ARC, each result a hit with its own weight.
 
 SPF checks the connecting client against the envelope sender's (or, for
 bounces, the HELO name's) policy with pyspf; DKIM verifies every signature
-with dkimpy; DMARC looks up the From domain's policy (falling back to its
+(RSA and ed25519, RFC 8463) with dkimpy on the whole message as the MTA
+handed it over, never a cut of it (a cut breaks the body hash); DMARC
+(RFC 7489) looks up each From domain's policy (falling back to its
 registered domain) and checks that a passing SPF or DKIM result is aligned
-with the From domain, relaxed or strict as the policy says.  All DNS goes
-through the one resolver built from the ``[dns]``
-settings as the blocklists' — the same resolver and cache, reached from
-the thread pyspf and dkimpy (which are synchronous) run in — under the
-message's DNS deadline.
+with it, relaxed or strict as the policy says.  All DNS goes through the one
+resolver built from the ``[dns]`` settings as the blocklists' — the same
+resolver and cache, reached from the thread pyspf and dkimpy (which are
+synchronous) run in — under the message's DNS deadline.
 
-If the MTA in front already checked (OpenDKIM/OpenDMARC on the Postfix box),
-an ``Authentication-Results`` header whose authserv-id is listed in
-``trusted_authserv_ids`` is read instead; one from anywhere else is ignored,
-since anybody can write that header.
+DNS trouble is never a failure: a lookup that times out or SERVFAILs makes
+that method ``temperror`` (zero points), and DMARC is ``temperror`` too when
+the identifier that could have aligned could not be checked (RFC 7489 §6.6.2
+and §6.6.3: no result may be concluded).  Several From addresses are each
+checked and the strictest failing policy applies (RFC 7489 §6.6.1).  ``pct``
+below 100 samples failing mail as the RFC says (§6.6.4), by a hash of the
+Message-ID so a message always scores the same.
+
+Mailing lists break DKIM signatures and so DMARC.  When DMARC fails and the
+message carries an ARC chain (RFC 8617) that validates, whose every sealer is
+in ``trusted_arc_sealers``, and whose oldest ARC-Authentication-Results says
+``dmarc=pass``, the failure's points are cancelled and ``DMARC_FAIL_ARC``
+(0 points) says so.  A chain from an untrusted sealer changes nothing:
+anybody can seal their own mail with a made-up ``dmarc=pass``.
+
+If the MTA in front already checked (OpenDKIM/OpenDMARC/policyd-spf on the
+Postfix box), every ``Authentication-Results`` header whose authserv-id is
+listed in ``trusted_authserv_ids`` is read and merged (SPF from one, DKIM and
+DMARC from another), the DMARC policy it names (``dmarc=fail (p=reject)``)
+honoured; a method none of them reports is checked here.  A header from
+anywhere else is ignored, since anybody can write that header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import re
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 
 import dkim
 import dns.exception
@@ -33,6 +53,7 @@ from .resolver import NXDOMAIN, OK, TIMEOUT, Answer, Resolver
 from .tld import registered_domain
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+DMARC_POLICIES = ("none", "quarantine", "reject")
 
 #: default points per result, in the spirit of SpamAssassin's SPF_*/DKIM_*/DMARC_*
 DEFAULT_WEIGHTS = {
@@ -48,13 +69,23 @@ DEFAULT_WEIGHTS = {
     "DKIM_NONE": 0.0,
     "DKIM_TEMPERROR": 0.0,
     "DKIM_PERMERROR": 0.2,
+    "DKIM_FAIL_ARC": 0.0,
     "DMARC_PASS": -0.5,
     "DMARC_FAIL_REJECT": 4.0,
     "DMARC_FAIL_QUARANTINE": 2.5,
     "DMARC_FAIL_NONE": 0.5,
+    "DMARC_FAIL_ARC": 0.0,
     "DMARC_NONE": 0.0,
     "DMARC_TEMPERROR": 0.0,
+    "DMARC_PERMERROR": 0.0,
+    "ARC_PASS": 0.0,
+    "ARC_FAIL": 0.0,
+    "ARC_TEMPERROR": 0.0,
 }
+
+#: at most this many DKIM signatures and From domains are checked per message
+MAX_SIGNATURES = 5
+MAX_FROM_DOMAINS = 5
 
 
 @dataclass
@@ -65,6 +96,9 @@ class AuthConfig:
     enabled: bool = False
     #: authserv-ids of Authentication-Results headers written by your own MTA
     trusted_authserv_ids: list = field(default_factory=list)
+    #: ARC sealers (domains, d= of ARC-Seal) whose dmarc=pass you believe:
+    #: mailing lists and forwarders you know; a subdomain matches too
+    trusted_arc_sealers: list = field(default_factory=list)
 
 
 @dataclass
@@ -73,7 +107,14 @@ class AuthResult:
     spf_domain: str = ""
     dkim: list[tuple[str, str]] = field(default_factory=list)  # (result, d=)
     dmarc: str = "none"
-    policy: str = ""
+    policy: str = ""  # the policy applied to a failure (after pct)
+    dmarc_domain: str = ""
+    dmarc_note: str = ""  # pct sampling, several From domains
+    arc: str = ""  # "", "pass", "fail", "temperror"
+    arc_note: str = ""
+    arc_override: bool = False
+    #: methods reported by a trusted Authentication-Results header
+    trusted: set[str] = field(default_factory=set)
 
 
 class LoopDNS:
@@ -139,25 +180,34 @@ class LoopDNS:
         return records[0].encode() if records else None
 
 
-def check_spf(dns_: LoopDNS, ip: str, mail_from: str, helo: str) -> tuple[str, str]:
-    """(result, domain checked)."""
+def check_spf(dns_: LoopDNS, ip: str, mail_from: str, helo: str, res: AuthResult) -> None:
+    """SPF result and the domain checked, into ``res``."""
     domain = domain_of(mail_from) or helo
+    res.spf_domain = domain
     if not ip or not domain:
-        return "none", domain
+        res.spf = "none"
+        return
     spf.DNSLookup = dns_.spf_lookup  # pyspf resolves through this module global
     sender = mail_from or f"postmaster@{helo}"
-    result, _ = spf.check2(i=ip, s=sender, h=helo or domain, querytime=dns_.timeout * 3)
-    return (result if result in RESULTS else "permerror"), domain
+    try:
+        result, _ = spf.check2(i=ip, s=sender, h=helo or domain, querytime=dns_.timeout * 3)
+    except spf.TempError:
+        result = "temperror"
+    except Exception:
+        result = "permerror"
+    res.spf = result if result in RESULTS else "permerror"
 
 
 def check_dkim(dns_: LoopDNS, raw: bytes, n_signatures: int) -> list[tuple[str, str]]:
+    """(result, d=) for each DKIM-Signature, RSA or ed25519, on ``raw`` as
+    it came (the whole message)."""
     out = []
-    for idx in range(min(n_signatures, 5)):
+    for idx in range(min(n_signatures, MAX_SIGNATURES)):
         d = dkim.DKIM(raw, minkey=1024)
         try:
             ok = d.verify(idx=idx, dnsfunc=dns_.dkim_txt)
             result = "pass" if ok else "fail"
-        except dns.exception.Timeout:
+        except dns.exception.Timeout:  # the key could not be fetched: not the sender's fault
             result = "temperror"
         except dkim.ValidationError:  # body hash or signature does not match: the message changed
             result = "fail"
@@ -173,11 +223,12 @@ _TAG_RE = re.compile(r"\s*([a-z]+)\s*=\s*([^;]*)")
 
 def dmarc_policy(dns_: LoopDNS, from_domain: str) -> dict | None:
     """The DMARC record's tags, from the From domain or else its registered
-    domain; None if neither publishes one."""
+    domain (whose ``sp`` then applies); None if neither publishes one.
+    Raises dns.exception.Timeout when the servers do not answer."""
     for name in dict.fromkeys([from_domain, registered_domain(from_domain)]):
         records = [r for r in (dns_.txt(f"_dmarc.{name}") or []) if r.lower().startswith("v=dmarc1")]
-        if records:
-            tags = dict(_TAG_RE.findall(records[0].lower()))
+        if len(records) == 1:  # several records: as if none (RFC 7489 §6.6.3)
+            tags = {k: v.strip() for k, v in _TAG_RE.findall(records[0].lower())}
             if name != from_domain and "sp" in tags:
                 tags["p"] = tags["sp"]
             return tags
@@ -192,71 +243,267 @@ def aligned(domain: str, from_domain: str, mode: str) -> bool:
     return registered_domain(domain) == registered_domain(from_domain)
 
 
-def evaluate(dns_: LoopDNS, msg: ParsedMessage, ip: str, mail_from: str, helo: str) -> AuthResult:
-    res = AuthResult()
+def from_domains(msg: ParsedMessage) -> list[str]:
+    """Every domain of every From address (RFC 7489 §6.6.1 checks each)."""
+    addrs = getaddresses(msg.header_all("from"))
+    domains = [d for d in (domain_of(a) for _, a in addrs) if d]
+    if not domains and msg.from_domain:
+        domains = [msg.from_domain]
+    return list(dict.fromkeys(domains))[:MAX_FROM_DOMAINS]
+
+
+def _sampled(key: str, pct: int) -> bool:
+    """Whether a failing message falls in the ``pct`` percent the policy is
+    applied to: a hash, not a coin, so the same message scores the same."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "replace")).digest()[:4], "big") % 100 < pct
+
+
+_WEAKER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+
+
+def dmarc_for(dns_: LoopDNS, domain: str, res: AuthResult, key: str) -> tuple[str, str, str]:
+    """(result, policy applied, note) for one author domain."""
     try:
-        res.spf, res.spf_domain = check_spf(dns_, ip, mail_from, helo)
-    except spf.TempError:
-        res.spf = "temperror"
-    except Exception:
-        res.spf = "permerror"
-    res.dkim = check_dkim(dns_, msg.raw[msg.raw_start :], len(msg.header_all("dkim-signature")))
-    from_domain = msg.from_domain
-    try:
-        policy = dmarc_policy(dns_, from_domain) if from_domain else None
+        tags = dmarc_policy(dns_, domain)
     except dns.exception.Timeout:
-        res.dmarc = "temperror"
-        return res
-    if policy is None:
-        return res
-    res.policy = policy.get("p", "none").strip()
-    spf_ok = res.spf == "pass" and aligned(res.spf_domain, from_domain, policy.get("aspf", "r").strip())
-    dkim_ok = any(
-        r == "pass" and aligned(d, from_domain, policy.get("adkim", "r").strip()) for r, d in res.dkim
-    )
-    res.dmarc = "pass" if spf_ok or dkim_ok else "fail"
+        return "temperror", "", "DMARC record lookup failed"
+    if tags is None:
+        return "none", "", ""
+    policy = tags.get("p", "")
+    if policy not in DMARC_POLICIES:  # RFC 7489 §6.6.3: a record without a valid p= is as none
+        return "none", "", f"invalid p={policy!r}"
+    aspf, adkim = tags.get("aspf", "r"), tags.get("adkim", "r")
+    if res.spf == "pass" and aligned(res.spf_domain, domain, aspf):
+        return "pass", policy, ""
+    if any(r == "pass" and aligned(d, domain, adkim) for r, d in res.dkim):
+        return "pass", policy, ""
+    spf_temp = res.spf == "temperror" and aligned(res.spf_domain, domain, aspf)
+    dkim_temp = any(r == "temperror" and aligned(d, domain, adkim) for r, d in res.dkim)
+    if spf_temp or dkim_temp:  # an identifier that could have aligned was not checkable
+        what = " and ".join(n for n, t in (("SPF", spf_temp), ("DKIM", dkim_temp)) if t)
+        return "temperror", policy, f"{what} could not be checked (DNS)"
+    note = ""
+    try:
+        pct = max(0, min(100, int(tags.get("pct", "100"))))
+    except ValueError:
+        pct = 100
+    if pct < 100 and not _sampled(key, pct):
+        weaker = _WEAKER[policy]
+        note = f"pct={pct}: outside the sample, {weaker} instead of {policy}"
+        policy = weaker
+    return "fail", policy, note
+
+
+_STRICTNESS = {"": 0, "none": 1, "quarantine": 2, "reject": 3}
+
+
+def check_dmarc(dns_: LoopDNS, msg: ParsedMessage, res: AuthResult) -> None:
+    """DMARC for every From domain: fail with the strictest policy among the
+    failing ones, else temperror if any, else pass if any, else none."""
+    domains = from_domains(msg)
+    if not domains:
+        return
+    key = msg.header("message-id") or hashlib.sha256(msg.raw[:4096]).hexdigest()
+    results = [(d, *dmarc_for(dns_, d, res, key)) for d in domains]
+    fails = [r for r in results if r[1] == "fail"]
+    pick = None
+    if fails:
+        pick = max(fails, key=lambda r: _STRICTNESS[r[2]])
+    else:
+        for wanted in ("temperror", "pass", "none"):
+            pick = next((r for r in results if r[1] == wanted), None)
+            if pick:
+                break
+    res.dmarc_domain, res.dmarc, res.policy, res.dmarc_note = pick
+    if len(domains) > 1:
+        res.dmarc_note = "; ".join(filter(None, [res.dmarc_note, f"{len(domains)} From domains checked"]))
+
+
+_AAR_DMARC_RE = re.compile(rb"\bdmarc\s*=\s*pass\b", re.I)
+_AAR_FROM_RE = re.compile(rb"\bheader\.from\s*=\s*\"?([^\s;\"]+)", re.I)
+
+
+def _trusted_sealer(domain: str, sealers: list[str]) -> bool:
+    domain = domain.lower().strip(".")
+    return any(domain == s or domain.endswith("." + s) for s in (x.lower().strip(".") for x in sealers))
+
+
+def check_arc(dns_: LoopDNS, raw: bytes, res: AuthResult, sealers: list[str], from_domain: str) -> None:
+    """Verify the ARC chain; set ``res.arc_override`` when it may cancel a
+    DMARC failure (see the module docstring)."""
+    try:
+        cv, results, reason = dkim.arc_verify(raw, dnsfunc=dns_.dkim_txt)
+    except dns.exception.Timeout:
+        res.arc, res.arc_note = "temperror", "ARC key lookup failed"
+        return
+    except Exception as exc:  # malformed chain: dkimpy raises more than DKIMException here
+        res.arc, res.arc_note = "fail", f"{type(exc).__name__}"
+        return
+    if cv == dkim.CV_None:
+        return
+    seal_domains = [r.get("as-domain", b"").decode("ascii", "replace").lower() for r in results]
+    res.arc_note = f"sealed by {', '.join(reversed(seal_domains))}"
+    if cv != dkim.CV_Pass:
+        res.arc, res.arc_note = "fail", f"{res.arc_note}: {reason}"
+        return
+    res.arc = "pass"
+    oldest = next((r for r in results if r.get("instance") == 1), None)
+    if oldest is None or not all(_trusted_sealer(d, sealers) for d in seal_domains):
+        res.arc_note += " (not all trusted sealers: no effect)"
+        return
+    aar = oldest.get("aar-value", b"")
+    said_from = _AAR_FROM_RE.search(aar)
+    if not _AAR_DMARC_RE.search(aar) or (
+        said_from and said_from.group(1).decode("ascii", "replace").lower() != from_domain
+    ):
+        res.arc_note += " (oldest seal does not say dmarc=pass for the From domain: no effect)"
+        return
+    res.arc_override = True
+
+
+def evaluate(
+    dns_: LoopDNS,
+    msg: ParsedMessage,
+    raw: bytes,
+    ip: str,
+    mail_from: str,
+    helo: str,
+    config: AuthConfig | None = None,
+    known: AuthResult | None = None,
+) -> AuthResult:
+    """SPF, DKIM, DMARC (and ARC when DMARC fails) for one message; the
+    methods in ``known.trusted`` come from trusted headers and are not
+    checked again."""
+    config = config or AuthConfig()
+    res = known or AuthResult()
+    if "spf" not in res.trusted:
+        check_spf(dns_, ip, mail_from, helo, res)
+    if "dkim" not in res.trusted:
+        res.dkim = check_dkim(dns_, raw, len(msg.header_all("dkim-signature")))
+    if "dmarc" not in res.trusted:
+        check_dmarc(dns_, msg, res)
+    if res.dmarc == "fail" and config.trusted_arc_sealers and msg.header("arc-seal"):
+        check_arc(dns_, raw, res, config.trusted_arc_sealers, res.dmarc_domain or msg.from_domain)
     return res
 
 
-_AR_RE = re.compile(r"\b(spf|dkim|dmarc)\s*=\s*([a-z]+)", re.I)
+def _split_outside_comments(value: str) -> list[tuple[str, str]]:
+    """An Authentication-Results value -> (text, comments) per ';'-separated
+    part; a ';' inside a comment (OpenDKIM writes "(2048-bit key; ...)")
+    does not split."""
+    parts, text, comments, depth = [], [], [], 0
+    current_comment: list[str] = []
+    for ch in value:
+        if ch == "(":
+            depth += 1
+            if depth == 1:
+                current_comment = []
+                continue
+        elif ch == ")" and depth:
+            depth -= 1
+            if depth == 0:
+                comments.append("".join(current_comment))
+                text.append(" ")
+                continue
+        if depth:
+            current_comment.append(ch)
+        elif ch == ";":
+            parts.append(("".join(text), " ".join(comments)))
+            text, comments = [], []
+        else:
+            text.append(ch)
+    parts.append(("".join(text), " ".join(comments)))
+    return parts
 
 
-def from_trusted_header(msg: ParsedMessage, trusted: list[str]) -> AuthResult | None:
-    """Results from the topmost Authentication-Results header written by one
-    of our own servers (authserv-id in ``trusted``), or None."""
+_RESULT_RE = re.compile(r"^\s*([a-z0-9_-]+)\s*=\s*([a-z]+)", re.I)
+_PROP_RE = re.compile(r"([a-z0-9_-]+\.[a-z0-9_-]+)\s*=\s*(\"[^\"]*\"|[^\s\"]+)", re.I)
+_POLICY_RE = re.compile(r"\bp\s*=\s*(none|quarantine|reject)\b", re.I)
+_NORMAL = {
+    "spf": {"hardfail": "fail", "policy": "permerror"},
+    "dkim": {"neutral": "permerror", "policy": "permerror", "softfail": "fail"},
+    "dmarc": {"bestguesspass": "none", "policy": "none"},
+}
+_ALLOWED = {
+    "spf": set(RESULTS),
+    "dkim": {"pass", "fail", "none", "temperror", "permerror"},
+    "dmarc": {"pass", "fail", "none", "temperror", "permerror"},
+}
+
+
+def from_trusted_headers(msg: ParsedMessage, trusted: list[str]) -> AuthResult | None:
+    """Results from every Authentication-Results header written by one of
+    our own servers (authserv-id in ``trusted``), merged top to bottom: the
+    first SPF and DMARC result found win, every DKIM result is kept.  None
+    if no trusted header reports anything."""
     if not trusted:
         return None
     ids = {t.lower() for t in trusted}
+    res = AuthResult()
     for value in msg.header_all("authentication-results"):
-        authserv = value.split(";", 1)[0].strip().split()[0].lower() if value.strip() else ""
-        if authserv not in ids:
+        parts = _split_outside_comments(value)
+        head = parts[0][0].split()
+        if not head or head[0].lower() not in ids:
             continue
-        res = AuthResult()
-        for method, result in _AR_RE.findall(value):
-            method, result = method.lower(), result.lower()
-            if method == "spf":
+        for text, comment in parts[1:]:
+            m = _RESULT_RE.match(text)
+            if not m:
+                continue
+            method, result = m.group(1).lower(), m.group(2).lower()
+            if method not in _ALLOWED:
+                continue
+            result = _NORMAL[method].get(result, result)
+            if result not in _ALLOWED[method]:
+                result = "permerror"
+            props = {k.lower(): v.strip('"').lower() for k, v in _PROP_RE.findall(text[m.end() :])}
+            if method == "spf" and "spf" not in res.trusted:
                 res.spf = result
+                res.spf_domain = domain_of(props.get("smtp.mailfrom", "")) or props.get(
+                    "smtp.mailfrom", props.get("smtp.helo", "")
+                )
             elif method == "dkim":
-                res.dkim.append((result, ""))
-            elif method == "dmarc":
+                if result != "none":
+                    d = props.get("header.d") or domain_of(props.get("header.i", ""))
+                    res.dkim.append((result, d))
+            elif method == "dmarc" and "dmarc" not in res.trusted:
                 res.dmarc = result
-                res.policy = "none"
-        return res
-    return None
+                policy = props.get("policy.dmarc") or props.get("policy.published-domain-policy")
+                if not policy:
+                    p = _POLICY_RE.search(comment)
+                    policy = p.group(1).lower() if p else ""
+                res.policy = policy if policy in DMARC_POLICIES else ("none" if result == "fail" else "")
+                res.dmarc_domain = props.get("header.from", "")
+            res.trusted.add(method)
+    return res if res.trusted else None
 
 
 def hits(res: AuthResult, weights: dict[str, float], source: str) -> list[RuleHit]:
-    out = [_hit(f"SPF_{res.spf.upper()}", weights, f"SPF {res.spf}", res.spf_domain or source)]
+    def where(method: str, own: str = "") -> str:
+        return "trusted Authentication-Results" if method in res.trusted else (own or source)
+
+    out = [_hit(f"SPF_{res.spf.upper()}", weights, f"SPF {res.spf}", where("spf", res.spf_domain))]
     if res.dkim:
         for result, domain in res.dkim:
-            out.append(_hit(f"DKIM_{result.upper()}", weights, f"DKIM signature {result}", domain or source))
+            name = f"DKIM_{result.upper()}"
+            desc = f"DKIM signature {result}"
+            if result == "fail" and res.arc_override:
+                name = "DKIM_FAIL_ARC"
+                desc = "DKIM signature broken in transit, vouched for by a trusted ARC chain"
+            out.append(_hit(name, weights, desc, domain or where("dkim")))
     else:
-        out.append(_hit("DKIM_NONE", weights, "no DKIM signature", source))
-    if res.dmarc == "fail":
+        out.append(_hit("DKIM_NONE", weights, "no DKIM signature", where("dkim")))
+    note = f" ({res.dmarc_note})" if res.dmarc_note else ""
+    detail = res.dmarc_domain or where("dmarc")
+    if res.dmarc == "fail" and res.arc_override:
+        desc = f"DMARC fail, policy {res.policy or 'none'}, cancelled: a trusted ARC chain says dmarc=pass"
+        out.append(_hit("DMARC_FAIL_ARC", weights, desc + note, detail))
+    elif res.dmarc == "fail":
         name = f"DMARC_FAIL_{res.policy.upper() or 'NONE'}"
-        out.append(_hit(name, weights, f"DMARC fail, policy {res.policy or 'none'}", source))
+        out.append(_hit(name, weights, f"DMARC fail, policy {res.policy or 'none'}{note}", detail))
     else:
-        out.append(_hit(f"DMARC_{res.dmarc.upper()}", weights, f"DMARC {res.dmarc}", source))
+        out.append(_hit(f"DMARC_{res.dmarc.upper()}", weights, f"DMARC {res.dmarc}{note}", detail))
+    if res.arc:
+        out.append(_hit(f"ARC_{res.arc.upper()}", weights, f"ARC chain {res.arc}", res.arc_note))
     return out
 
 
