@@ -1,23 +1,30 @@
-"""SPF, DKIM and DMARC against a real DNS server on 127.0.0.1 (dnslib),
-with messages DKIM-signed here with a freshly generated key."""
+"""SPF, DKIM, DMARC and ARC against a real DNS server on 127.0.0.1 (dnslib),
+with messages DKIM-signed (RSA and ed25519) and ARC-sealed here with freshly
+generated keys; some names are never answered, as a broken DNS does."""
 
 from __future__ import annotations
 
 import base64
+import email
+import smtplib
 import socket
 import subprocess
 import time
 from dataclasses import replace
 
 import dkim
+import nacl.encoding
+import nacl.signing
 import pytest
-from conftest import free_port
+from conftest import ProxyThread, free_port
 from dnslib import QTYPE, RCODE, RR, TXT
+from dnslib.dns import DNSError
 from dnslib.server import BaseResolver, DNSServer
 
 from mailsift import Filter
 from mailsift.config import Config
 from mailsift.filter import DEFAULT_MODEL
+from mailsift.parse import MAX_PARSE_BYTES
 from mailsift.rules import Context
 from mailsift.rules.auth import aligned
 
@@ -40,8 +47,28 @@ def dkim_key(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def auth_dns(dkim_key):
+def ed25519_key():
+    """(private seed, public key), both base64, as dkimpy and the DNS record want them."""
+    key = nacl.signing.SigningKey.generate()
+    seed = key.encode(encoder=nacl.encoding.Base64Encoder)
+    return seed, key.verify_key.encode(encoder=nacl.encoding.Base64Encoder).decode()
+
+
+#: names the test DNS server never answers (a dead or filtered server for them)
+SILENT = {"slow.example.", "sel._domainkey.slow.example."}
+
+
+@pytest.fixture(scope="module")
+def auth_dns(dkim_key, ed25519_key):
     records = {
+        "slow.example.": "v=spf1 -all",  # never served: SILENT
+        "_dmarc.slow.example.": "v=DMARC1; p=reject",
+        "_dmarc.sample.example.": "v=DMARC1; p=reject; pct=0",
+        "_dmarc.ed.example.": "v=DMARC1; p=reject",
+        "sel._domainkey.ed.example.": f"v=DKIM1; k=ed25519; p={ed25519_key[1]}",
+        "lists.example.net.": "v=spf1 ip4:81.2.69.200 -all",
+        "arc._domainkey.lists.example.net.": f"v=DKIM1; k=rsa; p={dkim_key[1]}",
+        "arc._domainkey.evil.example.": f"v=DKIM1; k=rsa; p={dkim_key[1]}",
         "example.org.": f"v=spf1 ip4:{GOOD_IP} -all",
         "soft.example.": "v=spf1 ~all",
         "neutral.example.": "v=spf1 ?all",
@@ -56,6 +83,8 @@ def auth_dns(dkim_key):
         def resolve(self, request, handler):
             reply = request.reply()
             name = str(request.q.qname).lower()
+            if name in SILENT:
+                raise DNSError("no answer, on purpose")  # dnslib then sends nothing
             if name.endswith("servfail.example."):
                 reply.header.rcode = RCODE.SERVFAIL
             elif request.q.qtype == QTYPE.TXT and name in records:
@@ -75,11 +104,17 @@ def auth_dns(dkim_key):
     server.stop()
 
 
-def _filter(server: str, deadline: float = 3.0, trusted=()) -> Filter:
+def _config(server: str, deadline: float = 3.0, trusted=(), sealers=(), timeout: float = 1.0) -> Config:
     config = Config()
-    config.dns = replace(config.dns, servers=[server], timeout=1.0, deadline=deadline)
-    config.auth = replace(config.auth, enabled=True, trusted_authserv_ids=list(trusted))
-    return Filter(config, str(DEFAULT_MODEL))
+    config.dns = replace(config.dns, servers=[server], timeout=timeout, deadline=deadline)
+    config.auth = replace(
+        config.auth, enabled=True, trusted_authserv_ids=list(trusted), trusted_arc_sealers=list(sealers)
+    )
+    return config
+
+
+def _filter(server: str, deadline: float = 3.0, trusted=(), sealers=(), timeout: float = 1.0) -> Filter:
+    return Filter(_config(server, deadline, trusted, sealers, timeout), str(DEFAULT_MODEL))
 
 
 def _msg(from_: str = "alice@example.org", extra: bytes = b"") -> bytes:
@@ -180,3 +215,165 @@ def test_rule_weights_from_the_config_override_the_defaults(auth_dns):
     flt.config.rule_weights = {"SPF_FAIL": 7.0}
     v = flt.score(_msg(), context=Context(BAD_IP, "x", "a@example.org"))
     assert _hits(v)["SPF_FAIL"] == 7.0
+
+
+def _big(from_: str = "alice@example.org", size: int = 700_000) -> bytes:
+    line = b"The quarterly figures are attached below, as discussed on Monday.\r\n"
+    return _msg(from_).replace(b"\r\nHello Bob.\r\n", b"\r\n" + line * (size // len(line)))
+
+
+def test_700kb_message_signed_by_its_reject_domain_passes_dkim_and_dmarc(auth_dns, dkim_key):
+    signed = _sign(_big(), dkim_key[0])
+    assert len(signed) > MAX_PARSE_BYTES + 100_000  # the parser reads a cut; DKIM must not
+    hits = _hits(_filter(auth_dns).score(signed, context=Context(BAD_IP, "x", "bounce@other.example")))
+    assert "DKIM_PASS" in hits and "DMARC_PASS" in hits
+    assert not any(n.startswith(("DKIM_FAIL", "DMARC_FAIL")) for n in hits)
+
+
+def _status_through_serve(config: Config, sink, raw: bytes, ip: str, mail_from: str) -> str:
+    config.proxy = replace(config.proxy, listen="127.0.0.1:0", relay=f"127.0.0.1:{sink.port}")
+    proxy = ProxyThread(config)
+    try:
+        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as c:
+            c.ehlo()
+            assert c.docmd(f"XFORWARD ADDR={ip} HELO=mx.sender.example")[0] == 250
+            c.sendmail(mail_from, ["bob@example.net"], raw)
+    finally:
+        proxy.stop()
+    return email.message_from_bytes(sink.received[0][2])["X-Spam-Status"]
+
+
+def test_serve_passes_dkim_and_dmarc_of_a_700kb_signed_message(auth_dns, dkim_key, sink):
+    signed = _sign(_big(), dkim_key[0])
+    status = _status_through_serve(_config(auth_dns), sink, signed, BAD_IP, "bounce@other.example")
+    tests = status.split("tests=")[1]
+    assert "DKIM_PASS" in tests and "DMARC_PASS" in tests, status
+    assert "DMARC_FAIL" not in tests and "DKIM_FAIL" not in tests, status
+
+
+def test_spf_and_dkim_key_timeouts_make_dmarc_temperror_not_fail(auth_dns, dkim_key):
+    signed = _sign(_msg("alice@slow.example"), dkim_key[0], b"slow.example")
+    flt = _filter(auth_dns, deadline=4.0, timeout=0.5)
+    v = flt.score(signed, context=Context(GOOD_IP, "mx.slow.example", "alice@slow.example"))
+    hits = _hits(v)
+    assert {"SPF_TEMPERROR", "DKIM_TEMPERROR", "DMARC_TEMPERROR"} <= set(hits), hits
+    assert not any(n.startswith("DMARC_FAIL") for n in hits)
+    assert sum(hits.values()) == 0.0
+
+
+def test_serve_gives_no_dmarc_failure_points_when_spf_and_dkim_keys_time_out(auth_dns, dkim_key, sink):
+    signed = _sign(_msg("alice@slow.example"), dkim_key[0], b"slow.example")
+    config = _config(auth_dns, deadline=4.0, timeout=0.5)
+    status = _status_through_serve(config, sink, signed, GOOD_IP, "alice@slow.example")
+    tests = status.split("tests=")[1]
+    assert "DMARC_TEMPERROR" in tests and "DMARC_FAIL" not in tests, status
+
+
+def test_opendmarc_policy_is_honoured_and_every_trusted_header_merged(auth_dns):
+    headers = (
+        b"Authentication-Results: mx.ours.example; dmarc=fail (p=reject dis=none) header.from=example.org\r\n"
+        b"Authentication-Results: mx.ours.example;\r\n"
+        b"\tdkim=fail (2048-bit key; unprotected) header.d=example.org header.i=@example.org\r\n"
+        b"Authentication-Results: mx.ours.example; spf=pass (sender SPF authorized)"
+        b" smtp.mailfrom=a@example.org\r\n"
+        b"Authentication-Results: forged.example; dmarc=pass\r\n"
+    )
+    v = _filter(auth_dns, trusted=["mx.ours.example"]).score(
+        headers + _msg(), context=Context(BAD_IP, "x", "a@example.org")
+    )
+    hits = _hits(v)
+    assert hits["DMARC_FAIL_REJECT"] == 4.0  # OpenDMARC said p=reject: not forced to "none"
+    assert "SPF_PASS" in hits and "DKIM_FAIL" in hits  # the policyd-spf header is not lost
+    spf_hit = [h for h in v.hits if h.name == "SPF_PASS"][0]
+    assert spf_hit.detail == "trusted Authentication-Results"  # read, not checked live (BAD_IP fails)
+
+
+def test_methods_no_trusted_header_reports_are_checked_live(auth_dns, dkim_key):
+    spf_only = b"Authentication-Results: mx.ours.example; spf=pass smtp.mailfrom=example.org\r\n"
+    signed = _sign(spf_only + _msg(), dkim_key[0])
+    hits = _hits(
+        _filter(auth_dns, trusted=["mx.ours.example"]).score(
+            signed, context=Context(BAD_IP, "x", "a@example.org")
+        )
+    )
+    assert {"SPF_PASS", "DKIM_PASS", "DMARC_PASS"} <= set(hits)
+
+
+def test_dmarc_pct_outside_the_sample_applies_the_next_weaker_policy(auth_dns):
+    v = _filter(auth_dns).score(_msg("a@sample.example"), context=Context(BAD_IP, "x", "a@other.example"))
+    hits = _hits(v)
+    assert "DMARC_FAIL_REJECT" not in hits and hits["DMARC_FAIL_QUARANTINE"] == 2.5
+    assert "pct=0" in [h for h in v.hits if h.name == "DMARC_FAIL_QUARANTINE"][0].description
+
+
+def test_several_from_domains_each_checked_and_the_strictest_failure_applies(auth_dns, dkim_key):
+    flt = _filter(auth_dns)
+    two = _msg("a@strict.example>, Bob <b@example.org")  # quarantine and reject, neither authenticated
+    hits = _hits(flt.score(two, context=Context(BAD_IP, "x", "x@other.example")))
+    assert "DMARC_FAIL_REJECT" in hits and "DMARC_FAIL_QUARANTINE" not in hits
+    # example.org signed and aligned, strict.example not: strict.example's failure still counts
+    signed = _sign(two, dkim_key[0])
+    hits = _hits(flt.score(signed, context=Context(BAD_IP, "x", "x@other.example")))
+    assert "DKIM_PASS" in hits and "DMARC_FAIL_QUARANTINE" in hits
+
+
+def test_ed25519_signature_verifies_and_passes_dmarc(auth_dns, ed25519_key):
+    raw = _msg("alice@ed.example")
+    sig = dkim.sign(
+        raw, b"sel", b"ed.example", ed25519_key[0], include_headers=[b"from", b"to", b"subject"],
+        signature_algorithm=b"ed25519-sha256",
+    )  # fmt: skip
+    assert b"a=ed25519-sha256" in sig
+    flt = _filter(auth_dns)
+    hits = _hits(flt.score(sig + raw, context=Context(BAD_IP, "x", "bounce@other.example")))
+    assert "DKIM_PASS" in hits and "DMARC_PASS" in hits
+    tampered = (sig + raw).replace(b"Hello Bob.", b"Hello Bob, wire the money.")
+    assert "DKIM_FAIL" in _hits(flt.score(tampered, context=Context(BAD_IP, "x", "bounce@other.example")))
+
+
+def _through_list(raw: bytes, key: bytes, sealer: bytes = b"lists.example.net") -> bytes:
+    """What a mailing list does: check the message (its A-R), add a footer
+    (breaking the author's DKIM body hash), ARC-seal the result."""
+    ar = (
+        b"Authentication-Results: " + sealer + b"; dkim=pass header.d=example.org;"
+        b" spf=pass smtp.mailfrom=example.org; dmarc=pass header.from=example.org\r\n"
+    )
+    modified = ar + raw + b"-- \r\nlist footer: unsubscribe at https://lists.example.net/\r\n"
+    seal = dkim.arc_sign(modified, b"arc", sealer, key, sealer, include_headers=[b"from", b"to", b"subject"])
+    return b"".join(seal) + modified
+
+
+def test_trusted_arc_chain_cancels_a_mailing_list_dmarc_failure(auth_dns, dkim_key):
+    listed = _through_list(_sign(_msg(), dkim_key[0]), dkim_key[0])
+    ctx = Context("81.2.69.200", "lists.example.net", "list-bounces@lists.example.net")
+    plain = _hits(_filter(auth_dns).score(listed, context=ctx))
+    assert plain["DMARC_FAIL_REJECT"] == 4.0 and "DKIM_FAIL" in plain  # the footer broke DKIM
+    v = _filter(auth_dns, sealers=["example.net"]).score(listed, context=ctx)
+    hits = _hits(v)
+    assert "ARC_PASS" in hits and hits["DMARC_FAIL_ARC"] == 0.0 and "DMARC_FAIL_REJECT" not in hits
+    assert hits["DKIM_FAIL_ARC"] == 0.0 and "DKIM_FAIL" not in hits
+
+
+def test_arc_chain_from_an_untrusted_sealer_changes_nothing(auth_dns, dkim_key):
+    forged = _through_list(_msg(), dkim_key[0], sealer=b"evil.example")  # "dmarc=pass", says the spammer
+    v = _filter(auth_dns, sealers=["lists.example.net"]).score(forged, context=Context(BAD_IP, "x", ""))
+    hits = _hits(v)
+    assert hits["DMARC_FAIL_REJECT"] == 4.0 and "DMARC_FAIL_ARC" not in hits
+    assert "ARC_PASS" in hits and "no effect" in [h for h in v.hits if h.name == "ARC_PASS"][0].detail
+    tampered = _through_list(_sign(_msg(), dkim_key[0]), dkim_key[0]).replace(b"list footer", b"buy now")
+    hits = _hits(
+        _filter(auth_dns, sealers=["lists.example.net"]).score(tampered, context=Context(BAD_IP, "x", ""))
+    )
+    assert "ARC_FAIL" in hits and hits["DMARC_FAIL_REJECT"] == 4.0
+
+
+def test_outbound_and_internal_mail_skips_the_inbound_checks(auth_dns):
+    flt = _filter(auth_dns)
+    for ctx in (
+        Context(BAD_IP, "x", "a@example.org", source="LOCAL"),
+        Context(BAD_IP, "x", "a@example.org", authenticated=True),
+    ):
+        hits = _hits(flt.score(_msg(), context=ctx))
+        assert hits == {"OUTBOUND_MAIL": 0.0}, hits
+    hits = _hits(flt.score(_msg(), context=Context("10.1.2.3", "x", "a@example.org")))
+    assert hits == {"INTERNAL_CLIENT": 0.0}, hits
