@@ -17,9 +17,9 @@ from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSServer
 
 from mailsift import Filter
-from mailsift.config import Config
+from mailsift.config import Config, ConfigError, load_config
 from mailsift.filter import DEFAULT_MODEL
-from mailsift.rules import Context
+from mailsift.rules import Context, NetworkConfig
 from mailsift.rules.dnsbl import Zone, reverse_ip
 
 LISTED_V4 = "81.2.69.160"  # any address: every query goes to the test server
@@ -27,12 +27,25 @@ REFUSED_V4 = "81.2.69.161"
 LISTED_V6 = "2a01:4f8::1"  # global (2001:db8::/32 is documentation: never queried)
 TRUNCATED_V4 = "81.2.69.170"
 
+SPAMHAUS_TYPO_V4 = "81.2.69.171"
+SPAMHAUS_LIMIT_V4 = "81.2.69.172"
+#: "our" backup MX range in the trusted-networks tests (global, so not trusted by default)
+OUR_NET, OUR_MX = "81.2.69.96/28", "81.2.69.99"
+
 TRUNCATED_PREFIX = reverse_ip(TRUNCATED_V4) + ".zen.test"
 RECORDS = {
     f"{reverse_ip(LISTED_V4)}.zen.test.": "127.0.0.2",
     f"{reverse_ip(REFUSED_V4)}.zen.test.": "127.255.255.254",
     f"{reverse_ip(LISTED_V6)}.zen.test.": "127.0.0.3",
     "spammy.example.dbl.test.": "127.0.1.2",
+    "spammy.co.uk.dbl.test.": "127.0.1.2",
+    f"{reverse_ip(SPAMHAUS_TYPO_V4)}.zen.spamhaus.org.": "127.255.255.252",
+    f"{reverse_ip(SPAMHAUS_LIMIT_V4)}.zen.spamhaus.org.": "127.255.255.255",
+    "iplit.example.dbl.spamhaus.org.": "127.0.1.255",
+    "refused.example.multi.uribl.com.": "127.0.0.1",
+    "phish.example.multi.surbl.org.": "127.0.0.24",
+    "abuse.example.multi.surbl.org.": "127.0.0.64",
+    "nine.example.custom.test.": "127.0.0.9",
 }
 
 
@@ -92,10 +105,12 @@ ZONES = [
 ]
 
 
-def _filter(server: str, timeout: float = 1.0, deadline: float = 2.0, zones=ZONES) -> Filter:
+def _filter(server: str, timeout: float = 1.0, deadline: float = 2.0, zones=ZONES, network=None) -> Filter:
     config = Config()
     config.dns = replace(config.dns, servers=[server], timeout=timeout, deadline=deadline)
     config.dnsbl = zones
+    if network is not None:
+        config.network = network
     return Filter(config, str(DEFAULT_MODEL))
 
 
@@ -250,3 +265,146 @@ def test_a_bug_in_the_rules_never_raises_out_of_score(dns_server, monkeypatch):
     monkeypatch.setattr(rules, "check_ip", broken)
     v = _filter(dns_server[0]).score(HAM, context=Context(client_ip=LISTED_V4))
     assert _names(v)["NETWORK_RULES_ERROR"] == 0.0
+
+
+def _asked(resolver, since: int) -> list[str]:
+    return [q.split(":", 1)[1] for q in resolver.queries[since:]]
+
+
+def test_spamhaus_error_answers_are_refusals_never_listings(dns_server, caplog):
+    caplog.set_level(logging.WARNING, logger="mailsift.rules")
+    zen = Zone("RCVD_IN_ZEN", "zen.spamhaus.org", "ip", 3.0)
+    dbl = Zone("URIBL_DBL", "dbl.spamhaus.org", "domain", 2.5)
+    flt = _filter(dns_server[0], zones=[zen, dbl])
+    for ip in (SPAMHAUS_TYPO_V4, SPAMHAUS_LIMIT_V4):
+        hits = _names(flt.score(HAM, context=Context(client_ip=ip)))
+        assert "RCVD_IN_ZEN" not in hits and hits["RCVD_IN_ZEN_REFUSED"] == 0.0
+    body = HAM.replace(b"See you at noon.", b"http://iplit.example/")
+    hits = _names(flt.score(body, context=Context()))
+    assert "URIBL_DBL" not in hits and hits["URIBL_DBL_REFUSED"] == 0.0  # DBL's 127.0.1.255
+    assert any("dbl.spamhaus.org refused the query" in r.getMessage() for r in caplog.records)
+
+
+def test_uribl_query_refused_answer_does_not_count(dns_server):
+    uribl = Zone("URIBL_BLACK", "multi.uribl.com", "domain", bitmask={2: [3.0, "black"]})
+    body = HAM.replace(b"See you at noon.", b"http://www.refused.example/")
+    hits = _names(_filter(dns_server[0], zones=[uribl]).score(body, context=Context()))
+    assert "URIBL_BLACK" not in hits and "URIBL_BLACK_REFUSED" in hits
+
+
+def test_configured_error_answers_replace_the_defaults(dns_server):
+    body = HAM.replace(b"See you at noon.", b"http://nine.example/")
+    plain = Zone("CUSTOM", "custom.test", "domain", 2.0)
+    assert _names(_filter(dns_server[0], zones=[plain]).score(body))["CUSTOM"] == 2.0
+    strict = Zone("CUSTOM", "custom.test", "domain", 2.0, errors=["127.0.0.8/30"])
+    assert "CUSTOM" not in _names(_filter(dns_server[0], zones=[strict]).score(body))
+
+
+def test_bitmask_list_scores_the_strongest_matching_sublist_once(dns_server):
+    surbl = Zone("URIBL_SURBL", "multi.surbl.org", "domain", bitmask={8: [4.0, "PH"], 16: [3.0, "MW"]})
+    flt = _filter(dns_server[0], zones=[surbl])
+    v = flt.score(HAM.replace(b"See you at noon.", b"http://phish.example/login"))
+    hit = [h for h in v.hits if h.name == "URIBL_SURBL"]
+    assert len(hit) == 1 and hit[0].score == 4.0 and "PH+MW" in hit[0].description  # 127.0.0.24 = 8|16
+    # 127.0.0.64 (ABUSE) is a sublist this rule does not use
+    assert "URIBL_SURBL" not in _names(flt.score(HAM.replace(b"See you at noon.", b"http://abuse.example/")))
+
+
+def test_ip_literal_url_hosts_never_go_to_domain_lists(dns_server):
+    server, resolver = dns_server
+    before = len(resolver.queries)
+    body = HAM.replace(b"See you at noon.", f"http://{LISTED_V4}/x http://[2a01:4f8::1]/y".encode())
+    _filter(server, zones=[ZONES[1]]).score(body, context=Context())
+    asked = _asked(resolver, before)
+    assert not any(LISTED_V4 in q or "2a01" in q for q in asked), asked
+
+
+def test_domain_lists_get_the_registered_domain_from_the_public_suffix_list(dns_server):
+    server, resolver = dns_server
+    before = len(resolver.queries)
+    body = HAM.replace(b"See you at noon.", b"http://a.b.www.spammy.co.uk/offer")
+    v = _filter(server, zones=[ZONES[1]]).score(body, context=Context())
+    assert _names(v)["URIBL_DBL"] == 2.5
+    asked = [q for q in _asked(resolver, before) if "spammy" in q]
+    assert asked == ["spammy.co.uk.dbl.test."], asked  # not co.uk, not the full host name
+
+
+def test_last_external_scope_never_asks_about_earlier_relays(dns_server):
+    raw = (
+        b"Received: from relay.example (relay.example [81.2.69.99]) by mx.ours.example; Mon, 1 Jul 2024\r\n"
+        + f"Received: from home.example (home.example [{LISTED_V4}]) by relay.example\r\n".encode()
+        + HAM
+    )
+    pbl = Zone("RCVD_IN_PBL", "zen.test", "ip", 3.0)  # scope defaults to last-external
+    assert "RCVD_IN_PBL" not in _names(
+        _filter(dns_server[0], zones=[pbl]).score(raw, context=Context("81.2.69.99"))
+    )
+
+
+def test_private_and_loopback_clients_are_never_queried(dns_server):
+    server, resolver = dns_server
+    flt = _filter(server, zones=ZONES[:1])
+    for ip in ("10.0.0.5", "127.0.0.1", "192.168.1.20", "fe80::1", "::1"):
+        before = len(resolver.queries)
+        v = flt.score(HAM, context=Context(client_ip=ip))
+        assert _asked(resolver, before) == [], ip
+        assert "INTERNAL_CLIENT" in _names(v)
+
+
+def test_trusted_networks_move_the_check_to_the_host_before_our_relay(dns_server):
+    raw = (
+        f"Received: from mx2.ours.example (mx2.ours.example [{OUR_MX}]) by mx.ours.example\r\n"
+        f"Received: from origin.example (origin.example [{LISTED_V4}]) by mx2.ours.example\r\n"
+    ).encode() + HAM
+    server, resolver = dns_server
+    ours = NetworkConfig(trusted_networks=[OUR_NET])
+    before = len(resolver.queries)
+    v = _filter(server, zones=ZONES[:1], network=ours).score(raw, context=Context(client_ip=OUR_MX))
+    assert _names(v)["RCVD_IN_ZEN"] == 3.5
+    assert not any(q.startswith(reverse_ip(OUR_MX) + ".") for q in _asked(resolver, before))
+    # without the setting our own backup MX is the last external host
+    assert "RCVD_IN_ZEN" not in _names(
+        _filter(server, zones=ZONES[:1]).score(raw, context=Context(client_ip=OUR_MX))
+    )
+
+
+def test_outbound_mail_skips_ip_lists_but_still_checks_url_domains(dns_server):
+    body = HAM.replace(b"See you at noon.", b"http://www.spammy.example/")
+    flt = _filter(dns_server[0], zones=ZONES[:2])
+    for ctx in (
+        Context(client_ip=LISTED_V4, source="LOCAL"),
+        Context(client_ip=LISTED_V4, authenticated=True),
+    ):
+        hits = _names(flt.score(body, context=ctx))
+        assert "RCVD_IN_ZEN" not in hits and hits["OUTBOUND_MAIL"] == 0.0
+        assert hits["URIBL_DBL"] == 2.5
+    assert "RCVD_IN_ZEN" in _names(flt.score(body, context=Context(client_ip=LISTED_V4, source="REMOTE")))
+
+
+def test_dnsbl_and_network_settings_are_read_from_toml_and_checked(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[network]\ntrusted_networks = ["81.2.69.96/28"]\n'
+        '[[dnsbl]]\nname = "URIBL_SURBL"\nzone = "multi.surbl.org"\nkind = "domain"\n'
+        'bitmask = { 8 = [4.0, "PH"], 16 = [3.0, "MW"] }\n'
+        '[[dnsbl]]\nname = "RCVD_IN_ZEN"\nzone = "zen.spamhaus.org"\nscope = "all-untrusted"\n'
+        'errors = ["127.255.255.0/24"]\n'
+    )
+    config = load_config(str(cfg))
+    assert config.network.trusted_networks == ["81.2.69.96/28"]
+    assert config.dnsbl[0].bitmask == {8: [4.0, "PH"], 16: [3.0, "MW"]}
+    assert config.dnsbl[1].scope == "all-untrusted" and config.dnsbl[1].errors == ["127.255.255.0/24"]
+    bad = {
+        '[network]\ntrusted_networks = ["81.2.69.300/28"]\n': "network.trusted_networks",
+        '[[dnsbl]]\nname = "X"\nzone = "z.test"\nscope = "everyone"\n': "scope must be",
+        '[[dnsbl]]\nname = "X"\nzone = "z.test"\nkind = "domain"\nscope = "all-untrusted"\n': "for ip",
+        '[[dnsbl]]\nname = "X"\nzone = "z.test"\nbitmask = { 3 = [1.0, "x"] }\n': "power of two",
+        '[[dnsbl]]\nname = "X"\nzone = "z.test"\nerrors = ["10.0.0.1"]\n': "inside 127.0.0.0/8",
+        '[[dnsbl]]\nname = "X"\nzone = "z.test"\ncodes = { "127.0.0.2" = [1.0, "a"] }\n'
+        'bitmask = { 2 = [1.0, "b"] }\n': "not both",
+        '[auth]\ntrusted_arc_sealers = [""]\n': "auth.trusted_arc_sealers",
+    }
+    for text, message in bad.items():
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(cfg))
