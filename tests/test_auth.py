@@ -157,6 +157,15 @@ def test_dkim_signature_verifies_and_tampering_fails(auth_dns, dkim_key):
     assert "DKIM_NONE" in _hits(flt.score(_msg(), context=Context(GOOD_IP, "x", "a@example.org")))
 
 
+def test_each_of_several_signatures_is_verified_and_named_by_its_domain(auth_dns, dkim_key):
+    first = _sign(_msg(), dkim_key[0])
+    both = _sign(first, dkim_key[0], b"nokey.example")  # no key published for nokey.example
+    v = _filter(auth_dns).score(both, context=Context(BAD_IP, "x", "bounce@other.example"))
+    found = {(h.name, h.detail) for h in v.hits if h.name.startswith("DKIM")}
+    assert ("DKIM_PASS", "example.org") in found and ("DKIM_FAIL", "nokey.example") in found
+    assert "DMARC_PASS" in _hits(v)
+
+
 def test_dmarc_passes_on_aligned_dkim_and_fails_by_the_policy(auth_dns, dkim_key):
     flt = _filter(auth_dns)
     # SPF fails (bad IP) but DKIM passes for example.org: aligned, DMARC pass
