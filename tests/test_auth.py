@@ -297,6 +297,20 @@ def test_opendmarc_policy_is_honoured_and_every_trusted_header_merged(auth_dns):
     assert spf_hit.detail == "trusted Authentication-Results"  # read, not checked live (BAD_IP fails)
 
 
+def test_a_trusted_id_below_the_senders_received_header_is_not_believed(auth_dns):
+    ours = f"Received: from mx.sender.example (mx.sender.example [{BAD_IP}]) by mx.ours.example\r\n".encode()
+    theirs = b"Received: from pc.sender.example (pc [10.9.8.7]) by mx.sender.example\r\n"
+    forged = (
+        b"Authentication-Results: mx.ours.example; spf=pass; dkim=pass header.d=example.org; dmarc=pass\r\n"
+    )
+    flt = _filter(auth_dns, trusted=["mx.ours.example"])
+    ctx = Context(BAD_IP, "x", "a@example.org")
+    hits = _hits(flt.score(ours + theirs + forged + _msg(), context=ctx))  # came with the message
+    assert "SPF_FAIL" in hits and "DMARC_FAIL_REJECT" in hits and "DMARC_PASS" not in hits
+    for mine in (forged + ours + theirs, ours + forged + theirs):  # above or just below our Received
+        assert "DMARC_PASS" in _hits(flt.score(mine + _msg(), context=ctx))
+
+
 def test_methods_no_trusted_header_reports_are_checked_live(auth_dns, dkim_key):
     spf_only = b"Authentication-Results: mx.ours.example; spf=pass smtp.mailfrom=example.org\r\n"
     signed = _sign(spf_only + _msg(), dkim_key[0])
@@ -361,6 +375,17 @@ def test_trusted_arc_chain_cancels_a_mailing_list_dmarc_failure(auth_dns, dkim_k
     hits = _hits(v)
     assert "ARC_PASS" in hits and hits["DMARC_FAIL_ARC"] == 0.0 and "DMARC_FAIL_REJECT" not in hits
     assert hits["DKIM_FAIL_ARC"] == 0.0 and "DKIM_FAIL" not in hits
+
+
+def test_trusted_dmarc_failure_is_still_cancelled_by_a_trusted_arc_chain(auth_dns, dkim_key):
+    listed = _through_list(_sign(_msg(), dkim_key[0]), dkim_key[0])
+    ours = b"Authentication-Results: mx.ours.example; spf=fail smtp.mailfrom=lists.example.net;"
+    ours += b" dkim=fail header.d=example.org; dmarc=fail (p=reject dis=none) header.from=example.org\r\n"
+    flt = _filter(auth_dns, trusted=["mx.ours.example"], sealers=["lists.example.net"])
+    hits = _hits(
+        flt.score(ours + listed, context=Context("81.2.69.200", "x", "list-bounces@lists.example.net"))
+    )
+    assert hits["DMARC_FAIL_ARC"] == 0.0 and "DMARC_FAIL_REJECT" not in hits and "ARC_PASS" in hits
 
 
 def test_arc_chain_from_an_untrusted_sealer_changes_nothing(auth_dns, dkim_key):

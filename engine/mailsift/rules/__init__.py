@@ -238,8 +238,10 @@ class NetworkRules:
         if domains and self.zones:
             tasks.append(asyncio.ensure_future(check_domains(self.resolver, domains, self.zones)))
         if self.auth.enabled and inbound_checks:
-            trusted = auth.from_trusted_headers(msg, self.auth.trusted_authserv_ids)
-            if trusted is not None and trusted.trusted >= {"spf", "dkim", "dmarc"}:
+            trusted = auth.from_trusted_headers(msg, self.auth.trusted_authserv_ids, relays.last_external)
+            arc_may_help = self.auth.trusted_arc_sealers and msg.header("arc-seal")
+            complete = trusted is not None and trusted.trusted >= {"spf", "dkim", "dmarc"}
+            if complete and not (trusted.dmarc == "fail" and arc_may_help):
                 hits += auth.hits(trusted, auth.DEFAULT_WEIGHTS, "trusted Authentication-Results")
             else:  # pyspf and dkimpy are synchronous: a thread each message
                 tasks.append(asyncio.ensure_future(self._auth(msg, raw, relays, ctx.mail_from, trusted)))

@@ -31,7 +31,8 @@ Postfix box), every ``Authentication-Results`` header whose authserv-id is
 listed in ``trusted_authserv_ids`` is read and merged (SPF from one, DKIM and
 DMARC from another), the DMARC policy it names (``dmarc=fail (p=reject)``)
 honoured; a method none of them reports is checked here.  A header from
-anywhere else is ignored, since anybody can write that header.
+anywhere else is ignored, since anybody can write that header, and so is one
+below the sender's own topmost Received header (it came with the message).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import dkim.util
 import dns.exception
 import spf
 
-from ..parse import ParsedMessage, domain_of
+from ..parse import ParsedMessage, decode_header, domain_of
 from ..score import RuleHit
 from .resolver import NXDOMAIN, OK, TIMEOUT, Answer, Resolver
 from .tld import registered_domain
@@ -443,16 +444,37 @@ _ALLOWED = {
 }
 
 
-def from_trusted_headers(msg: ParsedMessage, trusted: list[str]) -> AuthResult | None:
+def _our_headers_end(msg: ParsedMessage, last_external: str) -> int:
+    """Index in ``msg.raw_headers`` where the headers the sender could have
+    written begin: the Received header after the one our MTA wrote for the
+    last external host (or the first Received if that one is not found).
+    An Authentication-Results header below it came with the message, and
+    is not ours whatever authserv-id it names."""
+    received = [i for i, (name, _) in enumerate(msg.raw_headers) if name == "received"]
+    if not received:
+        return len(msg.raw_headers)
+    hops = msg.received
+    ours = next((k for k, hop in enumerate(hops) if last_external and hop.from_ip == last_external), None)
+    if ours is None:
+        return received[0]
+    return received[ours + 1] if ours + 1 < len(received) else len(msg.raw_headers)
+
+
+def from_trusted_headers(
+    msg: ParsedMessage, trusted: list[str], last_external: str = ""
+) -> AuthResult | None:
     """Results from every Authentication-Results header written by one of
-    our own servers (authserv-id in ``trusted``), merged top to bottom: the
-    first SPF and DMARC result found win, every DKIM result is kept.  None
-    if no trusted header reports anything."""
+    our own servers (authserv-id in ``trusted``, above the headers the
+    sender wrote), merged top to bottom: the first SPF and DMARC result
+    found win, every DKIM result is kept.  None if no trusted header
+    reports anything."""
     if not trusted:
         return None
     ids = {t.lower() for t in trusted}
     res = AuthResult()
-    for value in msg.header_all("authentication-results"):
+    end = _our_headers_end(msg, last_external)
+    values = [decode_header(v) for name, v in msg.raw_headers[:end] if name == "authentication-results"]
+    for value in values:
         parts = _split_outside_comments(value)
         head = parts[0][0].split()
         if not head or head[0].lower() not in ids:
