@@ -262,9 +262,13 @@ class NetworkRules:
         loop = asyncio.get_running_loop()
         dns_ = auth.LoopDNS(self.resolver, loop)
         ip = relays.last_external
-        result = await loop.run_in_executor(
-            _AUTH_THREADS, auth.evaluate, dns_, msg, raw, ip, mail_from, relays.helo, self.auth, known
-        )
+        try:
+            result = await loop.run_in_executor(
+                _AUTH_THREADS, auth.evaluate, dns_, msg, raw, ip, mail_from, relays.helo, self.auth, known
+            )
+        except asyncio.CancelledError:  # the deadline: let the thread stop asking
+            dns_.expire()
+            raise
         return auth.hits(result, auth.DEFAULT_WEIGHTS, ip)
 
 

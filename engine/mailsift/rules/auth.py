@@ -41,6 +41,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import re
+import threading
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
@@ -129,23 +130,41 @@ class LoopDNS:
         self.resolver = resolver
         self.loop = loop
         self.timeout = resolver.timeout
+        self.expired = False
+        self._pending: set[concurrent.futures.Future] = set()
+        self._lock = threading.Lock()
+
+    def expire(self) -> None:
+        """The message's deadline passed (called on the loop's thread while
+        it still runs): wake the lookups in flight and refuse new ones, so
+        the thread finishes at once instead of each lookup waiting out its
+        timeout against a loop that is gone."""
+        with self._lock:
+            self.expired = True
+            pending, self._pending = self._pending, set()
+        for future in pending:
+            future.cancel()
 
     def _ask(self, name: str, rdtype: str) -> Answer:
-        coro = self.resolver.query(name, rdtype)
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # the loop is closed: the message's deadline passed
-            coro.close()
-            return Answer(TIMEOUT, detail="message deadline passed")
+        with self._lock:
+            if self.expired:
+                return Answer(TIMEOUT, detail="message deadline passed")
+            coro = self.resolver.query(name, rdtype)
+            try:
+                future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            except RuntimeError:  # the loop is closed: the message's deadline passed
+                coro.close()
+                return Answer(TIMEOUT, detail="message deadline passed")
+            self._pending.add(future)
         try:
             return future.result(self.timeout + 1.0)
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-            future.cancel()
-            try:
-                coro.close()  # the loop closed before it ran: not a leak, just never started
-            except RuntimeError:
-                pass
+            if not self.loop.is_closed():
+                future.cancel()
             return Answer(TIMEOUT, detail="message deadline passed")
+        finally:
+            with self._lock:
+                self._pending.discard(future)
 
     def txt(self, name: str) -> list[str] | None:
         """TXT strings of a name; None if it has none; raises
