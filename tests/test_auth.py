@@ -401,6 +401,16 @@ def test_arc_chain_from_an_untrusted_sealer_changes_nothing(auth_dns, dkim_key):
     assert "ARC_FAIL" in hits and hits["DMARC_FAIL_REJECT"] == 4.0
 
 
+def test_an_overlong_arc_chain_is_not_verified(auth_dns, dkim_key):
+    listed = _through_list(_sign(_msg(), dkim_key[0]), dkim_key[0])
+    seal = [ln for ln in listed.split(b"\r\n") if ln.startswith(b"ARC-Seal:")][0] + b"\r\n"
+    flooded = seal * 11 + listed
+    v = _filter(auth_dns, sealers=["lists.example.net"]).score(flooded, context=Context(BAD_IP, "x", ""))
+    hits = _hits(v)
+    assert "ARC_FAIL" in hits and hits["DMARC_FAIL_REJECT"] == 4.0
+    assert "not verified" in [h for h in v.hits if h.name == "ARC_FAIL"][0].detail
+
+
 def test_outbound_and_internal_mail_skips_the_inbound_checks(auth_dns):
     flt = _filter(auth_dns)
     for ctx in (

@@ -89,6 +89,9 @@ DEFAULT_WEIGHTS = {
 #: at most this many DKIM signatures and From domains are checked per message
 MAX_SIGNATURES = 5
 MAX_FROM_DOMAINS = 5
+#: an ARC chain longer than this is not verified (each set costs a key
+#: lookup and a pass over the message; real chains have 1 to 3)
+MAX_ARC_SETS = 10
 
 
 @dataclass
@@ -414,7 +417,10 @@ def evaluate(
         res.dkim = check_dkim(dns_, raw, len(msg.header_all("dkim-signature")))
     if "dmarc" not in res.trusted:
         check_dmarc(dns_, msg, res)
-    if res.dmarc == "fail" and config.trusted_arc_sealers and msg.header("arc-seal"):
+    n_arc = len(msg.header_all("arc-seal"))
+    if res.dmarc == "fail" and config.trusted_arc_sealers and n_arc > MAX_ARC_SETS:
+        res.arc, res.arc_note = "fail", f"{n_arc} ARC sets: more than {MAX_ARC_SETS}, not verified"
+    elif res.dmarc == "fail" and config.trusted_arc_sealers and n_arc:
         check_arc(dns_, raw, res, config.trusted_arc_sealers, res.dmarc_domain or msg.from_domain)
     return res
 
