@@ -238,11 +238,10 @@ def _check_rule_weights(weights: dict, dnsbl_names: list[str]) -> None:
     known = known_rule_names(dnsbl_names)
     for name, points in weights.items():
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
+            priced = sorted(n for n in known if not is_informational(n))
+            close = difflib.get_close_matches(name, priced, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(
-                f"rule_weights.{name}: no such rule{hint}; known rules: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"rule_weights.{name}: no such rule{hint}; known rules: {', '.join(priced)}")
         if not math.isfinite(points):
             raise ConfigError(f"rule_weights.{name} must be a finite number, got {points!r}")
         if is_informational(name) and points != 0:
