@@ -18,7 +18,9 @@ from mailsift.config import Config
 from mailsift.filter import DEFAULT_MODEL
 from mailsift.report import add_headers, spam_headers
 
-SAMPLES = Path(__file__).resolve().parent.parent / "datasets" / "samples"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "datasets" / "samples"
+README = (ROOT / "README.md").read_text()
 SPAM = (SAMPLES / "spam" / "spam-00001.eml").read_bytes()
 UNKNOWN = b"X-Spam-Status: Unknown, scoring failed; message passed unscanned"
 
@@ -128,7 +130,7 @@ def test_unreadable_input_is_exit_74_with_nothing_written(env, tmp_path):
 
 def _mailsift_command(tmp_path: Path) -> Path:
     """A wrapper script standing for the installed ``mailsift`` entry point
-    (this checkout's code, this interpreter)."""
+    (this checkout's code, this interpreter; procmail and maildrop reset PATH)."""
     script = tmp_path / "mailsift"
     pythonpath = os.environ.get("PYTHONPATH", "")
     script.write_text(
@@ -139,48 +141,60 @@ def _mailsift_command(tmp_path: Path) -> Path:
     return script
 
 
+def _readme_block(after: str) -> str:
+    """The first code block after the line starting with ``after`` in the
+    README's pipe-filter section: the tests run exactly what it says."""
+    section = README.split("## As a pipe filter", 1)[1]
+    return section.split("\n" + after, 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+
+
+def _headers(message: bytes) -> bytes:
+    return message.split(b"\n\n", 1)[0]
+
+
 @pytest.mark.skipif(not shutil.which("procmail"), reason="Debian's procmail is in .ci/run's PACKAGES")
-def test_procmail_recipe_from_the_readme_delivers_the_message_with_the_headers(tmp_path):
-    mailsift = _mailsift_command(tmp_path)
+def test_the_readme_procmail_recipe_files_spam_in_junk_and_ham_in_the_inbox(tmp_path):
+    recipe = _readme_block("procmail (")
+    assert recipe.startswith(":0fw\n| mailsift filter\n")
     rc = tmp_path / "procmailrc"
     rc.write_text(
-        f"SHELL=/bin/sh\nMAILDIR={tmp_path}\nLOGFILE={tmp_path}/procmail.log\n"
-        f":0fw\n| {mailsift} filter\n\n:0:\n{tmp_path}/inbox\n"
+        f"SHELL=/bin/sh\nMAILDIR={tmp_path}\nDEFAULT={tmp_path}/inbox\nLOGFILE={tmp_path}/procmail.log\n"
+        + recipe.replace("mailsift filter", f"{_mailsift_command(tmp_path)} filter")
     )
     # as the MTA hands it to procmail: with the mbox From_ line (procmail -d writes one if missing)
     ham_in = b"From alice@example.org  Mon Jul  1 10:00:00 2024\n" + HAM.replace(b"\r\n", b"\n")
     for raw in (ham_in, SPAM):
         r = subprocess.run(["procmail", "-m", rc], input=raw, capture_output=True, timeout=60)
         assert r.returncode == 0, (r.stderr, (tmp_path / "procmail.log").read_text())
-    mbox = (tmp_path / "inbox").read_bytes()
-    messages = mbox.split(b"\nFrom ")
-    assert len(messages) == 2 and mbox.startswith(b"From alice@example.org ")  # the From_ line stays first
-    ham, spam = messages
-    assert b"\nX-Spam-Status: No, score=" in ham.split(b"\n\n")[0] and b"See you at noon." in ham
-    assert b"\nX-Spam-Flag: YES\n" in spam.split(b"\n\n")[0]
-    assert spam.split(b"\n\n", 1)[1].rstrip(b"\n") == SPAM.split(b"\n\n", 1)[1].rstrip(
-        b"\n"
-    )  # the body whole
+    inbox, junk = (tmp_path / "inbox").read_bytes(), (tmp_path / "Junk").read_bytes()
+    assert inbox.count(b"\nFrom ") == 0 and inbox.startswith(b"From alice@example.org ")  # From_ first
+    assert b"\nX-Spam-Status: No, score=" in _headers(inbox) and b"See you at noon." in inbox
+    assert junk.startswith(SPAM.split(b"\n", 1)[0]) and b"\nX-Spam-Flag: YES\n" in _headers(junk)
+    assert junk.split(b"\n\n", 1)[1].rstrip(b"\n") == SPAM.split(b"\n\n", 1)[1].rstrip(b"\n")  # body whole
 
 
 @pytest.mark.skipif(not shutil.which("maildrop"), reason="Debian's maildrop is in .ci/run's PACKAGES")
-def test_maildrop_xfilter_from_the_readme_delivers_the_message_with_the_headers(tmp_path):
-    mailsift = _mailsift_command(tmp_path)
-    maildir = tmp_path / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (maildir / sub).mkdir(parents=True)
+def test_the_readme_maildrop_filter_files_spam_in_junk_and_ham_in_the_inbox(tmp_path):
+    recipe = _readme_block("maildrop (")
+    assert recipe.startswith('xfilter "mailsift filter"\n')
+    maildirs = [tmp_path / "Maildir", tmp_path / "Maildir" / ".Junk"]
+    for folder in maildirs:
+        for sub in ("cur", "new", "tmp"):
+            (folder / sub).mkdir(parents=True)
     rules = tmp_path / "mailfilter"
-    rules.write_text(f'xfilter "{mailsift} filter"\nto "{maildir}/"\n')
-    rules.chmod(0o600)
-    r = subprocess.run(
-        ["maildrop", rules],
-        input=SPAM,
-        capture_output=True,
-        timeout=60,
-        env={**os.environ, "HOME": str(tmp_path)},
+    # maildrop takes $HOME from the password file, not the environment: spell the test's out
+    rules.write_text(
+        f'DEFAULT="{tmp_path}/Maildir/"\n'
+        + recipe.replace("mailsift filter", f"{_mailsift_command(tmp_path)} filter").replace(
+            "$HOME", str(tmp_path)
+        )
     )
-    assert r.returncode == 0, r.stderr
-    (delivered,) = list((maildir / "new").iterdir())
-    out = delivered.read_bytes()
-    assert b"X-Spam-Flag: YES\n" in out.split(b"\n\n")[0]
-    assert out.split(b"\n\n", 1)[1] == SPAM.split(b"\n\n", 1)[1]
+    rules.chmod(0o600)
+    for raw in (HAM.replace(b"\r\n", b"\n"), SPAM):
+        r = subprocess.run(["maildrop", rules], input=raw, capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    ((ham_file,), (spam_file,)) = [list((folder / "new").iterdir()) for folder in maildirs]
+    ham, spam = ham_file.read_bytes(), spam_file.read_bytes()
+    assert b"X-Spam-Status: No, score=" in _headers(ham) and ham.endswith(b"See you at noon.\n")
+    assert b"X-Spam-Flag: YES\n" in _headers(spam)
+    assert spam.split(b"\n\n", 1)[1] == SPAM.split(b"\n\n", 1)[1]
