@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from mailsift import bounds
-from mailsift.config import Config, ConfigError, DnsConfig, ModelConfig, ProxyConfig, load_config, validate
+from mailsift.config import (
+    Config,
+    ConfigError,
+    DnsConfig,
+    ModelConfig,
+    ProxyConfig,
+    Thresholds,
+    load_config,
+    validate,
+)
 from mailsift.rules.dnsbl import Zone
 from mailsift.rules.names import is_informational, known_rule_names
 
@@ -84,6 +93,8 @@ def test_ports_are_checked_and_the_relay_needs_a_real_one(tmp_path):
     assert "proxy.listen must be HOST:PORT" in _refused(tmp_path, '[proxy]\nlisten = "127.0.0.1:70000"\n')
     assert "proxy.relay needs a port" in _refused(tmp_path, '[proxy]\nrelay = "127.0.0.1:0"\n')
     assert _load(tmp_path, '[proxy]\nlisten = "127.0.0.1:0"\n').proxy.listen.endswith(":0")  # any free port
+    assert "dns.servers entry needs a port" in _refused(tmp_path, '[dns]\nservers = ["127.0.0.1:0"]\n')
+    assert "dns.servers entry must be HOST:PORT" in _refused(tmp_path, '[dns]\nservers = ["127.0.0.1:x"]\n')
 
 
 def test_unknown_rule_weight_is_refused_listing_the_known_names(tmp_path):
@@ -140,7 +151,7 @@ def test_the_defaults_and_the_readme_example_are_valid(tmp_path):
     assert _load(tmp_path, block).thresholds.add_header == 5.0
 
 
-@pytest.mark.parametrize("section", [ModelConfig, ProxyConfig, DnsConfig])
+@pytest.mark.parametrize("section", [ModelConfig, Thresholds, ProxyConfig, DnsConfig])
 def test_every_numeric_key_declares_its_range(section):
     """A new numeric key is validated only if it declares its range (see
     mailsift/bounds.py): this fails when one is added without."""

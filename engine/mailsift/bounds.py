@@ -44,11 +44,19 @@ class Bound:
         return None
 
     def describe(self) -> str:
+        if self.low is None and self.high is None:
+            return "a finite number"
         if self.low is not None and self.high is not None:
             return f"between {self.low:g} and {self.high:g}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"<= {self.high:g}"
+
+
+def any_finite() -> dict:
+    """Any finite number (thresholds, points): declared so that "no limit"
+    is a decision, not an omission."""
+    return {_KEY: Bound()}
 
 
 def positive() -> dict:

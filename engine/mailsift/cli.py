@@ -709,7 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the model's weight and every rule's points to labelled mail by regularised "
         "logistic regression, print the gain over the current weights (5-fold cross-validation), and "
         "write them to the config file ([model] weight and [rule_weights]; the old file is kept "
-        "as .bak). Network rules run as configured: for a stored corpus, switch them off.",
+        "as .bak). Network rules run as configured: for a stored corpus, switch them off. Informational "
+        "hits (*_TIMEOUT, DNS_DEADLINE, *_TEMPERROR, CLIENT_FROM_RECEIVED, ...) are never priced. Tune on "
+        "mail the model was not trained on: the overlap is counted from the model's ledger and warned about.",
     )
     sources_opt(u)
     u.add_argument("--dry-run", action="store_true", help="print the weights, write nothing")

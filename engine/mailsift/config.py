@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import bounds
-from .bounds import at_least, one_of, positive
+from .bounds import any_finite, at_least, one_of, positive
 from .rules.auth import AuthConfig
 from .rules.names import builtin_rule_names, is_informational, known_rule_names
 from .rules.tld import DomainRules
@@ -45,9 +45,9 @@ class ModelConfig:
 @dataclass
 class Thresholds:
     #: score at which a message is marked spam (X-Spam-Flag: YES)
-    add_header: float = 5.0
+    add_header: float = field(default=5.0, metadata=any_finite())
     #: score at which the SMTP proxy rejects (if rejecting is enabled there)
-    reject: float = 10.0
+    reject: float = field(default=10.0, metadata=any_finite())
 
 
 @dataclass
@@ -203,8 +203,9 @@ def validate(config: Config) -> None:
     if split_hostport(p.relay, "proxy.relay")[1] == 0:
         raise ConfigError(f"proxy.relay needs a port to connect to (1-65535), got {p.relay!r}")
     for server in config.dns.servers:
-        if ":" in server and not server.startswith("["):
-            split_hostport(server, "dns.servers entry")
+        port_given = ":" in server and not server.startswith("[")
+        if port_given and split_hostport(server, "dns.servers entry")[1] == 0:
+            raise ConfigError(f"dns.servers entry needs a port to ask (1-65535), got {server!r}")
     _check_dnsbl(config.dnsbl)
     _check_rule_weights(config.rule_weights, [z.name for z in config.dnsbl])
 
