@@ -3,7 +3,10 @@
 Looked up, first found wins: ``--config FILE``, ``$MAILSIFT_CONFIG``,
 ``$XDG_CONFIG_HOME/mailsift/config.toml`` (``~/.config/...``), and
 ``/etc/mailsift/config.toml``.  No file at all is fine: the defaults apply.
-Unknown keys are errors, so a typo never silently does nothing.
+Unknown keys are errors, so a typo never silently does nothing; so is every
+value outside the range its field declares (``bounds``: weights > 0,
+timeouts > 0, every float finite, ...) and every ``[rule_weights]`` name that
+is not a rule (``rules.names``).  Errors are one line naming the file and key.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from . import bounds
@@ -137,15 +140,10 @@ def find_config(explicit: str | None = None) -> Path | None:
 
 
 def sections(config: Config) -> dict[str, object]:
-    """The config's tables by their TOML name ([model], [proxy], ...)."""
-    return {
-        "model": config.model,
-        "thresholds": config.thresholds,
-        "proxy": config.proxy,
-        "dns": config.dns,
-        "domains": config.domains,
-        "auth": config.auth,
-    }
+    """The config's tables by their TOML name ([model], [proxy], ...): every
+    field of ``Config`` that is a dataclass, so a new section is read and
+    validated by adding it to ``Config``."""
+    return {f.name: getattr(config, f.name) for f in fields(config) if is_dataclass(getattr(config, f.name))}
 
 
 def load_config(explicit: str | None = None) -> Config:
