@@ -103,6 +103,29 @@ def test_scoring_past_the_deadline_passes_the_message_marked_unknown(env, tmp_pa
     assert b"ScoringTimeout: scoring took longer than 1e-06 s" in r.stderr
 
 
+def test_dns_that_never_answers_is_cut_off_at_the_scoring_deadline(env, tmp_path):
+    """The deadline also stops the network rules (their own guards cannot
+    swallow it): a blocklist server that never answers, 5 s DNS timeouts,
+    a 0.5 s scoring deadline."""
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        port = blackhole.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'[dns]\nservers = ["127.0.0.1:{port}"]\ntimeout = 5.0\ndeadline = 5.0\n'
+            '[proxy]\nscoring_deadline = 0.5\n[[dnsbl]]\nname = "RBL"\nzone = "rbl.test"\n'
+        )
+        start = time.monotonic()
+        r = _filter(HAM, "--config", cfg, "--ip", "81.2.69.1", env=env)
+        elapsed = time.monotonic() - start
+    assert r.returncode == 0 and r.stdout == UNKNOWN + b"\r\n" + HAM
+    assert b"scoring took longer than 0.5 s" in r.stderr
+    assert elapsed < 4.5, elapsed  # not the 5 s the DNS timeout would take
+
+
 @pytest.mark.parametrize(
     "raw",
     [
