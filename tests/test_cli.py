@@ -320,6 +320,9 @@ def test_eval_refuses_unwritable_outputs_before_scoring(small_indexes, isolated_
     assert r.returncode == 73 and r.stdout == b"" and b"eval --out" in r.stderr
     r = run("eval", "--test", test, "--scores", "/proc/x/scores.tsv", env=isolated_env)
     assert r.returncode == 73 and r.stdout == b"" and b"eval --scores" in r.stderr
+    r = run("eval", "--test", test, "--scores", tmp_path / "no-such-dir" / "s.tsv", env=isolated_env)
+    assert r.returncode == 73 and r.stdout == b"" and b"no folder" in r.stderr
+    assert not (tmp_path / "no-such-dir").exists()  # the checks leave nothing behind
 
 
 def test_scoring_and_filtering_never_import_matplotlib(isolated_env, tmp_path):

@@ -62,12 +62,18 @@ def _read_input(name: str) -> bytes:
 
 def _writable_folder(folder: Path, what: str) -> None:
     """Fail now, not after minutes of work, if ``what`` cannot be written in
-    ``folder``: create it if needed, then create and remove a file there."""
+    ``folder``: create and remove a file there or, if it does not exist yet,
+    in the nearest folder above it that does (where it will be created).
+    Leaves nothing behind, even when a usage error follows."""
     import tempfile
 
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mailsift-check-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".mailsift-check-"):
             pass
     except OSError as exc:
         raise CliError(
@@ -75,10 +81,13 @@ def _writable_folder(folder: Path, what: str) -> None:
         ) from None
 
 
-def _writable_file(path: Path, what: str) -> None:
-    """The same for a file written (atomically) at ``path``."""
+def _writable_file(path: Path, what: str, makes_folder: bool = True) -> None:
+    """The same for a file written at ``path``; ``makes_folder`` False when
+    the writer does not create missing folders, so the folder must exist."""
     if path.is_dir():
         raise CliError(f"{what} {path}: is a folder, not a file name; nothing done", EX_CANTCREAT)
+    if not makes_folder and not path.parent.is_dir():
+        raise CliError(f"{what} {path}: no folder {path.parent}; nothing done", EX_CANTCREAT)
     _writable_folder(path.parent, f"{what} {path}")
 
 
@@ -249,7 +258,7 @@ def _check_eval_outputs(args) -> None:
             raise CliError(f"eval --out: {exc}", EX_UNAVAILABLE) from None
         _writable_folder(Path(args.out), "eval --out")
     if args.scores:
-        _writable_file(Path(args.scores), "eval --scores")
+        _writable_file(Path(args.scores), "eval --scores", makes_folder=False)
 
 
 def cmd_eval(args) -> int:
