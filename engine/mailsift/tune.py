@@ -17,7 +17,7 @@ Two things would make the fit lie, and are kept out:
   trouble move a verdict.  Nor do names no rule module declares.
 - Mail the model was trained on (its ledger holds every trained or learned
   message's digest): there its log-odds are overconfident, since it has seen
-  the answer, so the fit leans on the model and zeroes the rules.  ``tune``
+  the answer and separates it, so the fit finds the rules worthless.  ``tune``
   counts the overlap and says so; ``skip_trained`` leaves those messages out.
 """
 
@@ -158,9 +158,9 @@ def overlap_warning(report: TuneReport, n_total: int) -> str | None:
         )
     return (
         f"tune: WARNING: {share} are mail the model was trained on (they are in its ledger). "
-        "On those its log-odds are overconfident (it has seen the answers), so the fit leans on the "
-        "model and pushes the rules' points toward zero. Tune on mail the model has not seen, or "
-        "add --skip-trained to leave those messages out."
+        "On those its log-odds are overconfident (it has seen the answers): it separates them almost "
+        "perfectly, so the fit finds the rules worthless and sets their points near zero. Tune on mail "
+        "the model has not seen, or add --skip-trained to leave those messages out."
     )
 
 
