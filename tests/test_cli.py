@@ -295,3 +295,59 @@ def _ham_file(tmp_path):
     p = tmp_path / "ham.eml"
     p.write_bytes(HAM)
     return p
+
+
+@pytest.mark.parametrize("folds", ["0", "1", "two"])
+def test_train_refuses_fewer_than_two_cv_folds_before_reading(folds, small_indexes, isolated_env, tmp_path):
+    # --cv-folds 0 used to train and print a meaningless 50% AUC
+    out = tmp_path / "m.npz"
+    r = run("train", "--index", small_indexes[0], "--cv-folds", folds, "--model", out, env=isolated_env)
+    assert r.returncode == 64 and b"--cv-folds" in r.stderr and r.stdout == b""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/x", "/proc/no-such-dir/model.npz", "FOLDER"])
+def test_train_refuses_an_unwritable_model_path_before_training(where, small_indexes, isolated_env, tmp_path):
+    out = tmp_path if where == "FOLDER" else where
+    r = run("train", "--index", small_indexes[0], "--model", out, env=isolated_env)
+    assert r.returncode == 73 and r.stdout == b""  # nothing read, nothing trained
+    assert r.stderr.decode().count("\n") == 1 and f"train --model {out}" in r.stderr.decode()
+
+
+def test_eval_refuses_unwritable_outputs_before_scoring(small_indexes, isolated_env, tmp_path):
+    _, test = small_indexes
+    r = run("eval", "--test", test, "--out", "/proc/report", env=isolated_env)
+    assert r.returncode == 73 and r.stdout == b"" and b"eval --out" in r.stderr
+    r = run("eval", "--test", test, "--scores", "/proc/x/scores.tsv", env=isolated_env)
+    assert r.returncode == 73 and r.stdout == b"" and b"eval --scores" in r.stderr
+    r = run("eval", "--test", test, "--scores", tmp_path / "no-such-dir" / "s.tsv", env=isolated_env)
+    assert r.returncode == 73 and r.stdout == b"" and b"no folder" in r.stderr
+    assert not (tmp_path / "no-such-dir").exists()  # the checks leave nothing behind
+
+
+def test_scoring_and_filtering_never_import_matplotlib(isolated_env, tmp_path):
+    """matplotlib is the optional 'plots' extra: a lean daemon install has none."""
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: hi\n\nhello\n")
+    code = (
+        "import sys, contextlib, io\n"
+        "from mailsift.cli import main\n"
+        "import mailsift.proxy, mailsift.pipe, mailsift.runs, mailsift.plots\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    main(['score', {str(msg)!r}])\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=isolated_env)
+    assert r.returncode == 0, r.stderr
+
+
+def test_eval_out_without_matplotlib_says_how_to_install_it(small_indexes, isolated_env, tmp_path):
+    # matplotlib made unimportable (as on a lean install): fails at once, nothing written
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from mailsift.cli import main\n"
+        f"sys.exit(main(['eval', '--test', {str(small_indexes[1])!r}, '--out', {str(tmp_path / 'r')!r}]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=isolated_env)
+    assert r.returncode == 69 and r.stdout == b""
+    assert b"pip install 'mailsift[plots]'" in r.stderr and not (tmp_path / "r").exists()

@@ -10,7 +10,10 @@ Public API (everything else is internal and may change):
 * :class:`LinearModel` — the trainable classifier
   (``fit / partial_fit / predict_proba``, ``save`` / ``load``, no pickle).
 * :func:`parse` — raw bytes to a :class:`ParsedMessage`; never raises.
-* :func:`load_config` — the TOML configuration with defaults in code.
+* :func:`load_config` — the TOML configuration with defaults in code; a bad
+  value raises :class:`ConfigError` naming the key and the file.
+* :func:`filter_message` — what ``mailsift filter`` does: the message back
+  with the verdict headers, or unchanged and marked Unknown on any failure.
 
 Every entry point (CLI, library, proxy, training, evaluation) goes the same
 way: raw bytes -> parse -> features -> model -> score -> Verdict.
@@ -18,14 +21,16 @@ way: raw bytes -> parse -> features -> model -> score -> Verdict.
 
 __version__ = "0.1.0"
 
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .filter import Filter
 from .model import LinearModel, ModelError
 from .parse import ParsedMessage, parse
+from .pipe import filter_message
 from .score import Evidence, RuleHit, Verdict
 
 __all__ = [
     "Config",
+    "ConfigError",
     "Evidence",
     "Filter",
     "LinearModel",
@@ -33,6 +38,7 @@ __all__ = [
     "ParsedMessage",
     "RuleHit",
     "Verdict",
+    "filter_message",
     "load_config",
     "parse",
 ]

@@ -30,6 +30,7 @@ from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream,
 # sysexits(3)
 EX_USAGE, EX_DATAERR, EX_NOINPUT = os.EX_USAGE, os.EX_DATAERR, os.EX_NOINPUT
 EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG = os.EX_UNAVAILABLE, os.EX_CANTCREAT, os.EX_CONFIG
+EX_IOERR = os.EX_IOERR
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +58,51 @@ def _read_input(name: str) -> bytes:
         raise CliError(f"{name}: is a folder, not a message file", EX_NOINPUT) from None
     except OSError as exc:
         raise CliError(f"{name}: cannot read ({exc.strerror})", EX_NOINPUT) from None
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Fail now, not after minutes of work, if ``what`` cannot be written in
+    ``folder``: create and remove a file there or, if it does not exist yet,
+    in the nearest folder above it that does (where it will be created).
+    Leaves nothing behind, even when a usage error follows."""
+    import tempfile
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".mailsift-check-"):
+            pass
+    except OSError as exc:
+        raise CliError(
+            f"{what}: cannot write in {folder} ({exc.strerror or exc}); nothing done", EX_CANTCREAT
+        ) from None
+
+
+def _writable_file(path: Path, what: str, makes_folder: bool = True) -> None:
+    """The same for a file written at ``path``; ``makes_folder`` False when
+    the writer does not create missing folders, so the folder must exist."""
+    if path.is_dir():
+        raise CliError(f"{what} {path}: is a folder, not a file name; nothing done", EX_CANTCREAT)
+    if not makes_folder and not path.parent.is_dir():
+        raise CliError(f"{what} {path}: no folder {path.parent}; nothing done", EX_CANTCREAT)
+    _writable_folder(path.parent, f"{what} {path}")
+
+
+def _cv_folds(text: str) -> int:
+    """argparse type of --cv-folds: 2 or more (1 fold has nothing to test on,
+    0 gave a meaningless 50% AUC)."""
+    try:
+        folds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if folds < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be 2 or more, got {folds}: each fold is scored by a model trained on the others"
+        )
+    return folds
 
 
 # -- score ---------------------------------------------------------------
@@ -103,6 +149,7 @@ def cmd_train(args) -> int:
     profile = PROFILES[args.features]
     settings = profile.features
     out = Path(args.model) if args.model else user_model_path()
+    _writable_file(out, "train --model")  # before minutes of training, not after
     ts = _training_set(args, settings)
     print(
         f"read {ts.n_ham} ham and {ts.n_spam} spam in {ts.seconds:.1f} s; "
@@ -115,6 +162,12 @@ def cmd_train(args) -> int:
             f"train: need at least {minimum} messages of each class, have {ts.n_ham} ham "
             f"and {ts.n_spam} spam; no model written",
             EX_DATAERR,
+        )
+    if args.cv_folds > min(ts.n_ham, ts.n_spam):
+        raise CliError(
+            f"train: --cv-folds {args.cv_folds} is more than the {min(ts.n_ham, ts.n_spam)} messages "
+            "of the smaller class; no model written",
+            EX_USAGE,
         )
     weight = config.model.default_weight if args.generic else config.model.weight
     model, report = fit_model(
@@ -194,7 +247,22 @@ def cmd_learn(args, unlearn: bool = False) -> int:
 
 
 # -- eval ----------------------------------------------------------------
+def _check_eval_outputs(args) -> None:
+    """eval's outputs can be written (and figures drawn) before any scoring."""
+    if args.out:
+        from .plots import PlotsUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotsUnavailable as exc:
+            raise CliError(f"eval --out: {exc}", EX_UNAVAILABLE) from None
+        _writable_folder(Path(args.out), "eval --out")
+    if args.scores:
+        _writable_file(Path(args.scores), "eval --scores", makes_folder=False)
+
+
 def cmd_eval(args) -> int:
+    _check_eval_outputs(args)
     if args.compare:
         if args.online or args.train or args.test:
             raise CliError(
@@ -309,15 +377,17 @@ def _progress(items, desc):
 
 # -- tune ----------------------------------------------------------------
 def cmd_tune(args) -> int:
-    import shutil
     import tomllib
 
     from .config import find_config, user_config_path
-    from .tune import to_toml, tune
+    from .tune import TuneError, overlap_warning, to_toml, tune
 
     if not (args.ham or args.spam or args.index):
         raise CliError("tune: give --index FILE, or --ham and --spam folders/mboxes", EX_USAGE)
     config = load_config(args.config)
+    path = Path(args.config) if args.config else (find_config() or user_config_path())
+    if not args.dry_run:  # fail before reading and scoring all the mail, not after
+        _writable_file(path, "tune: config")
     flt = Filter(config, args.model)
     index_items = [it for index in args.index for it in read_index(index)]
     raws, labels = [], []
@@ -325,9 +395,15 @@ def cmd_tune(args) -> int:
         if not isinstance(raw, Exception):
             raws.append(raw)
             labels.append(spam)
-    if sum(labels) < MIN_PER_CLASS or len(labels) - sum(labels) < MIN_PER_CLASS:
-        raise CliError(f"tune: need at least {MIN_PER_CLASS} messages of each class", EX_DATAERR)
-    report = tune(flt, raws, labels, config.thresholds.add_header)
+    try:
+        report = tune(
+            flt, raws, labels, config.thresholds.add_header, args.skip_trained, min_per_class=MIN_PER_CLASS
+        )
+    except TuneError as exc:
+        raise CliError(f"tune: {exc}; nothing written", EX_DATAERR) from None
+    warning = overlap_warning(report, len(raws))
+    if warning:
+        print(warning, file=sys.stderr)
     b, a = report.before, report.after
     print(f"{report.n_ham} ham, {report.n_spam} spam; model {flt.model_path}")
     print(f"{'':24}{'(1-AUC)%':>10}{'caught@0.1%':>13}{'FPR%':>8}{'FNR%':>8}")
@@ -339,23 +415,46 @@ def cmd_tune(args) -> int:
     print(f"model weight {report.model_weight:g}")
     for name, points in report.rule_weights.items():
         print(f"  {name:<24} {points:+.3f}")
+    if report.unpriced:
+        print(f"not priced (informational or undeclared, they stay at 0): {', '.join(report.unpriced)}")
     if args.dry_run:
         return 0
-    path = Path(args.config) if args.config else (find_config() or user_config_path())
     data = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     key = "default_weight" if flt.is_generic else "weight"
     data.setdefault("model", {})[key] = report.model_weight
     data["rule_weights"] = {**data.get("rule_weights", {}), **report.rule_weights}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():
-        shutil.copy2(path, path.with_suffix(path.suffix + ".bak"))
-    try:
-        path.write_text(to_toml(data), encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"{path}: cannot write config ({exc.strerror})", EX_CANTCREAT) from None
-    load_config(str(path))  # what was written must load
+    _write_config(path, to_toml(data))
     print(f"written to {path}" + (" (previous version kept as .bak; comments are not kept)" if data else ""))
     return 0
+
+
+def _write_config(path: Path, text: str) -> None:
+    """Write a config file only if it loads: to a temporary file beside it,
+    loaded and validated, then renamed over the old one (kept as .bak)."""
+    import shutil
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise CliError(f"{path}: cannot write config ({exc.strerror})", EX_CANTCREAT) from None
+    try:
+        try:
+            load_config(tmp)  # what is written must load
+        except ConfigError as exc:
+            msg = f"tune: the tuned config would not load ({exc}); {path} unchanged"
+            raise CliError(msg, EX_CONFIG) from None
+        if path.is_file():
+            shutil.copy2(path, path.with_suffix(path.suffix + ".bak"))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CliError(f"{path}: cannot write config ({exc.strerror})", EX_CANTCREAT) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # -- corpus --------------------------------------------------------------
@@ -392,6 +491,32 @@ def cmd_corpus_split(args) -> int:
     print(f"split {how}; {result.duplicates} test messages also in train (same subject and body)")
     if result.undated:
         print(f"{result.undated} messages had no usable Date header and went to train")
+    return 0
+
+
+# -- filter --------------------------------------------------------------
+def cmd_filter(args) -> int:
+    from .pipe import filter_message
+
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:  # nothing to give back: fail, so the MTA keeps its own copy
+        raise CliError(f"filter: cannot read the message ({exc.strerror or exc})", EX_IOERR) from None
+
+    def make_filter():
+        config = load_config(args.config)
+        return Filter(config, args.model), config.proxy.scoring_deadline
+
+    context = Context(client_ip=args.ip or "", helo=args.helo or "", mail_from=args.mail_from or "")
+    result = filter_message(raw, make_filter, context)
+    if result.error:
+        print(f"mailsift filter: scoring failed, passed marked Unknown: {result.error}", file=sys.stderr)
+    try:
+        sys.stdout.buffer.write(result.message)
+        sys.stdout.buffer.flush()
+    except OSError as exc:  # the reader went away: it did not get the message, so say so
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise CliError(f"filter: cannot write the message ({exc.strerror or exc})", EX_IOERR) from None
     return 0
 
 
@@ -510,9 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--cv-folds",
-        type=int,
+        type=_cv_folds,
         default=3,
-        help="cross-validation folds for the accuracy estimate and calibration (default 3)",
+        help="cross-validation folds for the accuracy estimate and calibration, 2 or more (default 3)",
     )
     t.add_argument("--min-per-class", type=int, default=MIN_PER_CLASS, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
@@ -584,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="full",
         help="feature profile when training (default full)",
     )
-    e.add_argument("--cv-folds", type=int, default=3, help=argparse.SUPPRESS)
+    e.add_argument("--cv-folds", type=_cv_folds, default=3, help=argparse.SUPPRESS)
     model_opt(e, "model for --test alone (default: as for score)")
     e.set_defaults(func=cmd_eval)
     u = sub.add_parser(
@@ -593,10 +718,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the model's weight and every rule's points to labelled mail by regularised "
         "logistic regression, print the gain over the current weights (5-fold cross-validation), and "
         "write them to the config file ([model] weight and [rule_weights]; the old file is kept "
-        "as .bak). Network rules run as configured: for a stored corpus, switch them off.",
+        "as .bak). Network rules run as configured: for a stored corpus, switch them off. Informational "
+        "hits (*_TIMEOUT, DNS_DEADLINE, *_TEMPERROR, CLIENT_FROM_RECEIVED, ...) are never priced. Tune on "
+        "mail the model was not trained on: the overlap is counted from the model's ledger and warned about.",
     )
     sources_opt(u)
     u.add_argument("--dry-run", action="store_true", help="print the weights, write nothing")
+    u.add_argument(
+        "--skip-trained",
+        action="store_true",
+        help="leave out messages the model was trained on or learned (found in its ledger). Without "
+        "it they are used and a warning says how many: on them the model is overconfident, so the "
+        "fit zeroes the rules",
+    )
     model_opt(u, "model to tune for (default: as for score)")
     u.set_defaults(func=cmd_tune)
 
@@ -649,6 +783,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--log-format", choices=["text", "json"], help="one log line per message (default text)")
     model_opt(v, "model file (default: as for score)")
     v.set_defaults(func=cmd_serve)
+
+    f = sub.add_parser(
+        "filter",
+        help="read a message on stdin, write it to stdout with the X-Spam-* headers added",
+        description="Pipe filter for procmail (':0fw' then '| mailsift filter'), maildrop (xfilter) "
+        "and Exim (transport_filter): reads one message, writes it back with the headers 'mailsift "
+        "serve' adds. The message always comes back: if the config or model is broken, scoring fails "
+        "or takes longer than proxy.scoring_deadline, it is written unchanged with 'X-Spam-Status: "
+        "Unknown' and a reason on stderr. Exit status 0, unless the message cannot be read or "
+        "written (74), so the delivery agent keeps its own copy.",
+    )
+    f.add_argument("file", metavar="FILE|-", nargs="?", default="-", help="message file (default: stdin)")
+    model_opt(f, "model file (default: as for score)")
+    f.add_argument("--ip", help="address of the SMTP client (for DNS blocklists and SPF)")
+    f.add_argument("--helo", help="HELO name the client gave")
+    f.add_argument("--mail-from", metavar="ADDR", help="envelope sender")
+    f.set_defaults(func=cmd_filter)
     return p
 
 

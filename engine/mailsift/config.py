@@ -3,19 +3,27 @@
 Looked up, first found wins: ``--config FILE``, ``$MAILSIFT_CONFIG``,
 ``$XDG_CONFIG_HOME/mailsift/config.toml`` (``~/.config/...``), and
 ``/etc/mailsift/config.toml``.  No file at all is fine: the defaults apply.
-Unknown keys are errors, so a typo never silently does nothing.
+Unknown keys are errors, so a typo never silently does nothing; so is every
+value outside the range its field declares (``bounds``: weights > 0,
+timeouts > 0, every float finite, ...) and every ``[rule_weights]`` name that
+is not a rule (``rules.names``).  Errors are one line naming the file and key.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from . import bounds
+from .bounds import any_finite, at_least, one_of, positive
 from .rules import NetworkConfig, parse_networks
 from .rules.auth import AuthConfig
+from .rules.names import builtin_rule_names, is_informational, known_rule_names
 from .rules.tld import DomainRules
 
 
@@ -29,21 +37,21 @@ class ModelConfig:
     #: exists, else the shipped default model
     path: str = ""
     #: weight of a model trained on the user's own mail
-    weight: float = 1.0
+    weight: float = field(default=1.0, metadata=positive())
     #: weight of the shipped default model (or any model trained with
     #: --generic), which was not trained on this user's mail
-    default_weight: float = 1.75
+    default_weight: float = field(default=1.75, metadata=positive())
     #: its points are clipped to +/- this: it may mark mail as spam, but never
     #: reject on its own, nor outvote strong rule evidence
-    default_cap: float = 7.5
+    default_cap: float = field(default=7.5, metadata=positive())
 
 
 @dataclass
 class Thresholds:
     #: score at which a message is marked spam (X-Spam-Flag: YES)
-    add_header: float = 5.0
+    add_header: float = field(default=5.0, metadata=any_finite())
     #: score at which the SMTP proxy rejects (if rejecting is enabled there)
-    reject: float = 10.0
+    reject: float = field(default=10.0, metadata=any_finite())
 
 
 @dataclass
@@ -55,29 +63,29 @@ class ProxyConfig:
     #: the only place mail is ever relayed to (Postfix's re-injection port)
     relay: str = "127.0.0.1:10026"
     #: "after-queue" (content_filter) or "before-queue" (smtpd_proxy_filter)
-    mode: str = "after-queue"
+    mode: str = field(default="after-queue", metadata=one_of("after-queue", "before-queue"))
     #: largest message accepted, in bytes (SIZE and DATA answer 552 above it)
-    max_message_size: int = 50 * 1024 * 1024
+    max_message_size: int = field(default=50 * 1024 * 1024, metadata=positive())
     #: concurrent SMTP sessions; more are told 421 and retry later
-    max_sessions: int = 100
+    max_sessions: int = field(default=100, metadata=positive())
     #: idle time allowed between client commands or data lines, seconds
-    command_timeout: float = 300.0
+    command_timeout: float = field(default=300.0, metadata=positive())
     #: time allowed for each command to the next hop, seconds
-    relay_timeout: float = 60.0
+    relay_timeout: float = field(default=60.0, metadata=positive())
     #: time allowed to score one message, seconds
-    scoring_deadline: float = 10.0
+    scoring_deadline: float = field(default=10.0, metadata=positive())
     #: when scoring fails or times out: "pass" (relay, X-Spam-Status: Unknown)
     #: or "tempfail" (451, Postfix retries later)
-    on_scoring_error: str = "pass"
+    on_scoring_error: str = field(default="pass", metadata=one_of("pass", "tempfail"))
     #: after-queue: refuse mail at or above the reject threshold with 550
     #: (Postfix then bounces it) instead of passing it marked
     reject: bool = False
     #: after-queue: silently drop mail at or above the reject threshold
     discard: bool = False
     #: scoring processes; 0 = one per CPU core
-    workers: int = 0
+    workers: int = field(default=0, metadata=at_least(0))
     #: "text" or "json"
-    log_format: str = "text"
+    log_format: str = field(default="text", metadata=one_of("text", "json"))
 
 
 @dataclass
@@ -87,9 +95,9 @@ class DnsConfig:
     #: "host" or "host:port"; empty = the system's /etc/resolv.conf
     servers: list = field(default_factory=list)
     #: seconds per query
-    timeout: float = 1.0
+    timeout: float = field(default=1.0, metadata=positive())
     #: seconds for all network checks of one message together
-    deadline: float = 2.0
+    deadline: float = field(default=2.0, metadata=positive())
 
 
 @dataclass
@@ -133,7 +141,16 @@ def find_config(explicit: str | None = None) -> Path | None:
     return None
 
 
+def sections(config: Config) -> dict[str, object]:
+    """The config's tables by their TOML name ([model], [proxy], ...): every
+    field of ``Config`` that is a dataclass, so a new section is read and
+    validated by adding it to ``Config``."""
+    return {f.name: getattr(config, f.name) for f in fields(config) if is_dataclass(getattr(config, f.name))}
+
+
 def load_config(explicit: str | None = None) -> Config:
+    """The configuration from the file found (see the module docstring),
+    type- and range-checked; a ConfigError names the file and the key."""
     path = find_config(explicit)
     config = Config()
     if path is None:
@@ -146,15 +163,7 @@ def load_config(explicit: str | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-    sections = {
-        "model": config.model,
-        "thresholds": config.thresholds,
-        "proxy": config.proxy,
-        "dns": config.dns,
-        "domains": config.domains,
-        "auth": config.auth,
-        "network": config.network,
-    }
+    tables = sections(config)
     for name, table in data.items():
         if name == "dnsbl" and isinstance(table, list):
             config.dnsbl = [_zone(t, f"{path}: [[dnsbl]] #{n}") for n, t in enumerate(table, 1)]
@@ -165,9 +174,9 @@ def load_config(explicit: str | None = None) -> Config:
                 raise ConfigError(f"{path}: [rule_weights] {bad[0]} must be a number of points")
             config.rule_weights = {k: float(v) for k, v in table.items()}
             continue
-        if name not in sections or not isinstance(table, dict):
+        if name not in tables or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")
-        _apply(sections[name], table, f"{path}: [{name}]")
+        _apply(tables[name], table, f"{path}: [{name}]")
     try:
         validate(config)
     except ConfigError as exc:
@@ -177,28 +186,26 @@ def load_config(explicit: str | None = None) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Cross-field checks; raises ConfigError naming the key."""
-    if config.thresholds.reject < config.thresholds.add_header:
-        raise ConfigError("thresholds.reject must be >= thresholds.add_header")
+    """Every value in its declared range (``bounds``), then the checks that
+    involve several keys; raises ConfigError naming the key.  Run on the
+    loaded file and again after command-line overrides (``serve``)."""
+    for name, table in sections(config).items():
+        _check_bounds(table, name)
+    for n, zone in enumerate(config.dnsbl, 1):
+        _check_bounds(zone, f"dnsbl #{n} ({zone.name})")
+    th = config.thresholds
+    if th.reject < th.add_header:
+        raise ConfigError(
+            f"thresholds.reject ({th.reject:g}) must be >= thresholds.add_header ({th.add_header:g})"
+        )
     p = config.proxy
-    if p.mode not in ("after-queue", "before-queue"):
-        raise ConfigError(f"proxy.mode must be after-queue or before-queue, got {p.mode!r}")
-    if p.on_scoring_error not in ("pass", "tempfail"):
-        raise ConfigError(f"proxy.on_scoring_error must be pass or tempfail, got {p.on_scoring_error!r}")
-    if p.log_format not in ("text", "json"):
-        raise ConfigError(f"proxy.log_format must be text or json, got {p.log_format!r}")
-    for key in ("listen", "relay"):
-        split_hostport(getattr(p, key), f"proxy.{key}")
-    for key in ("max_message_size", "max_sessions"):
-        if getattr(p, key) <= 0:
-            raise ConfigError(f"proxy.{key} must be positive")
+    split_hostport(p.listen, "proxy.listen")
+    if split_hostport(p.relay, "proxy.relay")[1] == 0:
+        raise ConfigError(f"proxy.relay needs a port to connect to (1-65535), got {p.relay!r}")
     for server in config.dns.servers:
-        if ":" in server and not server.startswith("["):
-            split_hostport(server, "dns.servers entry")
-    if config.dns.timeout <= 0 or config.dns.deadline <= 0:
-        raise ConfigError("dns.timeout and dns.deadline must be positive")
-    if not all(map(math.isfinite, (config.dns.timeout, config.dns.deadline))):
-        raise ConfigError("dns.timeout and dns.deadline must be finite")
+        port_given = ":" in server and not server.startswith("[")
+        if port_given and split_hostport(server, "dns.servers entry")[1] == 0:
+            raise ConfigError(f"dns.servers entry needs a port to ask (1-65535), got {server!r}")
     for key in ("trusted_networks", "internal_networks"):
         try:
             parse_networks(getattr(config.network, key))
@@ -207,6 +214,47 @@ def validate(config: Config) -> None:
     for key in ("trusted_authserv_ids", "trusted_arc_sealers"):
         if any(not v.strip() or any(c.isspace() for c in v.strip()) for v in getattr(config.auth, key)):
             raise ConfigError(f"auth.{key}: entries must be single non-empty names")
+    _check_dnsbl(config.dnsbl)
+    _check_rule_weights(config.rule_weights, [z.name for z in config.dnsbl])
+
+
+def _check_bounds(table: object, where: str) -> None:
+    for f in fields(table):
+        problem = bounds.check(f, getattr(table, f.name))
+        if problem:
+            raise ConfigError(f"{where}.{f.name} {problem}")
+
+
+_RULE_NAME_RE = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _check_dnsbl(zones: list) -> None:
+    seen: set[str] = set()
+    for n, zone in enumerate(zones, 1):
+        where = f"dnsbl #{n}"
+        # the name is a test name in X-Spam-Status (comma-separated) and a [rule_weights] key
+        if not _RULE_NAME_RE.fullmatch(zone.name):
+            raise ConfigError(f"{where}: name must be letters, digits and _, got {zone.name!r}")
+        if zone.name in seen or zone.name in builtin_rule_names():
+            raise ConfigError(f"{where}: name {zone.name!r} is already the name of another rule")
+        seen.add(zone.name)  # codes/bitmask points were checked when the table was read (_zone)
+
+
+def _check_rule_weights(weights: dict, dnsbl_names: list[str]) -> None:
+    known = known_rule_names(dnsbl_names)
+    for name, points in weights.items():
+        if name not in known:
+            priced = sorted(n for n in known if not is_informational(n))
+            close = difflib.get_close_matches(name, priced, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"rule_weights.{name}: no such rule{hint}; known rules: {', '.join(priced)}")
+        if not math.isfinite(points):
+            raise ConfigError(f"rule_weights.{name} must be a finite number, got {points!r}")
+        if is_informational(name) and points != 0:
+            raise ConfigError(
+                f"rule_weights.{name}: is informational (it says what was not checked) and always "
+                "scores 0; remove it"
+            )
 
 
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
@@ -276,8 +324,10 @@ def _zone(table: object, where: str):
 
 def _points_meaning(spec: object, where: str) -> None:
     ok = isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], (int, float))
-    if not ok or isinstance(spec[0], bool) or not isinstance(spec[1], str) or not math.isfinite(spec[0]):
+    if not ok or isinstance(spec[0], bool) or not isinstance(spec[1], str):
         raise ConfigError(f'{where} must be [points, "meaning"]')
+    if not math.isfinite(spec[0]):
+        raise ConfigError(f"{where} points must be a finite number, got {spec[0]!r}")
 
 
 def _apply(target: object, table: dict, where: str) -> None:

@@ -1,5 +1,9 @@
 """The evaluation figures (matplotlib, PNG).
 
+matplotlib is an optional extra (``pip install 'mailsift[plots]'``): a mail
+server running only the filter does not need it, so it is imported only
+when a figure is drawn, never when mailsift is imported.
+
 Figures are built on ``matplotlib.figure.Figure`` directly, not pyplot, so
 the library never touches a global backend or leaks open figures; each
 function returns the figure (a notebook displays it) and saves it when given
@@ -20,7 +24,28 @@ if TYPE_CHECKING:
     from .runs import Run
 
 
+#: how to get the figures on a lean (daemon-only) install
+INSTALL_HINT = "pip install 'mailsift[plots]'"
+
+
+class PlotsUnavailable(ImportError):
+    """matplotlib is not installed: it is an optional extra (``plots``)."""
+
+
+def require_matplotlib() -> None:
+    """Raise PlotsUnavailable, saying how to install it, if matplotlib is
+    missing.  Called before work whose end product is figures, so that
+    ``eval --out`` fails at once rather than after scoring a corpus."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise PlotsUnavailable(
+            f"the figures need matplotlib, which is not installed (an optional extra): {INSTALL_HINT}"
+        ) from exc
+
+
 def _figure(width: float, height: float) -> Figure:
+    require_matplotlib()
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110, layout="constrained")

@@ -204,6 +204,7 @@ def write_report(runs: list[Run], out: str | os.PathLike, title: str = "mailsift
     per class, a panel per run) and, when a run was online, learning.png."""
     from . import plots
 
+    plots.require_matplotlib()  # before anything is written: a report without its figures is half a report
     check_comparable(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,12 @@ def received_hosts(msg: ParsedMessage, hops: int = 6) -> list[str]:
     return list(dict.fromkeys(hosts))
 
 
+#: every rule name ``check`` can return (for config validation and ``tune``)
+RULE_NAMES = ("SENDER_ALLOWED",) + tuple(
+    f"{place}_{what}_BLOCKED" for place in ("SENDER", "URL", "RCVD") for what in ("TLD", "DOMAIN")
+)
+
+
 def check(msg: ParsedMessage, envelope_sender: str, rules: DomainRules) -> list[RuleHit]:
     sender_domains = {
         d
