@@ -84,7 +84,7 @@ _VERDICT_NAME = (
 )
 _VERDICT_LINE_RE = re.compile(_VERDICT_NAME, re.I)
 _VERDICT_ANY_RE = re.compile(rb"(?m)^" + _VERDICT_NAME, re.I)
-_FIELD_RE = re.compile(_FTEXT + rb"++[ \t]*:")
+_FIELD_RE = re.compile(_FTEXT + rb"*+[ \t]*:")
 _HEAD_END_RE = re.compile(rb"\n\r?\n")
 
 
@@ -160,11 +160,14 @@ def strip_verdict_headers(raw: bytes) -> bytes:
     :data:`VERDICT_SUBSTRINGS` (with their folded continuation lines).
 
     Only the header block is read: it ends at the first blank line (LF or
-    CRLF), at the first line that is neither a header field nor a
-    continuation, or at the end of a message with no body.  A leading mbox
-    ``From `` line is kept.  A message with no such header is returned as
-    the same object, after one regex scan of its header block; everything
-    else (line endings, order, body) is kept byte for byte.
+    CRLF), at the first line that is neither a header field, a continuation
+    nor an mbox ``From `` line (kept, wherever it is: ``add_headers`` puts
+    ours above it, and the stdlib parser skips it), or at the end of a
+    message with no body.  Those are the stdlib parser's rules, a little
+    wider (blanks before the colon), so every header it reads is checked.
+    A message with no such header is returned as the same object, after one
+    regex scan of its header block; everything else (line endings, order,
+    body) is kept byte for byte.
     """
     m = _HEAD_END_RE.search(raw)
     head_end = m.start() + 1 if m else len(raw)
@@ -174,13 +177,13 @@ def strip_verdict_headers(raw: bytes) -> bytes:
     kept: list[bytes] = []
     skipping = False
     consumed = 0
-    for n, line in enumerate(lines):
+    for line in lines:
         if line[:1] in (b" ", b"\t"):
             if not skipping:
                 kept.append(line)
         elif _VERDICT_LINE_RE.match(line):
             skipping = True
-        elif _FIELD_RE.match(line) or (n == 0 and line.startswith(b"From ")):
+        elif _FIELD_RE.match(line) or line.startswith(b"From "):
             skipping = False
             kept.append(line)
         else:
