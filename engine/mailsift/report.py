@@ -83,7 +83,10 @@ _VERDICT_NAME = (
     + rb"*+[ \t]*:"
 )
 _VERDICT_LINE_RE = re.compile(_VERDICT_NAME, re.I)
-_VERDICT_ANY_RE = re.compile(rb"(?m)^" + _VERDICT_NAME, re.I)
+# the fast path: one scan from line start to line start (the literal "\n"
+# lets the regex engine skip between them) that stops at the first verdict
+# header or at the blank line ending the header block, whichever comes first
+_SCAN_RE = re.compile(rb"\n(?:\r?\n|" + _VERDICT_NAME + rb")", re.I)
 _FIELD_RE = re.compile(_FTEXT + rb"*+[ \t]*:")
 _HEAD_END_RE = re.compile(rb"\n\r?\n")
 
@@ -169,10 +172,12 @@ def strip_verdict_headers(raw: bytes) -> bytes:
     regex scan of its header block; everything else (line endings, order,
     body) is kept byte for byte.
     """
+    if not _VERDICT_LINE_RE.match(raw):
+        m = _SCAN_RE.search(raw)
+        if m is None or m.end() - m.start() <= 3:  # no verdict, or the blank line came first
+            return raw
     m = _HEAD_END_RE.search(raw)
     head_end = m.start() + 1 if m else len(raw)
-    if not _VERDICT_ANY_RE.search(raw, 0, head_end):
-        return raw
     lines = raw[:head_end].splitlines(keepends=True)
     kept: list[bytes] = []
     skipping = False
