@@ -166,9 +166,9 @@ def main() -> int:
         f"  fast path = {100 * t_fast / t_score:.2f}% of a score; slow path = {100 * t_slow / t_score:.2f}%"
     )
     print("adversarial header names (X- + 'spam' * k, no colon, then a verdict header):")
-    for k in (62_500, 125_000, 250_000):
+    for k in (125_000, 250_000, 500_000):
         raw = b"Subject: x\nX-" + b"spam" * k + b": v\nX-Spam-Flag: NO\n\nbody"
-        t = timed(strip_verdict_headers, [raw], 3)
+        t = timed(strip_verdict_headers, [raw], 5)
         print(
             f"  {len(raw) / 1e6:5.2f} MB header  {1e3 * t:7.2f} ms  ({1e3 * t / (len(raw) / 1e6):.2f} ms/MB)"
         )
