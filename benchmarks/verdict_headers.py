@@ -144,9 +144,8 @@ def main() -> int:
     ratio = b["one_minus_auc_pct"] / a["one_minus_auc_pct"] if a["one_minus_auc_pct"] else float("nan")
     print(f"bar: B/A (1-AUC) = {ratio:.2f} (must be <= 1.5)")
     for name, m in res.items():
-        print(
-            f"bar: {name}: forged headers change the miss rate by {m['miss_forged_pct'] - m['miss_pct']:+.2f} points"
-        )
+        change = m["miss_forged_pct"] - m["miss_pct"]
+        print(f"bar: {name}: forged headers change the miss rate by {change:+.2f} points")
 
     use_strip(True)
     raws = [it.read() for it in test]
