@@ -332,3 +332,18 @@ def test_eval_repeated_train_options_add_up(small_indexes, tmp_path, isolated_en
     assert r.returncode == 0, r.stderr
     run_json = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_json["n_train"] == len({message_digest(i.read()) for i in items})
+
+
+def test_repeated_source_options_add_up_in_every_command():
+    from mailsift.cli import build_parser
+
+    p = build_parser()
+    for cmd in ("train", "tune"):
+        a = p.parse_args([cmd, "--ham", "A", "--ham", "B", "C", "--spam", "D", "--spam", "E", "--index", "F"])
+        assert (a.ham, a.spam, a.index) == (["A", "B", "C"], ["D", "E"], ["F"])
+    a = p.parse_args(["eval", "--train", "A", "--train", "B", "--test", "T"])
+    assert a.train == ["A", "B"] and not a.keep_duplicates
+    a = p.parse_args(["corpus", "index", "D", "--ham-glob", "h1", "--ham-glob", "h2", "--spam-glob", "s"])
+    assert a.ham_glob == ["h1", "h2"] and a.spam_glob == ["s"]
+    p.parse_args(["train", "--ham", "A"])
+    assert p.parse_args(["train"]).ham == []  # extending never grows the shared default
