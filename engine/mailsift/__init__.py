@@ -11,6 +11,9 @@ Public API (everything else is internal and may change):
   (``fit / partial_fit / predict_proba``, ``save`` / ``load``, no pickle).
 * :func:`parse` — raw bytes to a :class:`ParsedMessage`; never raises.
 * :func:`load_config` — the TOML configuration with defaults in code.
+* :func:`strip_verdict_headers` — raw bytes without the headers spam filters
+  write (``Filter.score`` and training apply it; call it on mail you extract
+  features from yourself).
 
 Every entry point (CLI, library, proxy, training, evaluation) goes the same
 way: raw bytes -> parse -> features -> model -> score -> Verdict.
@@ -22,6 +25,7 @@ from .config import Config, load_config
 from .filter import Filter
 from .model import LinearModel, ModelError
 from .parse import ParsedMessage, parse
+from .report import strip_verdict_headers
 from .score import Evidence, RuleHit, Verdict
 
 __all__ = [
@@ -35,4 +39,5 @@ __all__ = [
     "Verdict",
     "load_config",
     "parse",
+    "strip_verdict_headers",
 ]
