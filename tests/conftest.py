@@ -173,3 +173,15 @@ def sink():
     yield handler
     if controller._thread is not None:  # a test may have stopped it already
         controller.stop()
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory, small_indexes):
+    """A model (full profile) trained on the 300 messages of ``small_indexes``:
+    quick to train, for tests that change a model (copy it first)."""
+    profile = PROFILES["full"]
+    ts = collect(labelled_stream(index=read_index(small_indexes[0])), profile.features, show_progress=False)
+    model, _ = fit_model(ts, profile.features, profile.params)
+    path = tmp_path_factory.mktemp("small-model") / "model.npz"
+    model.save(path)
+    return path

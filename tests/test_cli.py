@@ -351,3 +351,55 @@ def test_eval_out_without_matplotlib_says_how_to_install_it(small_indexes, isola
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=isolated_env)
     assert r.returncode == 69 and r.stdout == b""
     assert b"pip install 'mailsift[plots]'" in r.stderr and not (tmp_path / "r").exists()
+
+
+def test_eval_drops_test_messages_also_in_train_and_says_how_many(small_indexes, tmp_path, isolated_env):
+    from conftest import write_index
+
+    train, test = small_indexes
+    train_items, test_items = read_index(train), read_index(test)
+    leaked = train_items[:5] + train_items[-5:]  # 5 ham and 5 spam the model is trained on
+    mixed = write_index(tmp_path / "mixed.index", test_items + leaked)
+    seen = {message_digest(i.read()) for i in train_items}
+    expected = sum(message_digest(i.read()) in seen for i in test_items + leaked)
+    assert expected >= 10
+    r = run("eval", "--train", train, "--test", mixed, "--json", env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["test_duplicates_dropped"] == expected
+    assert m["n_ham"] + m["n_spam"] == len(test_items) + len(leaked) - expected
+    text = run("eval", "--train", train, "--test", mixed, env=isolated_env)
+    assert f"{expected} test messages also in train dropped".encode() in text.stdout
+    kept = json.loads(
+        run("eval", "--train", train, "--test", mixed, "--json", "--keep-duplicates", env=isolated_env).stdout
+    )
+    assert kept["n_ham"] + kept["n_spam"] == len(test_items) + len(leaked)
+    assert "test_duplicates_dropped" not in kept
+
+
+def test_eval_repeated_train_options_add_up(small_indexes, tmp_path, isolated_env):
+    from conftest import write_index
+
+    train, test = small_indexes
+    items = read_index(train)
+    a = write_index(tmp_path / "a.index", items[::2])
+    b = write_index(tmp_path / "b.index", items[1::2])
+    r = run("eval", "--train", a, "--train", b, "--test", test, "--out", tmp_path / "run", env=isolated_env)
+    assert r.returncode == 0, r.stderr
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_json["n_train"] == len({message_digest(i.read()) for i in items})
+
+
+def test_repeated_source_options_add_up_in_every_command():
+    from mailsift.cli import build_parser
+
+    p = build_parser()
+    for cmd in ("train", "tune"):
+        a = p.parse_args([cmd, "--ham", "A", "--ham", "B", "C", "--spam", "D", "--spam", "E", "--index", "F"])
+        assert (a.ham, a.spam, a.index) == (["A", "B", "C"], ["D", "E"], ["F"])
+    a = p.parse_args(["eval", "--train", "A", "--train", "B", "--test", "T"])
+    assert a.train == ["A", "B"] and not a.keep_duplicates
+    a = p.parse_args(["corpus", "index", "D", "--ham-glob", "h1", "--ham-glob", "h2", "--spam-glob", "s"])
+    assert a.ham_glob == ["h1", "h2"] and a.spam_glob == ["s"]
+    p.parse_args(["train", "--ham", "A"])
+    assert p.parse_args(["train"]).ham == []  # extending never grows the shared default

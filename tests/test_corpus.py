@@ -1,6 +1,7 @@
 import pytest
 
-from mailsift.corpus import CorpusError, iter_mbox, iter_source, read_index
+from mailsift.corpus import CorpusError, iter_mbox, iter_source, mail_problem, read_index
+from mailsift.train import PROFILES, collect
 
 
 def _msg(n: int) -> bytes:
@@ -80,3 +81,49 @@ def test_real_index_lists_the_whole_development_corpus(sa_dir):
     items = read_index(sa_dir / "all.index")
     assert len(items) == 6046
     assert sum(i.spam for i in items) == 1896
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: hi\n\nbody",
+        b"From alice@example.org Mon Jul  1 10:00:00 2024\nReturn-Path: <a@b>\n\nbody",
+        b"Received: from x\r\n\tby y\r\nSubject: crlf\r\n\r\nbody",
+        b"X-Only-Header: and no body",
+        b"Subject: attachment\n\n\x00\x00\x00\x00 unencoded binary in the body is real spam",
+    ],
+)
+def test_mail_problem_accepts_mail(raw):
+    assert mail_problem(raw) is None
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"", "empty"),
+        (b"\n\n  \r\n", "empty"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj", "no header block"),
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00", "binary"),
+        (b"Dear friend, send money\n", "no header block"),
+        (b"From alice@example.org Mon Jul  1 10:00:00 2024\n", "no header block"),
+        (b"Subject: x\nX-Junk: \x00\x01\x02\n\nbody", "NUL bytes in the header block"),
+    ],
+)
+def test_mail_problem_names_why_input_is_not_mail(raw, reason):
+    assert reason in mail_problem(raw)
+
+
+def test_collect_skips_non_mail_counting_and_naming_it(message_bytes):
+    stream = [
+        (False, "good.eml", message_bytes()),
+        (True, "pic.png", b"\x89PNG\r\n\x1a\n\x00\x00"),
+        (True, "note.txt", b"no header here\n"),
+        (True, "empty.eml", b""),
+        (False, "gone.eml", CorpusError("gone.eml: cannot read message")),
+    ]
+    ts = collect(stream, PROFILES["full"].features, show_progress=False)
+    assert ts.n_ham == 1 and ts.n_spam == 0
+    assert ts.skipped == {"not mail": 2, "empty": 1, "unreadable": 1}
+    names = [name for name, _ in ts.skipped_examples]
+    assert names == ["pic.png", "note.txt", "empty.eml", "gone.eml"]
+    assert "pic.png: binary" in ts.skipped_examples[0][1]

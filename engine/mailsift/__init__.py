@@ -14,6 +14,9 @@ Public API (everything else is internal and may change):
   value raises :class:`ConfigError` naming the key and the file.
 * :func:`filter_message` — what ``mailsift filter`` does: the message back
   with the verdict headers, or unchanged and marked Unknown on any failure.
+* :func:`strip_verdict_headers` — raw bytes without the headers spam filters
+  write (``Filter.score`` and training apply it; call it on mail you extract
+  features from yourself).
 
 Every entry point (CLI, library, proxy, training, evaluation) goes the same
 way: raw bytes -> parse -> features -> model -> score -> Verdict.
@@ -26,6 +29,7 @@ from .filter import Filter
 from .model import LinearModel, ModelError
 from .parse import ParsedMessage, parse
 from .pipe import filter_message
+from .report import strip_verdict_headers
 from .score import Evidence, RuleHit, Verdict
 
 __all__ = [
@@ -41,4 +45,5 @@ __all__ = [
     "filter_message",
     "load_config",
     "parse",
+    "strip_verdict_headers",
 ]

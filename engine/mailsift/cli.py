@@ -6,22 +6,26 @@ input, 69 cannot listen, 73 cannot create output, 78 bad config.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .config import ConfigError, load_config, split_hostport, user_model_path
-from .corpus import CorpusError, read_index
+from .corpus import CorpusError, Labelled, mail_problem, read_index
 from .datasets import ORDERS, build_index, ordered, split_index, write_index
 from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
-from .filter import Filter, resolve_model_path
+from .filter import DEFAULT_MODEL, Filter, resolve_model_path
 from .model import LinearModel, ModelError
 from .parse import parse
+from .report import strip_verdict_headers
 from .rules import Context
 from .score import explain
 from .tokens import extract
@@ -156,6 +160,7 @@ def cmd_train(args) -> int:
         f"{ts.duplicates} duplicates dropped"
         + "".join(f"; {n} skipped ({why})" for why, n in sorted(ts.skipped.items()))
     )
+    _print_skipped(ts)
     minimum = args.min_per_class
     if ts.n_ham < minimum or ts.n_spam < minimum:
         raise CliError(
@@ -188,11 +193,21 @@ def cmd_train(args) -> int:
         f"FPR {cv['fpr_pct']:.2f}% FNR {cv['fnr_pct']:.2f}%"
     )
     try:
-        model.save(out)
+        with _model_lock(out):  # not under a 'learn' that read the old model
+            model.save(out)
     except OSError as exc:
         raise CliError(f"{out}: cannot write model ({exc.strerror})", EX_CANTCREAT) from None
     print(f"model written to {out}")
     return 0
+
+
+def _print_skipped(ts) -> None:
+    """Name the first skipped messages on stderr, so the user can look."""
+    for _, detail in ts.skipped_examples:
+        print(f"skipped {detail}", file=sys.stderr)
+    more = sum(ts.skipped.values()) - len(ts.skipped_examples)
+    if more > 0:
+        print(f"skipped {more} more", file=sys.stderr)
 
 
 # -- learn / unlearn -----------------------------------------------------
@@ -200,16 +215,58 @@ def _own_model_path(args) -> Path:
     return Path(args.model) if args.model else resolve_model_path(load_config(args.config))
 
 
+@contextmanager
+def _model_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s sidecar ``path.lock`` file.
+
+    ``learn``/``unlearn`` read the model, change it and write it back; two at
+    once (IMAPSieve runs one per moved message) would each write their own
+    copy and lose the other's update.  The lock is on a file of its own,
+    never replaced: the model itself is replaced atomically on every save,
+    so a lock on it would be a lock on a file that is gone.  flock() is
+    released by the kernel when the process dies, so a killed learn never
+    leaves the model locked."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except FileNotFoundError:
+        raise CliError(f"{path}: model not found (no folder {path.parent})", EX_NOINPUT) from None
+    except OSError as exc:
+        raise CliError(f"{lock}: cannot open the model's lock file ({exc.strerror})", EX_CANTCREAT) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def cmd_learn(args, unlearn: bool = False) -> int:
     raw = _read_input(args.file)
+    problem = mail_problem(raw)
+    if problem:
+        name = "stdin" if args.file == "-" else args.file
+        raise CliError(f"{name}: {problem}; nothing {'un' if unlearn else ''}learned", EX_DATAERR)
+    raw = strip_verdict_headers(raw)  # learn the message, not a filter's verdict on it
     path = _own_model_path(args)
+    if path == DEFAULT_MODEL:
+        _refuse_default(path)  # before the lock: no lock file next to the shipped model
+    with _model_lock(path):
+        return _learn_locked(args, raw, path, unlearn)
+
+
+def _refuse_default(path: Path):
+    raise CliError(
+        f"{path}: is the shipped default model; train your own with 'mailsift train' "
+        "(or name a model with --model) before learning single messages",
+        EX_USAGE,
+    )
+
+
+def _learn_locked(args, raw: bytes, path: Path, unlearn: bool) -> int:
+    """The read-modify-write of ``learn``/``unlearn``; the caller holds the lock."""
     model = LinearModel.load(path)
     if model.info.get("generic") and not args.model:
-        raise CliError(
-            f"{path}: is the shipped default model; train your own with 'mailsift train' "
-            "(or name a model with --model) before learning single messages",
-            EX_USAGE,
-        )
+        _refuse_default(path)
     vec = extract(parse(raw), model.settings).vec
     digest = message_digest(raw)
     spam = args.spam
@@ -283,6 +340,7 @@ def cmd_eval(args) -> int:
     config.auth.enabled = False
     threshold_points = config.thresholds.add_header
     train_seconds, n_train = None, None
+    test_dropped, dedup_note = None, None
     if args.online:
         profile = PROFILES[args.features]
         flt = Filter(config, model=LinearModel(profile.features, profile.params))
@@ -292,9 +350,16 @@ def cmd_eval(args) -> int:
         if args.train:
             start = time.perf_counter()
             profile = PROFILES[args.features]
-            ts = _training_set(args, profile.features, dedupe=False, index_attr="train", quiet=args.json)
+            keep = args.keep_duplicates
+            ts = _training_set(args, profile.features, dedupe=not keep, index_attr="train", quiet=args.json)
             model, _ = fit_model(ts, profile.features, profile.params, folds=args.cv_folds)
             train_seconds, n_train = time.perf_counter() - start, ts.n_ham + ts.n_spam
+            if not keep:
+                items, test_dropped = _drop_seen(items, set(ts.digests))
+                dedup_note = (
+                    f"{ts.duplicates} repeats dropped from train, {test_dropped} test messages "
+                    "also in train dropped from test (same subject and body; --keep-duplicates keeps them)"
+                )
             flt = Filter(config, model=model)
         else:
             flt = Filter(config, args.model)
@@ -305,6 +370,9 @@ def cmd_eval(args) -> int:
         result["train_seconds"] = train_seconds
         result["train_msgs_per_s"] = n_train / train_seconds
     result["rules"] = rule_hit_rates(labels, scored.hit_names)
+    if test_dropped is not None:
+        result["train_duplicates_dropped"] = ts.duplicates
+        result["test_duplicates_dropped"] = test_dropped
     if args.scores:
         try:
             with open(args.scores, "w", encoding="utf-8") as fh:
@@ -333,7 +401,8 @@ def cmd_eval(args) -> int:
             n_train=n_train,
             online=bool(args.online),
             version=__version__,
-            notes=f"{how}; one process, in-process scoring; network rules off",
+            notes=f"{how}; one process, in-process scoring; network rules off"
+            + (f"; {dedup_note}" if dedup_note else ""),
             extra={"rules": result["rules"]},
         )
         try:
@@ -347,9 +416,27 @@ def cmd_eval(args) -> int:
         print(json.dumps(json_safe(result)))
     else:
         print(format_metrics(result))
+        if dedup_note:
+            print(f"duplicates      {dedup_note}")
         if args.out:
             print(f"report          {Path(args.out) / 'report.md'} (+ report.json, scores.tsv, figures)")
     return 0
+
+
+def _drop_seen(items: list[Labelled], seen: set[bytes]) -> tuple[list[Labelled], int]:
+    """Test items whose message (subject and body digest, as ``train``
+    de-duplicates) is not in ``seen``, and how many were dropped: a test
+    message the model was trained on inflates every figure.  An unreadable
+    item is kept, so scoring reports it as it did."""
+    kept = []
+    for item in items:
+        try:
+            digest = message_digest(item.read())
+        except CorpusError:
+            digest = None
+        if digest is None or digest not in seen:
+            kept.append(item)
+    return kept, len(items) - len(kept)
 
 
 def _eval_compare(args) -> int:
@@ -391,10 +478,15 @@ def cmd_tune(args) -> int:
     flt = Filter(config, args.model)
     index_items = [it for index in args.index for it in read_index(index)]
     raws, labels = [], []
+    skipped = 0
     for spam, _, raw in progress(labelled_stream(args.ham, args.spam, index_items), None, "reading"):
-        if not isinstance(raw, Exception):
-            raws.append(raw)
-            labels.append(spam)
+        if isinstance(raw, Exception) or mail_problem(raw):
+            skipped += 1  # unreadable, empty or not mail, as 'train' skips them
+            continue
+        raws.append(raw)  # labelled_stream removed filters' verdict headers
+        labels.append(spam)
+    if skipped:
+        print(f"{skipped} unreadable, empty or non-mail files skipped", file=sys.stderr)
     try:
         report = tune(
             flt, raws, labels, config.thresholds.add_header, args.skip_trained, min_per_class=MIN_PER_CLASS
@@ -572,9 +664,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def sources_opt(sp):
-        sp.add_argument("--ham", nargs="+", metavar="PATH", default=[], help="folders/mboxes of good mail")
-        sp.add_argument("--spam", nargs="+", metavar="PATH", default=[], help="folders/mboxes of spam")
-        sp.add_argument("--index", nargs="+", metavar="FILE", default=[], help="TREC-style index files")
+        # action="extend": "--ham A --ham B" reads both (argparse's default keeps only B)
+        sp.add_argument(
+            "--ham",
+            nargs="+",
+            action="extend",
+            metavar="PATH",
+            default=[],
+            help="folders/mboxes of good mail",
+        )
+        sp.add_argument(
+            "--spam", nargs="+", action="extend", metavar="PATH", default=[], help="folders/mboxes of spam"
+        )
+        sp.add_argument(
+            "--index", nargs="+", action="extend", metavar="FILE", default=[], help="TREC-style index files"
+        )
 
     def model_opt(sp, help_text):
         sp.add_argument("--model", metavar="FILE", help=help_text)
@@ -675,7 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the per-message scores, a JSON and Markdown report and PNG figures; --compare RUN... "
         "--out DIR puts several runs (mailsift's and benchmarks/peers') on one table and one ROC.",
     )
-    e.add_argument("--train", nargs="+", metavar="INDEX", help="index file(s) to train on")
+    e.add_argument(
+        "--train", nargs="+", action="extend", metavar="INDEX", help="index file(s) to train on (repeatable)"
+    )
     e.add_argument("--test", metavar="INDEX", help="index file to score")
     e.add_argument("--online", metavar="INDEX", help="index file for the online protocol")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -699,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--compare",
         nargs="+",
+        action="extend",
         metavar="RUN",
         help="compare finished runs (folders written by --out or benchmarks/peers) on one table and "
         "one ROC figure, written to --out DIR",
@@ -708,6 +815,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PROFILES),
         default="full",
         help="feature profile when training (default full)",
+    )
+    e.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="with --train: keep repeated messages in train and test messages that are also in "
+        "train (by default both are dropped, as 'train' does, and the counts printed)",
     )
     e.add_argument("--cv-folds", type=_cv_folds, default=3, help=argparse.SUPPRESS)
     model_opt(e, "model for --test alone (default: as for score)")
@@ -748,8 +861,12 @@ def build_parser() -> argparse.ArgumentParser:
         "under FOLDER that match the patterns.",
     )
     ci.add_argument("folder", metavar="FOLDER")
-    ci.add_argument("--ham-glob", nargs="+", default=[], metavar="PATTERN", help="e.g. 'easy_ham*/*'")
-    ci.add_argument("--spam-glob", nargs="+", default=[], metavar="PATTERN", help="e.g. 'spam*/*'")
+    ci.add_argument(
+        "--ham-glob", nargs="+", action="extend", default=[], metavar="PATTERN", help="e.g. 'easy_ham*/*'"
+    )
+    ci.add_argument(
+        "--spam-glob", nargs="+", action="extend", default=[], metavar="PATTERN", help="e.g. 'spam*/*'"
+    )
     ci.add_argument("-o", "--out", metavar="FILE", help="index to write (default FOLDER/full.index)")
     ci.set_defaults(func=cmd_corpus_index)
     cs = csub.add_parser(

@@ -21,6 +21,11 @@ from pathlib import Path
 #: starting with "From " from splitting a message
 _MBOX_FROM = re.compile(rb"^From \S+ .*\b\d{1,2}:\d\d(?::\d\d)?\b.*\b\d{4}\b")
 _MBOXRD_ESCAPED = re.compile(rb"^>(>*From )", re.M)
+#: an RFC 5322 header field line: a name of printable ASCII but ':', then ':'
+#: (obsolete syntax allows blanks before the colon)
+_FIELD_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
+#: how much of a message :func:`mail_problem` looks at
+_SNIFF_BYTES = 64 * 1024
 
 
 class CorpusError(Exception):
@@ -39,6 +44,33 @@ class Labelled:
             return self.path.read_bytes()
         except OSError as exc:
             raise CorpusError(f"{self.path}: cannot read message ({exc.strerror})") from None
+
+
+def mail_problem(raw: bytes) -> str | None:
+    """Why ``raw`` is not a mail message, or ``None`` if it looks like one.
+
+    A message is not empty, starts (after an optional mbox ``From `` line)
+    with an RFC 5322 header field line (``Name: value``; binary formats
+    start with bytes no field name may hold), and has no NUL byte in its
+    header block (RFC 5322 forbids NUL; a body may hold some: real spam
+    carries unencoded attachments, 4 of trec07p's 37,710 messages).  Only
+    the first 64 KB are read, so the check costs microseconds."""
+    if not raw or raw.isspace():  # isspace stops at the first other byte; strip() would copy
+        return "empty"
+    head = raw[:_SNIFF_BYTES]
+    start = 0
+    if head.startswith(b"From "):
+        eol = head.find(b"\n")
+        start = eol + 1 if eol >= 0 else len(head)
+    if not _FIELD_LINE.match(head, start):
+        if 0 in head[:1024]:
+            return "binary data (NUL bytes), not a mail message"
+        first = head[start:].lstrip(b"\r\n").split(b"\n", 1)[0][:40]
+        return f"no header block (first line {first.decode('latin-1').rstrip()!r} is not 'Name: value')"
+    end = re.search(rb"\n\r?\n", head)
+    if 0 in head[: end.start() if end else len(head)]:
+        return "NUL bytes in the header block: binary data, not a mail message"
+    return None
 
 
 def read_index(index: str | os.PathLike) -> list[Labelled]:

@@ -63,13 +63,14 @@ def score_online(flt: Filter, items: list[Labelled], progress: Callable = _ident
     the calibration is refitted on recent mail as a live filter would."""
     from .model import fit_platt
     from .parse import parse
+    from .report import strip_verdict_headers
     from .tokens import extract
 
     out = Scored()
     margins: list[float] = []
     start = time.perf_counter()
     for n, item in enumerate(progress(items, "online"), 1):
-        msg = parse(item.read())
+        msg = parse(strip_verdict_headers(item.read()))
         feats = extract(msg, flt.model.settings)
         verdict = flt.verdict(msg, feats, evidence=0)
         out.scores.append(verdict.score)

@@ -13,6 +13,7 @@ import numpy as np
 from .config import Config, user_model_path
 from .model import LinearModel
 from .parse import ParsedMessage, parse
+from .report import strip_verdict_headers
 from .rules import Context, NetworkRules, headers, tld
 from .score import Evidence, Verdict, action_for, model_points
 from .tokens import Features, extract
@@ -74,8 +75,10 @@ class Filter:
         """Verdict for one raw message; ``evidence`` strongest features are
         named in each direction (0 to skip naming, which is cheaper);
         ``context`` is what the SMTP session knows (client address, HELO,
-        envelope sender) for the network rules."""
-        msg = parse(raw)
+        envelope sender) for the network rules.  Filters' verdict headers
+        are removed first: a score never reads a verdict (forged or ours);
+        DKIM still verifies the message as it was handed over."""
+        msg = parse(strip_verdict_headers(raw))
         return self.verdict(msg, extract(msg, self.model.settings), evidence, context, raw=raw)
 
     def verdict(

@@ -5,6 +5,11 @@ format so existing Sieve and procmail rules keep working;
 ``X-Mailsift-Report`` carries the explanation.  Headers of those names
 already in the message are removed first: a spammer must not be able to
 pre-set ``X-Spam-Flag: NO``.
+
+:func:`strip_verdict_headers` goes further, for what reaches the features:
+it removes every header a *filter* writes (mailsift's and other filters'
+verdicts), so a model never learns its own or another filter's verdict and a
+forged verdict header cannot steer the score.
 """
 
 from __future__ import annotations
@@ -16,6 +21,74 @@ from .score import Verdict
 OUR_HEADERS = ("x-spam-flag", "x-spam-score", "x-spam-status", "x-spam-level", "x-mailsift-report")
 _OURS_RE = re.compile(rb"^(?:" + b"|".join(h.encode() for h in OUR_HEADERS) + rb")\s*:", re.I)
 _MAX_REPORT = 900
+
+#: Header names written by spam and virus filters, removed before anything
+#: reads a message for features (score, train, learn, tune, eval).  Why each:
+#:
+#: * any ``X-`` name containing ``spam`` (``X-Spam-*``: SpamAssassin's Flag,
+#:   Status, Score, Level, Report, Checker-Version and mailsift's own;
+#:   ``X-Spamd-Result``/``X-Spamd-Bar`` from Rspamd; ``X-DSPAM-*``;
+#:   ``X-SpamExperts-*``; ``X-ASF-Spam-Status``; ``X-Barracuda-Spam-*``;
+#:   ``X-Proofpoint-Spam-*``; ``X-Microsoft-Antispam*``;
+#:   ``X-Forefront-Antispam-Report``; ``X-IronPort-Anti-Spam-*``;
+#:   ``X-Mimecast-Spam-*``; ``X-MailScanner-SpamCheck``; ``X-Old-Spam-Status``
+#:   and the other renamed copies relays keep): these are verdicts.  A
+#:   sender-side header of such a name (a bulk mailer's ``X-Report-Spam``)
+#:   costs one feature, which is cheaper than letting anyone who can write a
+#:   header name with "spam" in it steer the score;
+#: * any ``X-`` name containing ``virus`` (``X-Virus-Scanned``,
+#:   ``X-Virus-Status``, ``X-Antivirus*``, ``X-Barracuda-Virus-Scanned``,
+#:   ``X-Proofpoint-Virus-Version``): the receiving site's scanner, not the
+#:   sender; it says which server or filter saw the mail, a label proxy;
+#: * the prefixes below, for filters whose verdict headers do not say "spam":
+#:   Rspamd (``X-Rspamd-*``: Action, Score, Server, Queue-Id), CRM114, amavisd
+#:   (``X-Amavis-*`` and its ``X-Quarantine-ID``), MailScanner, Barracuda's
+#:   Bayes and BRTS verdicts, policyd-weight (``X-Policyd-Weight``; every
+#:   ``X-Policyd-*`` is a policy daemon's decision), Exchange's spam and phish
+#:   confidence levels (``X-MS-Exchange-Organization-SCL``/``-PCL``), and the
+#:   mailsift report.
+#:
+#: Not removed: ``Authentication-Results`` and ``Received-SPF`` (results of
+#: checks on the sender, which the rules re-derive and which are not a
+#: spam/ham decision), ``Received``, ``X-Greylist`` (delivery history), and
+#: every ``X-`` header a sender's software writes (``X-Mailer``, ...).
+VERDICT_SUBSTRINGS = ("spam", "virus")
+VERDICT_PREFIXES = (
+    "x-mailsift-",
+    "x-rspamd-",
+    "x-bogosity",
+    "x-crm114-",
+    "x-amavis-",
+    "x-quarantine-id",
+    "x-mailscanner",
+    "x-barracuda-bayes",
+    "x-barracuda-brts-status",
+    "x-policyd-",
+    "x-ms-exchange-organization-scl",
+    "x-ms-exchange-organization-pcl",
+)
+_FTEXT = rb"[!-9;-~]"  # RFC 5322 field-name characters: printable ASCII but ':'
+# One pass over the header block; no backtracking that can go quadratic: the
+# atomic group commits to the first "spam"/"virus" in the name and the
+# possessive tail then runs to the colon once.
+_VERDICT_NAME = (
+    rb"(?:x-(?>"
+    + _FTEXT
+    + rb"*?(?:"
+    + b"|".join(s.encode() for s in VERDICT_SUBSTRINGS)
+    + rb"))|"
+    + b"|".join(re.escape(p.encode()) for p in VERDICT_PREFIXES)
+    + rb")"
+    + _FTEXT
+    + rb"*+[ \t]*:"
+)
+_VERDICT_LINE_RE = re.compile(_VERDICT_NAME, re.I)
+# the fast path: one scan from line start to line start (the literal "\n"
+# lets the regex engine skip between them) that stops at the first verdict
+# header or at the blank line ending the header block, whichever comes first
+_SCAN_RE = re.compile(rb"\n(?:\r?\n|" + _VERDICT_NAME + rb")", re.I)
+_FIELD_RE = re.compile(_FTEXT + rb"*+[ \t]*:")
+_HEAD_END_RE = re.compile(rb"\n\r?\n")
 
 
 def spam_headers(verdict: Verdict | None) -> list[tuple[str, str]]:
@@ -83,3 +156,44 @@ def _header_end(raw: bytes) -> int:
     """Offset where the header block ends (at its blank line), or the end."""
     ends = [i + len(sep) // 2 for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
     return min(ends) if ends else len(raw)
+
+
+def strip_verdict_headers(raw: bytes) -> bytes:
+    """``raw`` without the header fields of :data:`VERDICT_PREFIXES` and
+    :data:`VERDICT_SUBSTRINGS` (with their folded continuation lines).
+
+    Only the header block is read: it ends at the first blank line (LF or
+    CRLF), at the first line that is neither a header field, a continuation
+    nor an mbox ``From `` line (kept, wherever it is: ``add_headers`` puts
+    ours above it, and the stdlib parser skips it), or at the end of a
+    message with no body.  Those are the stdlib parser's rules, a little
+    wider (blanks before the colon), so every header it reads is checked.
+    A message with no such header is returned as the same object, after one
+    regex scan of its header block; everything else (line endings, order,
+    body) is kept byte for byte.
+    """
+    if not _VERDICT_LINE_RE.match(raw):
+        m = _SCAN_RE.search(raw)
+        if m is None or m.end() - m.start() <= 3:  # no verdict, or the blank line came first
+            return raw
+    m = _HEAD_END_RE.search(raw)
+    head_end = m.start() + 1 if m else len(raw)
+    lines = raw[:head_end].splitlines(keepends=True)
+    kept: list[bytes] = []
+    skipping = False
+    consumed = 0
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+        elif _VERDICT_LINE_RE.match(line):
+            skipping = True
+        elif _FIELD_RE.match(line) or line.startswith(b"From "):
+            skipping = False
+            kept.append(line)
+        else:
+            break  # the header block ended without a blank line: the rest is body
+        consumed += len(line)
+    if consumed == sum(map(len, kept)):
+        return raw  # what matched lay past the header block's real end
+    return b"".join(kept) + raw[consumed:]

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .corpus import CorpusError, Labelled, iter_source
+from .corpus import CorpusError, Labelled, iter_source, mail_problem
 from .evaluate import metrics
 from .model import LinearModel, TrainParams, Vec, fit_platt
 from .parse import parse
+from .report import strip_verdict_headers
 from .score import model_points
 from .tokens import FeatureSettings, extract
 
@@ -58,8 +59,10 @@ _BODY_SPLIT = re.compile(rb"\r?\n\r?\n")
 def message_digest(raw: bytes) -> bytes:
     """Identity of a message for de-duplication and the learn ledger: the
     Subject line and the body, so the same mail delivered twice (other
-    Received headers) or re-sent under a new Message-ID is one message."""
-    parts = _BODY_SPLIT.split(raw, maxsplit=1)
+    Received headers) or re-sent under a new Message-ID is one message.
+    Filters' verdict headers are removed first, so a message learned once as
+    the proxy delivered it and once raw is one message."""
+    parts = _BODY_SPLIT.split(strip_verdict_headers(raw), maxsplit=1)
     head = parts[0]
     body = parts[1] if len(parts) > 1 else b""
     m = re.search(rb"(?im)^subject:[ \t]*(.*)$", head)
@@ -76,6 +79,8 @@ class TrainingSet:
     y: list[bool] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    #: (name, reason) of the first skipped messages, for the user to look at
+    skipped_examples: list[tuple[str, str]] = field(default_factory=list)
     duplicates: int = 0
     seconds: float = 0.0
 
@@ -103,16 +108,23 @@ def labelled_stream(
     ham: Iterable[str] = (), spam: Iterable[str] = (), index: Iterable[Labelled] = ()
 ) -> Iterator[tuple[bool, str, bytes | Exception]]:
     """(spam?, name, raw bytes or the error reading it) from folders/mboxes
-    and index entries; a source that cannot be opened at all raises."""
+    and index entries; a source that cannot be opened at all raises.
+    Filters' verdict headers are already removed from the bytes: mail
+    retrained from the folders mailsift delivered must not teach the model
+    its own verdicts."""
     for item in index:
         try:
-            yield item.spam, str(item.path), item.read()
+            yield item.spam, str(item.path), strip_verdict_headers(item.read())
         except CorpusError as exc:
             yield item.spam, str(item.path), exc
     for label, sources in ((False, ham), (True, spam)):
         for source in sources:
             for name, raw in iter_source(source):
-                yield label, name, raw
+                yield label, name, strip_verdict_headers(raw)
+
+
+#: how many skipped messages ``collect`` names (the rest are only counted)
+MAX_SKIPPED_EXAMPLES = 5
 
 
 def collect(
@@ -122,18 +134,26 @@ def collect(
     dedupe: bool = True,
     show_progress: bool | None = None,
 ) -> TrainingSet:
-    """Extract features of every message once; skip unreadable and empty
-    messages and (with ``dedupe``) repeats, counting why."""
+    """Extract features of every message once; skip unreadable, empty and
+    non-mail files (binary, no header block) and (with ``dedupe``) repeats,
+    counting why and naming the first few.  Verdict headers are removed
+    (again, for streams that do not come from :func:`labelled_stream`)."""
     ts = TrainingSet()
     seen: set[bytes] = set()
     start = time.perf_counter()
-    for spam, _, raw in progress(stream, total, "reading", show_progress):
+    for spam, name, raw in progress(stream, total, "reading", show_progress):
         if isinstance(raw, Exception):
-            ts.skipped["unreadable"] += 1
+            why, detail = "unreadable", str(raw)
+        else:
+            problem = mail_problem(raw)
+            why = None if problem is None else "empty" if problem == "empty" else "not mail"
+            detail = f"{name}: {problem}"
+        if why:
+            ts.skipped[why] += 1
+            if len(ts.skipped_examples) < MAX_SKIPPED_EXAMPLES:
+                ts.skipped_examples.append((name, detail))
             continue
-        if not raw.strip():
-            ts.skipped["empty"] += 1
-            continue
+        raw = strip_verdict_headers(raw)
         digest = message_digest(raw)
         if dedupe and digest in seen:
             ts.duplicates += 1
