@@ -60,8 +60,13 @@ class ProxyConfig:
     max_sessions: int = 100
     #: idle time allowed between client commands or data lines, seconds
     command_timeout: float = 300.0
-    #: time allowed for each command to the next hop, seconds
+    #: time allowed for each command to the next hop, seconds; also what
+    #: sessions in flight get to finish after SIGTERM
     relay_timeout: float = 60.0
+    #: time allowed for the next hop's reply at the end of DATA, seconds
+    #: (RFC 5321 4.5.3.2: 10 minutes; cutting it short makes duplicates,
+    #: since the next hop may still accept after we told Postfix 451)
+    data_timeout: float = 600.0
     #: time allowed to score one message, seconds
     scoring_deadline: float = 10.0
     #: when scoring fails or times out: "pass" (relay, X-Spam-Status: Unknown)
@@ -74,8 +79,14 @@ class ProxyConfig:
     discard: bool = False
     #: scoring processes; 0 = one per CPU core
     workers: int = 0
+    #: how scoring processes are started: "forkserver" (default: they hold
+    #: none of the filter's sockets), "spawn" or "fork"
+    start_method: str = "forkserver"
     #: "text" or "json"
     log_format: str = "text"
+    #: listening beyond loopback is refused unless this is true (anyone who
+    #: can reach the port can hand mail to the next hop)
+    allow_non_loopback: bool = False
 
 
 @dataclass
@@ -188,6 +199,11 @@ def validate(config: Config) -> None:
     for key in ("max_message_size", "max_sessions"):
         if getattr(p, key) <= 0:
             raise ConfigError(f"proxy.{key} must be positive")
+    for key in ("command_timeout", "relay_timeout", "data_timeout", "scoring_deadline"):
+        if not getattr(p, key) > 0 or getattr(p, key) == float("inf"):
+            raise ConfigError(f"proxy.{key} must be a positive number of seconds")
+    if p.start_method not in ("forkserver", "spawn", "fork"):
+        raise ConfigError(f"proxy.start_method must be forkserver, spawn or fork, got {p.start_method!r}")
     for server in config.dns.servers:
         if ":" in server and not server.startswith("["):
             split_hostport(server, "dns.servers entry")

@@ -40,6 +40,8 @@ class Context:
     client_ip: str = ""
     helo: str = ""
     mail_from: str = ""
+    source: str = ""
+    authenticated: bool = False
 
 
 def public_hops(msg: ParsedMessage) -> list[str]:
