@@ -80,12 +80,24 @@ def test_proxy_tempfails_when_next_hop_answers_4xx(make_proxy, sink):
     assert sink.received == []
 
 
-def test_proxy_tempfails_when_next_hop_is_slow(make_proxy, sink):
-    sink.data_delay = 3.0  # over relay_timeout (2 s)
-    proxy = make_proxy()
+def test_proxy_tempfails_when_next_hop_is_slower_than_data_timeout(make_proxy, sink):
+    sink.data_delay = 3.0
+    proxy = make_proxy(data_timeout=1.0)
     with _client(proxy) as c, pytest.raises(smtplib.SMTPDataError) as err:
         c.sendmail("s@example.org", ["a@example.net"], HAM)
     assert err.value.smtp_code == 451
+
+
+def test_end_of_data_waits_data_timeout_not_relay_timeout(make_proxy, sink):
+    """RFC 5321 4.5.3.2 gives the final dot 10 minutes: a next hop slower
+    than the per-command relay_timeout (2 s here) still gets the message,
+    once, instead of a 451 after which Postfix would send it again."""
+    assert Config().proxy.data_timeout == 600.0
+    sink.data_delay = 3.0
+    proxy = make_proxy(data_timeout=10.0)
+    with _client(proxy) as c:
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    assert len(sink.received) == 1
 
 
 def test_proxy_passes_5xx_from_next_hop_unchanged(make_proxy, sink):
@@ -260,7 +272,7 @@ def test_every_message_the_filter_accepted_reached_the_next_hop(make_proxy, sink
     import random
 
     rng = random.Random(1)
-    proxy = make_proxy(relay_timeout=0.5)
+    proxy = make_proxy(relay_timeout=0.5, data_timeout=0.5)
     accepted = []
     for n in range(40):
         choice = rng.random()

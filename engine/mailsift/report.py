@@ -1,4 +1,4 @@
-"""Verdict -> the headers added to a scanned message.
+r"""Verdict -> the headers added to a scanned message.
 
 ``X-Spam-Flag``, ``X-Spam-Score`` and ``X-Spam-Status`` follow SpamAssassin's
 format so existing Sieve and procmail rules keep working;
