@@ -197,6 +197,11 @@ class _Worker:
         self.process = process
         self.conn = conn
         self.pid: int = process.pid
+        #: a round trip is running in a thread: the pipe is closed only after it
+        #: (a closed descriptor's number is reused at once, by the replacement's
+        #: pipe, and the thread must not read that one)
+        self.busy = False
+        self.discarded = False
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -313,9 +318,11 @@ class WorkerPool:
         self._workers.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
-        worker.conn.close()
+        worker.discarded = True
         if worker.alive():
             worker.process.kill()
+        if not worker.busy:
+            worker.conn.close()
         # reap it without blocking the event loop
         threading.Thread(target=worker.process.join, args=(10,), name="mailsift-reap", daemon=True).start()
         if replace and not self.retired:
@@ -357,8 +364,10 @@ class WorkerPool:
                 worker = await asyncio.wait_for(self._acquire(), max(end - loop.time(), 0.0))
             except TimeoutError:
                 raise ScoringTimeout(f"no scoring worker free within {deadline:g} s") from None
+            worker.busy = True
             future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context)
             future.add_done_callback(_consume)
+            future.add_done_callback(lambda f, w=worker: _round_trip_done(w))
             try:
                 reply = await asyncio.wait_for(asyncio.shield(future), max(end - loop.time(), 0.0))
             except TimeoutError:
@@ -431,6 +440,12 @@ class WorkerPool:
         self._workers.clear()
         self._idle.clear()
         self._io.shutdown(wait=False)
+
+
+def _round_trip_done(worker: _Worker) -> None:
+    worker.busy = False
+    if worker.discarded:
+        worker.conn.close()
 
 
 def _consume(future: asyncio.Future) -> None:
