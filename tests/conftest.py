@@ -113,9 +113,9 @@ def free_port() -> int:
 class ProxyThread:
     """A ProxyServer on its own event loop in a thread, like a daemon."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, workers: int = -1):
         self.loop = asyncio.new_event_loop()
-        self.server = ProxyServer(config, workers=-1)
+        self.server = ProxyServer(config, workers=workers)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)

@@ -458,3 +458,49 @@ def test_json_log_line_per_message(make_proxy, sink, caplog):
     rec = records[0]
     assert rec["from"] == "s@example.org" and rec["to"] == ["a@example.net", "b@example.net"]
     assert rec["outcome"] == "relay" and rec["action"] == "accept" and rec["ms"] > 0
+
+
+@pytest.mark.parametrize("on_error, code", [("tempfail", 451), ("pass", 250)])
+def test_message_past_the_deadline_costs_its_worker_and_gets_on_scoring_error(sink, on_error, code):
+    """A real worker process stuck on a message (its DNS server never
+    answers) is killed at scoring_deadline and replaced; the message gets
+    on_scoring_error, and the next one is scored by the replacement."""
+    from mailsift.rules import Zone
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    config = Config()
+    config.proxy = replace(
+        config.proxy,
+        listen="127.0.0.1:0",
+        relay=f"127.0.0.1:{sink.port}",
+        scoring_deadline=1.0,
+        on_scoring_error=on_error,
+    )
+    config.dns.servers, config.dns.timeout, config.dns.deadline = (
+        [f"127.0.0.1:{silent.getsockname()[1]}"],
+        30.0,
+        30.0,
+    )
+    config.dnsbl = [Zone(name="RCVD_IN_TEST", zone="bl.test.example")]
+    proxy = ProxyThread(config, workers=1)
+    try:
+        [stuck] = proxy.server.scorer.pool.pids
+        with _client(proxy) as c:
+            c.ehlo()
+            assert c.docmd("XFORWARD ADDR=203.0.113.9")[0] == 250
+            assert c.mail("s@example.org")[0] == 250
+            assert c.rcpt("a@example.net")[0] == 250
+            started = time.monotonic()
+            assert c.data(HAM)[0] == code
+            assert time.monotonic() - started < 5
+        with _client(proxy) as c:  # a new session, no client address: no DNS
+            c.sendmail("s@example.org", ["a@example.net"], HAM)
+        stats = proxy.server.handler.stats
+        assert stats.scoring_errors == 1 and stats.pool.timed_out == 1
+        assert stuck not in proxy.server.scorer.pool.pids
+    finally:
+        proxy.stop()
+        silent.close()
+    statuses = [c.split(b"X-Spam-Status: ")[1].split(b",")[0] for _, _, c in sink.received]
+    assert statuses == ([b"No"] if on_error == "tempfail" else [b"Unknown", b"No"])

@@ -165,6 +165,16 @@ def worker_main(
     _drop_inherited_sockets(conn.fileno())
     _detach_from_filter(parent)
     logs.configure(log_format)
+    try:
+        _serve(conn, config, model_bytes, model_name)
+    except (EOFError, OSError):
+        return  # the filter closed the pipe (stop, reload) or died: nothing to tell
+    except Exception:  # a bug: one log line (JSON in JSON mode), not multiprocessing's traceback
+        log.exception("scoring worker %d failed", os.getpid())
+        raise SystemExit(1) from None
+
+
+def _serve(conn, config: Config, model_bytes: bytes, model_name: str) -> None:
     from .filter import Filter
     from .model import LinearModel
 
@@ -177,18 +187,12 @@ def worker_main(
     del model_bytes
     conn.send(("ready", os.getpid()))
     while True:
-        try:
-            raw, context = conn.recv()
-        except (EOFError, OSError):
-            return  # the filter closed the pipe (stop, reload) or died
+        raw, context = conn.recv()
         try:
             reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context))
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}")
-        try:
-            conn.send(reply)
-        except OSError:
-            return
+        conn.send(reply)
 
 
 # -- the parent side -------------------------------------------------------------
@@ -363,7 +367,7 @@ class WorkerPool:
             try:
                 worker = await asyncio.wait_for(self._acquire(), max(end - loop.time(), 0.0))
             except TimeoutError:
-                raise ScoringTimeout(f"no scoring worker free within {deadline:g} s") from None
+                raise ScoringTimeout(f"no scoring worker free within {deadline:.3g} s") from None
             worker.busy = True
             future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context)
             future.add_done_callback(_consume)
@@ -373,12 +377,12 @@ class WorkerPool:
             except TimeoutError:
                 self.stats.timed_out += 1
                 log.warning(
-                    "scoring worker %d still busy at the %g s deadline: killed and replaced",
+                    "scoring worker %d still busy at the %.3g s deadline: killed and replaced",
                     worker.pid,
                     deadline,
                 )
                 self._discard(worker)
-                raise ScoringTimeout(f"scoring took over {deadline:g} s") from None
+                raise ScoringTimeout(f"scoring took over {deadline:.3g} s") from None
             except asyncio.CancelledError:
                 # the session went away: the worker is released (or replaced) when it answers
                 future.add_done_callback(lambda f, w=worker: self._after(w, f))

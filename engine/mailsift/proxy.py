@@ -147,7 +147,7 @@ class _ThreadScorer:
         try:
             return await asyncio.wait_for(fut, deadline)
         except TimeoutError:
-            raise ScoringTimeout(f"scoring took over {deadline:g} s") from None
+            raise ScoringTimeout(f"scoring took over {deadline:.3g} s") from None
 
     def retire(self) -> None:
         self.executor.shutdown(wait=False)
