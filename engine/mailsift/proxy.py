@@ -551,8 +551,10 @@ def _bad_dsn_param(param: str) -> bool:
     if key == "NOTIFY":
         items = value.upper().split(",")
         return not (items == ["NEVER"] or (items and set(items) <= {"SUCCESS", "FAILURE", "DELAY"}))
-    limit = 100 if key == "ENVID" else 500
-    return not value or len(value) > limit or not all(33 <= ord(c) < 127 for c in value)
+    if key == "ENVID":  # xtext
+        return not value or len(value) > 100 or not all(33 <= ord(c) < 127 for c in value)
+    # ORCPT: xtext, or UTF-8 with SMTPUTF8 (RFC 6533); never controls or spaces
+    return not value or len(value) > 500 or not all(ord(c) > 32 and ord(c) != 127 for c in value)
 
 
 class ProxySMTP(LenientSMTP):
@@ -795,4 +797,10 @@ async def serve_forever(
                     server.config_mtime = _mtime(config_path) if config_path else 0.0
     log.info("stopping: no new connections; finishing sessions in flight")
     await server.stop()
-    log.info("stopped")
+    st = server.handler.stats
+    log.info(
+        "stopped: %d messages, %d relayed, %d tempfailed, %d unscanned; scoring workers: %d died, "
+        "%d killed at the deadline; next hop failures: %d",
+        st.messages, st.relayed, st.tempfailed, st.scoring_errors, st.pool.died, st.pool.timed_out,
+        st.relay_failures,
+    )  # fmt: skip
