@@ -143,10 +143,10 @@ def test_a_message_that_kills_every_worker_fails_once_and_the_pool_recovers(scor
         asyncio.run(scorer.score(HAM, 30))
     assert (scorer.stats.died, scorer.stats.retried) == (2, 1)
     monkeypatch.setattr(Filter, "score", real)
-    [dying] = scorer.pool.pids  # forked with the crash in it
-    os.kill(dying, signal.SIGKILL)
-    assert _gone(dying)
+    # the replacement may have been forked with the crash in it: then it dies too,
+    # and the message is retried on one forked after the repair
     assert asyncio.run(scorer.score(HAM, 30)).action == "accept"
+    assert len(scorer.pool.pids) == 1
 
 
 @pytest.mark.parametrize("method", METHODS)

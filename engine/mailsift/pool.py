@@ -253,16 +253,30 @@ class WorkerPool:
         self._workers: set[_Worker] = set()
         self._idle: list[_Worker] = []
         self._waiters: deque[asyncio.Future] = deque()
-        # one round trip per busy worker, plus room for ones being killed
-        self._io = concurrent.futures.ThreadPoolExecutor(size * 2 + 2, thread_name_prefix="mailsift-pool")
+        self._starting = 0  # replacements being started in a thread
+        self._lock = threading.Lock()
+        self._ready: list[concurrent.futures.Future] = []  # started, not yet harvested
+        # a round trip per busy worker, a start per replacement, room for ones being killed
+        self._io = concurrent.futures.ThreadPoolExecutor(size * 3 + 2, thread_name_prefix="mailsift-pool")
+        try:  # on the event loop (a reload): start the workers in threads, not holding up sessions
+            asyncio.get_running_loop()
+            background = True
+        except RuntimeError:
+            background = False
         for _ in range(size):
-            self._idle.append(self._spawn())
+            if background:
+                self._top_up()
+            else:
+                self._add(self._start_process())
 
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._workers)
 
-    def _spawn(self) -> _Worker:
+    def _start_process(self) -> _Worker:
+        """Start one worker.  Blocking: under spawn and forkserver the model
+        bytes are written to the new process while it starts up (0.2 to 0.9 s
+        measured), so replacements are started in a thread, off the loop."""
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(
             target=worker_main,
@@ -270,18 +284,23 @@ class WorkerPool:
             name="mailsift-scorer",
             daemon=True,
         )
-        process.start()
-        child_end.close()  # else the parent would never see the worker's end close
-        worker = _Worker(process, parent_end)
+        try:
+            process.start()
+        finally:
+            child_end.close()  # else the parent would never see the worker's end close
+        return _Worker(process, parent_end)
+
+    def _add(self, worker: _Worker) -> None:
         self._workers.add(worker)
+        self._idle.append(worker)
         self.stats.started += 1
-        return worker
 
     # -- handing out workers
     async def _acquire(self) -> _Worker:
         loop = asyncio.get_running_loop()
         topped_up = False
         while True:
+            self._harvest()
             if self.retired:
                 raise PoolRetired
             while self._idle:
@@ -291,14 +310,13 @@ class WorkerPool:
                 self.stats.died += 1
                 log.warning("scoring worker %d %s while idle; replaced", worker.pid, worker.exit_text())
                 self._discard(worker)
-            if len(self._workers) < self.size and not topped_up:  # a replacement that failed to start
+            if not topped_up:  # a replacement that failed to start earlier
                 topped_up = True
                 self._top_up()
-                continue
             waiter = loop.create_future()
             self._waiters.append(waiter)
-            try:
-                await waiter
+            try:  # woken by a release or a started replacement; checked again every 0.25 s
+                await asyncio.wait([waiter], timeout=0.25)
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -332,14 +350,45 @@ class WorkerPool:
         if replace and not self.retired:
             self._top_up()
             self._wake()
-        if self.retired and not self._workers:
+        if self.retired and not self._workers and not self._starting:
             self._io.shutdown(wait=False)
 
     def _top_up(self) -> None:
+        """Start a replacement in a thread; it joins the idle workers when up
+        (:meth:`_harvest`, run on the loop, or by the next :meth:`_acquire`
+        if that loop is gone)."""
+        if self.retired or len(self._workers) + self._starting >= self.size:
+            return
+        self._starting += 1
+        loop = asyncio.get_running_loop()
+        future = self._io.submit(self._start_process)
+        future.add_done_callback(lambda f: self._started(f, loop))
+
+    def _started(self, future: concurrent.futures.Future, loop: asyncio.AbstractEventLoop) -> None:
+        """In the starting thread: hand the new worker to the loop."""
+        with self._lock:
+            self._ready.append(future)
         try:
-            self._idle.append(self._spawn())
-        except Exception as exc:  # fork failing (EAGAIN, ENOMEM): the next message tries again
-            log.error("could not start a scoring worker: %s", exc)
+            loop.call_soon_threadsafe(self._harvest)
+        except RuntimeError:  # that loop is closed; the next _acquire harvests
+            pass
+
+    def _harvest(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future in ready:
+            self._starting -= 1
+            exc = future.exception()
+            if exc is not None:  # fork failing (EAGAIN, ENOMEM): the next message tries again
+                log.error("could not start a scoring worker: %s", exc)
+            elif self.retired:
+                worker = future.result()
+                self._workers.add(worker)
+                self._discard(worker, replace=False)
+            else:
+                self._add(future.result())
+        if ready:
+            self._wake()
 
     # -- scoring
     @staticmethod
@@ -426,24 +475,37 @@ class WorkerPool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-        if not self._workers:
+        if not self._workers and not self._starting:
             self._io.shutdown(wait=False)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop every worker: closing its pipe ends an idle one; what is
-        still running after ``timeout`` is killed."""
+        """Stop every worker: closing its pipe ends an idle one; a busy one
+        (its message abandoned: sessions have been drained) is killed, and
+        what is still running after ``timeout`` too.  Blocking."""
         self.retired = True
         for worker in self._workers:
-            worker.conn.close()
+            if worker.busy:  # its thread still reads the pipe: kill, do not close
+                worker.process.kill()
+            else:
+                worker.conn.close()
         end = time.monotonic() + timeout
         for worker in list(self._workers):
             worker.process.join(max(end - time.monotonic(), 0.0))
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(2)
+        self._io.shutdown(wait=True)  # starts in flight finish; round trips end with their workers
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future in ready:
+            if future.exception() is None:
+                worker = future.result()
+                worker.conn.close()
+                worker.process.join(2)
+                if worker.process.is_alive():
+                    worker.process.kill()
         self._workers.clear()
         self._idle.clear()
-        self._io.shutdown(wait=False)
 
 
 def _round_trip_done(worker: _Worker) -> None:
