@@ -84,7 +84,9 @@ class Served:
             if len(found) >= n:
                 return found
             time.sleep(0.1)
-        raise AssertionError(f"no {n} scoring worker(s) besides {exclude}: {self.children()}")
+        raise AssertionError(
+            f"no {n} scoring worker(s) besides {exclude}: {self.children()}\n{self.log_text()}"
+        )
 
 
 def _children(pid: int) -> list[int]:
@@ -269,6 +271,7 @@ def test_a_killed_worker_and_a_corrupt_model_on_disk_leave_every_message_scored_
     srv.wait_for_log("reloaded: model", 20)
     model.write_bytes(b"PK\x03\x04 corrupt")
     srv.wait_for_log("reload refused", 20)
+    sent += _send(srv, 1, "after-reload")  # the new pool's worker is up
     [worker] = srv.wait_for_workers()
     os.kill(worker, signal.SIGKILL)  # its replacement must not read the file
     sent += _send(srv, 10, "after-corrupt")
@@ -282,7 +285,7 @@ def test_a_killed_worker_and_a_corrupt_model_on_disk_leave_every_message_scored_
     srv.stop()
     log = srv.log_text()
     assert log.count("was killed by SIGKILL") == 2, log
-    assert "stopped: 14 messages, 14 relayed, 0 tempfailed, 0 unscanned; scoring workers: 2 died" in log
+    assert "stopped: 15 messages, 15 relayed, 0 tempfailed, 0 unscanned; scoring workers: 2 died" in log
 
 
 def _message_lines(text: str) -> list[str]:

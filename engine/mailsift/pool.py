@@ -156,17 +156,15 @@ def _where(exc: BaseException) -> str:
     return f" (at {os.path.basename(last.filename)}:{last.lineno})"
 
 
-def worker_main(
-    conn, config: Config, model_bytes: bytes, model_name: str, log_format: str, parent: int
-) -> None:
-    """A scoring worker: load the model from ``model_bytes``, say ready,
-    then answer (raw, context) with ("ok", Verdict) or ("error", text)
-    until the pipe closes."""
+def worker_main(conn, config: Config, model_name: str, log_format: str, parent: int) -> None:
+    """A scoring worker: read the model's bytes from the pipe, load them,
+    say ready, then answer (raw, context) with ("ok", Verdict) or ("error",
+    text) until the pipe closes."""
     _drop_inherited_sockets(conn.fileno())
     _detach_from_filter(parent)
     logs.configure(log_format)
     try:
-        _serve(conn, config, model_bytes, model_name)
+        _serve(conn, config, conn.recv_bytes(), model_name)
     except (EOFError, OSError):
         return  # the filter closed the pipe (stop, reload) or died: nothing to tell
     except Exception:  # a bug: one log line (JSON in JSON mode), not multiprocessing's traceback
@@ -236,7 +234,11 @@ class WorkerPool:
         stats: PoolStats,
         start_method: str = "forkserver",
         log_format: str = "text",
+        background: bool = False,
     ):
+        """``background``: start the workers in threads (a reload, on the
+        event loop: sessions go on meanwhile); else here, so that a worker
+        that cannot start is an error at start-up."""
         if start_method not in START_METHODS:
             raise ValueError(f"start method must be one of {', '.join(START_METHODS)}")
         self.ctx = multiprocessing.get_context(start_method)
@@ -258,11 +260,6 @@ class WorkerPool:
         self._ready: list[concurrent.futures.Future] = []  # started, not yet harvested
         # a round trip per busy worker, a start per replacement, room for ones being killed
         self._io = concurrent.futures.ThreadPoolExecutor(size * 3 + 2, thread_name_prefix="mailsift-pool")
-        try:  # on the event loop (a reload): start the workers in threads, not holding up sessions
-            asyncio.get_running_loop()
-            background = True
-        except RuntimeError:
-            background = False
         for _ in range(size):
             if background:
                 self._top_up()
@@ -274,13 +271,18 @@ class WorkerPool:
         return sorted(w.pid for w in self._workers)
 
     def _start_process(self) -> _Worker:
-        """Start one worker.  Blocking: under spawn and forkserver the model
-        bytes are written to the new process while it starts up (0.2 to 0.9 s
-        measured), so replacements are started in a thread, off the loop."""
+        """Start one worker and send it the model.  Blocking (under spawn and
+        forkserver the new process reads the bytes only once it has imported
+        mailsift: 0.2 to 0.9 s measured), so replacements are started in a
+        thread, off the loop.  The model goes over the worker's own pipe, not
+        in the start arguments: multiprocessing writes those through a pipe
+        whose reading end the parent itself holds until the write is done,
+        so a worker killed while starting would block that write for ever;
+        on our pipe its death is an error here."""
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(
             target=worker_main,
-            args=(child_end, self.config, self.model_bytes, self.model_name, self.log_format, os.getpid()),
+            args=(child_end, self.config, self.model_name, self.log_format, os.getpid()),
             name="mailsift-scorer",
             daemon=True,
         )
@@ -288,6 +290,13 @@ class WorkerPool:
             process.start()
         finally:
             child_end.close()  # else the parent would never see the worker's end close
+        try:
+            parent_end.send_bytes(self.model_bytes)
+        except OSError:
+            parent_end.close()
+            process.kill()
+            process.join(5)
+            raise
         return _Worker(process, parent_end)
 
     def _add(self, worker: _Worker) -> None:
@@ -359,8 +368,15 @@ class WorkerPool:
         if that loop is gone)."""
         if self.retired or len(self._workers) + self._starting >= self.size:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop (a reload from plain code): start it here
+            try:
+                self._add(self._start_process())
+            except Exception as exc:
+                log.error("could not start a scoring worker: %s", exc)
+            return
         self._starting += 1
-        loop = asyncio.get_running_loop()
         future = self._io.submit(self._start_process)
         future.add_done_callback(lambda f: self._started(f, loop))
 

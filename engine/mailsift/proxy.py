@@ -70,9 +70,9 @@ class Scorer:
         self.workers = workers
         self.model_path = model_path
         self.stats = PoolStats()
-        self.pool = self._start(config)
+        self.pool = self._start(config, background=False)
 
-    def _start(self, config: Config) -> WorkerPool | _ThreadScorer:
+    def _start(self, config: Config, background: bool = True) -> WorkerPool | _ThreadScorer:
         path = resolve_model_path(config, self.model_path)
         mtime = _mtime(path)
         try:
@@ -95,6 +95,7 @@ class Scorer:
                 self.stats,
                 start_method=p.start_method,
                 log_format=p.log_format,
+                background=background,
             )
         self.max_bytes = p.max_message_size
         self.model_file, self.model_mtime = path, mtime
