@@ -199,3 +199,30 @@ def test_reload_moves_waiting_messages_to_the_new_workers(scorers, silent_dns):
     assert "DNS_DEADLINE" in [h.name for h in slow.hits] and waiting.action == "accept"
     assert old not in scorer.pool.pids
     assert _gone(old)  # retired once its message was done
+
+
+def test_a_worker_killed_while_it_starts_does_not_block_the_pool(scorers, caplog):
+    """Under spawn a new worker takes ~0.5 s to import mailsift before it
+    reads its model; killed in that window, its start fails (it used to
+    block for ever inside multiprocessing) and another is started."""
+    import multiprocessing
+
+    scorer = scorers(_config("spawn"))
+    old = set(scorer.pool.pids)
+
+    async def go():
+        assert scorer.reload(_config("spawn"))  # the new pool starts its worker in a thread
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            new = [p.pid for p in multiprocessing.active_children() if p.pid not in old]
+            if new:
+                os.kill(new[0], signal.SIGKILL)
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("no new worker started")
+        return await scorer.score(HAM, 20), new[0]
+
+    verdict, killed = asyncio.run(go())
+    assert verdict.action == "accept" and killed not in scorer.pool.pids
+    assert "could not start a scoring worker" in caplog.text

@@ -256,6 +256,7 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._waiters: deque[asyncio.Future] = deque()
         self._starting = 0  # replacements being started in a thread
+        self._failed_at = -1e9  # when a start last failed
         self._lock = threading.Lock()
         self._ready: list[concurrent.futures.Future] = []  # started, not yet harvested
         # a round trip per busy worker, a start per replacement, room for ones being killed
@@ -307,7 +308,6 @@ class WorkerPool:
     # -- handing out workers
     async def _acquire(self) -> _Worker:
         loop = asyncio.get_running_loop()
-        topped_up = False
         while True:
             self._harvest()
             if self.retired:
@@ -319,9 +319,7 @@ class WorkerPool:
                 self.stats.died += 1
                 log.warning("scoring worker %d %s while idle; replaced", worker.pid, worker.exit_text())
                 self._discard(worker)
-            if not topped_up:  # a replacement that failed to start earlier
-                topped_up = True
-                self._top_up()
+            self._top_up()  # a replacement that failed to start earlier
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:  # woken by a release or a started replacement; checked again every 0.25 s
@@ -368,12 +366,15 @@ class WorkerPool:
         if that loop is gone)."""
         if self.retired or len(self._workers) + self._starting >= self.size:
             return
+        if time.monotonic() - self._failed_at < 1.0:  # a start just failed: not in a tight loop
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on a loop (a reload from plain code): start it here
             try:
                 self._add(self._start_process())
             except Exception as exc:
+                self._failed_at = time.monotonic()
                 log.error("could not start a scoring worker: %s", exc)
             return
         self._starting += 1
@@ -395,7 +396,8 @@ class WorkerPool:
         for future in ready:
             self._starting -= 1
             exc = future.exception()
-            if exc is not None:  # fork failing (EAGAIN, ENOMEM): the next message tries again
+            if exc is not None:  # fork failing (EAGAIN, ENOMEM), killed while starting: tried again
+                self._failed_at = time.monotonic()
                 log.error("could not start a scoring worker: %s", exc)
             elif self.retired:
                 worker = future.result()
