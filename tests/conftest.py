@@ -113,9 +113,9 @@ def free_port() -> int:
 class ProxyThread:
     """A ProxyServer on its own event loop in a thread, like a daemon."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, workers: int = -1):
         self.loop = asyncio.new_event_loop()
-        self.server = ProxyServer(config, workers=-1)
+        self.server = ProxyServer(config, workers=workers)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
@@ -161,6 +161,59 @@ class Sink:
 class SinkController(Controller):
     def factory(self):
         return LenientSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class DsnSink(Sink):
+    """A next hop that offers DSN (RFC 3461) and records the DSN parameters
+    of each MAIL and RCPT exactly as they arrived."""
+
+    def __init__(self):
+        super().__init__()
+        self.dsn: list = []  # (mail params, [rcpt params, ...]) per message
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return responses[:-1] + ["250-DSN", responses[-1]]
+
+    async def handle_DATA(self, server, session, envelope):
+        self.dsn.append((session.dsn_mail, list(session.dsn_rcpt)))
+        return await super().handle_DATA(server, session, envelope)
+
+
+class _DsnSinkSMTP(LenientSMTP):
+    """aiosmtpd refuses every RCPT parameter: take the DSN ones off first."""
+
+    DSN = ("RET=", "ENVID=", "NOTIFY=", "ORCPT=")
+
+    def _split(self, arg):
+        words = arg.split(" ")
+        dsn = [w for w in words[1:] if w.upper().startswith(self.DSN)]
+        return " ".join(w for w in words if w not in dsn), dsn
+
+    async def smtp_MAIL(self, arg):
+        arg, self.session.dsn_mail = self._split(arg or "")
+        self.session.dsn_rcpt = []
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg):
+        arg, dsn = self._split(arg or "")
+        self.session.dsn_rcpt.append(dsn)
+        await super().smtp_RCPT(arg)
+
+
+class DsnSinkController(Controller):
+    def factory(self):
+        return _DsnSinkSMTP(self.handler, **self.SMTP_kwargs)
+
+
+@pytest.fixture
+def dsn_sink():
+    handler = DsnSink()
+    controller = DsnSinkController(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
+    controller.start()
+    handler.port = controller.port
+    yield handler
+    controller.stop()
 
 
 @pytest.fixture

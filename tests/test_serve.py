@@ -4,10 +4,12 @@ signals and by files changing on disk."""
 from __future__ import annotations
 
 import email
+import json
 import os
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -19,14 +21,17 @@ from mailsift.filter import DEFAULT_MODEL
 
 
 class Served:
-    def __init__(self, tmp_path, sink, model):
+    def __init__(self, tmp_path, sink, model, config: str = "", args: tuple = ()):
         self.port = free_port()
         self.log = tmp_path / "serve.log"
         env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "d")}
         env.pop("MAILSIFT_CONFIG", None)
+        if config:
+            (tmp_path / "cfg" / "mailsift").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "cfg" / "mailsift" / "config.toml").write_text(config)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailsift.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
-             "--relay", f"127.0.0.1:{sink.port}", "--workers", "1", "--model", str(model)],
+             "--relay", f"127.0.0.1:{sink.port}", "--workers", "1", "--model", str(model), *args],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=env,
         )  # fmt: skip
         self.wait_for_log("listening on", 30)
@@ -57,18 +62,65 @@ class Served:
                 self.proc.wait(10)
 
     def children(self) -> list[int]:
-        """The scoring workers (Linux /proc)."""
-        path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
-        with open(path) as fh:
-            return [int(pid) for pid in fh.read().split()]
+        """Every process the filter started, and theirs (Linux /proc): the
+        scoring workers, and under forkserver the fork server and
+        multiprocessing's resource tracker."""
+        return _descendants(self.proc.pid)
+
+    def workers(self) -> list[int]:
+        """The scoring workers only."""
+        direct = _children(self.proc.pid)
+        return [
+            pid
+            for pid in self.children()
+            if "resource_tracker" not in _cmdline(pid)
+            and not (pid in direct and "forkserver" in _cmdline(pid))
+        ]
+
+    def wait_for_workers(self, n: int = 1, exclude=(), seconds: float = 20) -> list[int]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = [pid for pid in self.workers() if pid not in exclude and not _gone(pid)]
+            if len(found) >= n:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no {n} scoring worker(s) besides {exclude}: {self.children()}\n{self.log_text()}"
+        )
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out += [int(p) for p in fh.read().split()]
+        return out
+    except FileNotFoundError:
+        return []
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in _children(pid):
+        out += [child, *_descendants(child)]
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 @pytest.fixture
 def served(tmp_path, sink):
     started = []
 
-    def start(model) -> Served:
-        s = Served(tmp_path, sink, model)
+    def start(model, config: str = "", args: tuple = ()) -> Served:
+        s = Served(tmp_path, sink, model, config, args)
         started.append(s)
         return s
 
@@ -77,21 +129,54 @@ def served(tmp_path, sink):
         s.stop()
 
 
-def test_sigterm_lets_the_session_in_flight_finish_then_exits(served, sink, tmp_path):
-    srv = served(DEFAULT_MODEL)
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_sigterm_refuses_new_connections_at_once_while_the_session_in_flight_finishes(
+    served, sink, tmp_path, method
+):
+    """The port refuses connections within a second of SIGTERM (no worker
+    holds the listening socket, not even one forked after the filter began
+    listening), and a session in the middle of a transaction completes."""
+    srv = served(DEFAULT_MODEL, f'[proxy]\nstart_method = "{method}"\n')
+    [first] = srv.wait_for_workers()
+    os.kill(first, signal.SIGKILL)  # its replacement starts while the filter listens
+    with srv.client() as c:
+        c.sendmail("s@example.org", ["a@example.net"], HAM)
+    srv.wait_for_workers(exclude=[first])
     c = srv.client()
     c.ehlo()
     assert c.mail("s@example.org")[0] == 250
     assert c.rcpt("a@example.net")[0] == 250
     srv.proc.send_signal(signal.SIGTERM)
-    srv.wait_for_log("stopping", 10)
-    with pytest.raises(OSError):  # no new sessions
-        smtplib.SMTP("127.0.0.1", srv.port, timeout=5)
+    signalled = time.monotonic()
+    while True:
+        try:
+            probe = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+        except ConnectionRefusedError:
+            break
+        probe.close()
+        assert time.monotonic() - signalled < 1.0, "the port still accepts connections after SIGTERM"
+        time.sleep(0.02)
+    assert time.monotonic() - signalled < 1.0
     assert c.data(HAM)[0] == 250  # the one in flight completes
     c.quit()
     assert srv.proc.wait(20) == 0
-    assert len(sink.received) == 1
+    assert len(sink.received) == 2
     assert "stopped" in srv.log_text()
+
+
+def test_sessions_in_flight_get_relay_timeout_then_are_dropped(served, sink):
+    srv = served(DEFAULT_MODEL, "[proxy]\nrelay_timeout = 1.5\n")
+    c = srv.client()
+    c.ehlo()
+    assert c.mail("s@example.org")[0] == 250
+    srv.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert srv.proc.wait(20) == 0
+    assert 1.4 < time.monotonic() - signalled < 8
+    assert "still open after 1.5 s" in srv.log_text()
+    with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+        c.rcpt("a@example.net")
+    assert sink.received == []
 
 
 def _gone(pid: int) -> bool:
@@ -152,3 +237,102 @@ def test_model_is_reloaded_on_sighup_and_a_bad_one_is_refused(served, sink, tmp_
     c.quit()
     assert _score_of(sink) != default_score
     assert len(sink.received) == 3
+
+
+def _send(srv, n: int, tag: str) -> list[bytes]:
+    sent = []
+    for i in range(n):
+        msg = HAM.replace(b"Subject: lunch", f"Subject: {tag} {i}".encode())
+        with srv.client() as c:
+            c.sendmail("s@example.org", ["a@example.net"], msg)
+        sent.append(msg)
+    return sent
+
+
+def test_a_killed_worker_and_a_corrupt_model_on_disk_leave_every_message_scored_once(
+    served, sink, tmp_path, split_model
+):
+    """The bar of issue 10: SIGKILL a scoring worker, then swap a corrupt
+    model in on disk (after a reload, and again before the next message):
+    every later message is scored and delivered exactly once."""
+    model = tmp_path / "model.npz"
+    shutil.copy(DEFAULT_MODEL, model)
+    srv = served(model)
+    sent = _send(srv, 1, "warm-up")
+    [worker] = srv.wait_for_workers()
+    os.kill(worker, signal.SIGKILL)
+    sent += _send(srv, 3, "after-kill")
+
+    # a new good model, reloaded; then a corrupt file replaces it before any message
+    tmp = tmp_path / "new.npz"
+    shutil.copy(split_model[0], tmp)
+    os.replace(tmp, model)
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_for_log("reloaded: model", 20)
+    model.write_bytes(b"PK\x03\x04 corrupt")
+    srv.wait_for_log("reload refused", 20)
+    sent += _send(srv, 1, "after-reload")  # the new pool's worker is up
+    [worker] = srv.wait_for_workers()
+    os.kill(worker, signal.SIGKILL)  # its replacement must not read the file
+    sent += _send(srv, 10, "after-corrupt")
+
+    delivered = [content for _, _, content in sink.received]
+    for msg in sent:
+        assert sum(d.endswith(msg) for d in delivered) == 1
+    unscanned = [d for d in delivered if b"X-Spam-Status: Unknown" in d]
+    assert len(unscanned) <= 1
+    assert all(b"X-Spam-Status: No, score=" in d for d in delivered[-10:])
+    srv.stop()
+    log = srv.log_text()
+    assert log.count("was killed by SIGKILL") == 2, log
+    assert "stopped: 15 messages, 15 relayed, 0 tempfailed, 0 unscanned; scoring workers: 2 died" in log
+
+
+def _message_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "outcome" in line]
+
+
+def test_one_log_line_per_message_and_one_per_failure(served, sink):
+    srv = served(DEFAULT_MODEL)
+    _send(srv, 10, "quiet")
+    with srv.client() as c:  # protocol noise is not logged
+        c.docmd("FROBNICATE")
+        c.docmd("AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=")
+    sink.controller.stop()  # the next hop goes down: one line
+    with srv.client() as c:
+        c.ehlo()
+        assert c.mail("s@example.org")[0] == 451
+    time.sleep(0.3)
+    lines = srv.log_text().splitlines()
+    assert len(_message_lines(srv.log_text())) == 10
+    down = [line for line in lines if "next hop" in line and "unavailable" in line]
+    assert len(down) == 1
+    assert len(lines) == 1 + 10 + 1, "\n".join(lines)  # "listening on" + messages + the failure
+
+
+def test_json_log_format_is_pure_json(served, sink):
+    srv = served(DEFAULT_MODEL, args=("--log-format", "json"))
+    _send(srv, 3, "json")
+    sink.controller.stop()
+    with srv.client() as c:
+        c.ehlo()
+        c.mail("s@example.org")
+    srv.stop()
+    records = [json.loads(line) for line in srv.log_text().splitlines()]  # every line parses
+    assert all(isinstance(r, dict) for r in records)
+    messages = [r for r in records if r.get("event") == "message"]
+    assert len(messages) == 3 and all(r["outcome"] == "relay" and r["score"] is not None for r in messages)
+    assert [r["event"] for r in records if r.get("event") == "next_hop_down"] == ["next_hop_down"]
+    assert any("listening on" in r.get("msg", "") for r in records)
+    assert any(r.get("msg", "").startswith("stopped: 3 messages, 3 relayed") for r in records)
+
+
+def test_a_listen_address_beyond_loopback_stops_serve_with_a_clear_error(tmp_path):
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    env.pop("MAILSIFT_CONFIG", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "mailsift.cli", "serve", "--listen", "0.0.0.0:10999"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 78  # EX_CONFIG
+    assert "not a loopback address" in out.stderr and "--allow-non-loopback" in out.stderr

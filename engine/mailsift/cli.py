@@ -630,6 +630,7 @@ def cmd_serve(args) -> int:
             ("mode", args.mode),
             ("workers", args.workers),
             ("log_format", args.log_format),
+            ("allow_non_loopback", True if args.allow_non_loopback else None),
         )
         if v is not None
     }
@@ -897,7 +898,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--relay", metavar="HOST:PORT", help="next hop (default 127.0.0.1:10026)")
     v.add_argument("--mode", choices=["after-queue", "before-queue"], help="default after-queue")
     v.add_argument("--workers", type=int, help="scoring processes (default: one per core)")
-    v.add_argument("--log-format", choices=["text", "json"], help="one log line per message (default text)")
+    v.add_argument(
+        "--log-format", choices=["text", "json"], help="one log line per message on stderr (default text)"
+    )
+    v.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="allow a --listen address beyond loopback (refused otherwise: anyone who reaches the port "
+        "can hand mail to the next hop); only behind a firewall that lets just your MTA in",
+    )
     model_opt(v, "model file (default: as for score)")
     v.set_defaults(func=cmd_serve)
 

@@ -70,8 +70,13 @@ class ProxyConfig:
     max_sessions: int = field(default=100, metadata=positive())
     #: idle time allowed between client commands or data lines, seconds
     command_timeout: float = field(default=300.0, metadata=positive())
-    #: time allowed for each command to the next hop, seconds
+    #: time allowed for each command to the next hop, seconds; also what
+    #: sessions in flight get to finish after SIGTERM
     relay_timeout: float = field(default=60.0, metadata=positive())
+    #: time allowed for the next hop's reply at the end of DATA, seconds
+    #: (RFC 5321 4.5.3.2: 10 minutes; cutting it short makes duplicates,
+    #: since the next hop may still accept after we told Postfix 451)
+    data_timeout: float = field(default=600.0, metadata=positive())
     #: time allowed to score one message, seconds
     scoring_deadline: float = field(default=10.0, metadata=positive())
     #: when scoring fails or times out: "pass" (relay, X-Spam-Status: Unknown)
@@ -84,8 +89,14 @@ class ProxyConfig:
     discard: bool = False
     #: scoring processes; 0 = one per CPU core
     workers: int = field(default=0, metadata=at_least(0))
+    #: how scoring processes are started: "forkserver" (default: they hold
+    #: none of the filter's sockets), "spawn" or "fork"
+    start_method: str = field(default="forkserver", metadata=one_of("forkserver", "spawn", "fork"))
     #: "text" or "json"
     log_format: str = field(default="text", metadata=one_of("text", "json"))
+    #: listening beyond loopback is refused unless this is true (anyone who
+    #: can reach the port can hand mail to the next hop)
+    allow_non_loopback: bool = False
 
 
 @dataclass

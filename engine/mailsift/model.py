@@ -21,6 +21,7 @@ old file, so a running filter never reads half a model.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import tempfile
@@ -311,13 +312,15 @@ class LinearModel:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> LinearModel:
+    def load(cls, path: str | os.PathLike, data: bytes | None = None) -> LinearModel:
         """Load a model file; any problem is a :class:`ModelError` naming the
-        file.  Never unpickles, so a hostile file cannot run code."""
+        file.  Never unpickles, so a hostile file cannot run code.  With
+        ``data`` the model is read from those bytes (``path`` only names it):
+        the proxy's workers load exactly the bytes their parent verified."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+            with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
         except FileNotFoundError:
             raise ModelError(f"{path}: model file not found") from None
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import json
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,74 +31,75 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from . import logs
 from .config import Config, ConfigError, ProxyConfig, load_config, split_hostport, validate
-from .filter import Filter
+from .filter import Filter, resolve_model_path
+from .model import LinearModel, ModelError
+from .pool import PoolRetired, PoolStats, ScoringError, ScoringTimeout, WorkerDied, WorkerPool
 from .report import add_headers, spam_headers
 from .rules import Context
 from .score import REJECT, Verdict
+
+__all__ = [
+    "ProxyServer",
+    "Scorer",
+    "ScoringError",
+    "ScoringTimeout",
+    "Stats",
+    "WorkerDied",
+    "serve_forever",
+]
 
 log = logging.getLogger("mailsift.proxy")
 
 _XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 
-# -- scoring in worker processes ---------------------------------------------
-_worker_filter: Filter | None = None
 
-
-def _die_with_parent(parent: int) -> None:
-    """A scoring worker must not outlive a filter that was killed (SIGKILL,
-    OOM killer): ask Linux to send it SIGTERM when the parent dies, and
-    leave at once if that already happened before the request took hold.
-    The worker was forked with the filter's own signal handlers (graceful
-    stop on SIGTERM, reload on SIGHUP), which mean nothing here: SIGTERM
-    gets its default action back, and SIGHUP sent to the whole process
-    group must not kill the pool."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        os._exit(0)
-
-
-def _init_worker(config: Config, model_path: str | None, parent: int | None = None) -> None:
-    global _worker_filter
-    if parent is not None:
-        _die_with_parent(parent)
-    _worker_filter = Filter(config, model_path)
-
-
-def _score_in_worker(raw: bytes, context: Context) -> Verdict:
-    assert _worker_filter is not None, "worker not initialised"
-    return _worker_filter.score(raw, evidence=3, context=context)
-
-
+# -- scoring ----------------------------------------------------------------------
 class Scorer:
     """Scores messages off the event loop, so one large message cannot hold
-    up every other session: a pool of processes (``workers`` > 0, 0 = one per
-    core), or a thread for tests and tiny setups (``workers`` = -1)."""
+    up every other session: a supervised pool of processes (``workers`` > 0,
+    0 = one per core; see :mod:`mailsift.pool`), or a thread for tests and
+    tiny setups (``workers`` = -1).
+
+    The model file is read once per (re)load, verified here in the parent,
+    and the workers get those very bytes: a worker started later (to
+    replace a dead one) cannot pick up a file swapped on disk since."""
 
     def __init__(self, config: Config, model_path: str | None, workers: int):
         self.workers = workers
         self.model_path = model_path
-        self.pool = self._start(config)
+        self.stats = PoolStats()
+        self.pool = self._start(config, background=False)
 
-    def _start(self, config: Config) -> concurrent.futures.Executor:
-        probe = Filter(config, self.model_path)  # a bad model fails here, in the parent
-        self.model_file = probe.model_path
-        self.model_mtime = _mtime(self.model_file)
+    def _start(self, config: Config, background: bool = True) -> WorkerPool | _ThreadScorer:
+        path = resolve_model_path(config, self.model_path)
+        mtime = _mtime(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"{path}: model file not found") from None
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read model ({exc.strerror})") from None
+        model = LinearModel.load(path, data=data)  # a bad model fails here, in the parent
+        probe = Filter(config, model=model, model_path=str(path))
+        p = config.proxy
         if self.workers < 0:
-            _init_worker(config, self.model_path)
-            return concurrent.futures.ThreadPoolExecutor(1)
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.workers or os.cpu_count() or 1,
-            initializer=_init_worker,
-            initargs=(config, self.model_path, os.getpid()),
-        )
+            pool: WorkerPool | _ThreadScorer = _ThreadScorer(probe)
+        else:
+            pool = WorkerPool(
+                self.workers or os.cpu_count() or 1,
+                config,
+                data,
+                str(path),
+                self.stats,
+                start_method=p.start_method,
+                log_format=p.log_format,
+                background=background,
+            )
+        self.max_bytes = p.max_message_size
+        self.model_file, self.model_mtime = path, mtime
+        return pool
 
     def reload(self, config: Config) -> bool:
         """New workers with the model and config as they are now on disk.
@@ -110,19 +111,50 @@ class Scorer:
         except Exception as exc:
             log.error("reload refused, keeping the current model: %s", exc)
             return False
-        old.shutdown(wait=False)
+        old.retire()
         log.info("reloaded: model %s", self.model_file)
         return True
 
     async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
+        """The verdict for ``raw`` (the whole message, up to
+        ``max_message_size``: DKIM needs all of it) within ``deadline``
+        seconds.  Raises :class:`ScoringTimeout` (a ``TimeoutError``),
+        :class:`WorkerDied` or :class:`ScoringError`; the caller decides
+        what the message gets."""
         loop = asyncio.get_running_loop()
-        # the whole message: the parser cuts what it reads itself, but DKIM
-        # signs (and is verified on) all of it, up to max_message_size
-        fut = loop.run_in_executor(self.pool, _score_in_worker, raw, context or Context())
-        return await asyncio.wait_for(fut, deadline)
+        end = loop.time() + deadline
+        raw = raw[: self.max_bytes]
+        while True:
+            try:
+                return await self.pool.run(raw, context or Context(), max(end - loop.time(), 0.0))
+            except PoolRetired:  # a reload happened while the message waited: use the new pool
+                continue
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
+
+
+class _ThreadScorer:
+    """``workers = -1``: one thread in this process (tests).  A message past
+    its deadline cannot be taken back from a thread; it is only given up."""
+
+    def __init__(self, scorer: Filter):
+        self.filter = scorer
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailsift-score")
+
+    async def run(self, raw: bytes, context: Context, deadline: float) -> Verdict:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.executor, lambda: self.filter.score(raw, evidence=3, context=context))
+        try:
+            return await asyncio.wait_for(fut, deadline)
+        except TimeoutError:
+            raise ScoringTimeout(f"scoring took over {deadline:.3g} s") from None
+
+    def retire(self) -> None:
+        self.executor.shutdown(wait=False)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _mtime(path) -> float:
@@ -149,13 +181,23 @@ class Stats:
     tempfailed: int = 0
     rejected: int = 0
     discarded: int = 0
+    #: messages that went on (or were tempfailed) unscanned
     scoring_errors: int = 0
+    #: connections to the next hop that failed (refused, timed out, dropped)
+    relay_failures: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
+    #: the scoring pool's own counts: workers started, died, killed at the deadline
+    pool: PoolStats = field(default_factory=PoolStats)
 
 
 def _reply(code: int, message: str) -> str:
     text = " ".join(message.split()) or "no text"
     return f"{code} {text}"
+
+
+#: DSN (RFC 3461) parameters, passed on when the next hop offers DSN
+_DSN_MAIL = ("RET", "ENVID")
+_DSN_RCPT = ("NOTIFY", "ORCPT")
 
 
 class FilterHandler:
@@ -167,12 +209,26 @@ class FilterHandler:
         self.proxy: ProxyConfig = config.proxy
         self.relay_host, self.relay_port = split_hostport(self.proxy.relay, "proxy.relay")
         self.scorer = scorer
-        self.stats = Stats()
+        self.stats = Stats(pool=scorer.stats)
+        self.sessions: set[ProxySMTP] = set()
 
-    # EHLO: advertise XFORWARD so Postfix tells us the real client
+    # EHLO: advertise XFORWARD so Postfix tells us the real client, and DSN
+    # when the next hop offers it; never AUTH (there is none)
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):
         session.host_name = hostname
-        return responses[:-1] + ["250-XFORWARD " + " ".join(_XFORWARD_ATTRS), responses[-1]]
+        extra = ["250-XFORWARD " + " ".join(_XFORWARD_ATTRS)]
+        session.mailsift_dsn = False  # type: ignore[attr-defined]
+        try:
+            relay = await self._relay(session)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # EHLO still succeeds; MAIL then answers 451 with this reason
+            session.mailsift_relay_down = self._relay_failed(session, exc, "EHLO")  # type: ignore[attr-defined]
+        else:
+            if relay.client.supports_extension("dsn"):
+                session.mailsift_dsn = True  # type: ignore[attr-defined]
+                extra.append("250-DSN")
+        kept = [r for r in responses[:-1] if not r[4:].upper().startswith("AUTH")]
+        return kept + extra + [responses[-1]]
 
     async def _relay(self, session: Session) -> _Relay:
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
@@ -191,6 +247,22 @@ class FilterHandler:
         session.mailsift_relay = relay  # type: ignore[attr-defined]
         return relay
 
+    def _relay_failed(self, session: Session, exc: BaseException, stage: str) -> str:
+        """Count and log (one line) a failure of the next hop; the 451 text."""
+        self.stats.relay_failures += 1
+        reason = type(exc).__name__
+        detail = " ".join(str(exc).split())[:200]
+        xf = getattr(session, "mailsift_xforward", {})
+        self._log_event(
+            logging.WARNING,
+            "next_hop_down",
+            f"next hop {self.proxy.relay} unavailable at {stage}: {reason}: {detail}",
+            queue_id=xf.get("IDENT", ""),
+            stage=stage,
+            error=f"{reason}: {detail}",
+        )
+        return f"451 4.4.1 next hop unavailable ({reason}); try again later"
+
     async def close_relay(self, session: Session) -> None:
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
         session.mailsift_relay = None  # type: ignore[attr-defined]
@@ -201,11 +273,17 @@ class FilterHandler:
                 relay.client.close()
 
     async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]):
+        down = getattr(session, "mailsift_relay_down", "")
+        if down:  # the next hop refused us at EHLO: answer at once (logged then), retry on the next MAIL
+            session.mailsift_relay_down = ""
+            return down
         try:
             relay = await self._relay(session)
             if relay.in_transaction:
                 await relay.client.rset()
             opts = self._mail_options(relay, mail_options)
+            if relay.client.supports_extension("dsn"):
+                opts += getattr(session, "mailsift_mail_dsn", [])
             xforward = getattr(session, "mailsift_xforward", {})
             if xforward and relay.client.supports_extension("xforward"):
                 # the reply does not matter: a next hop that will not take it still takes the mail
@@ -218,7 +296,7 @@ class FilterHandler:
             )
         except (aiosmtplib.SMTPException, OSError) as exc:
             await self.close_relay(session)
-            return f"451 4.4.1 next hop unavailable ({type(exc).__name__}); try again later"
+            return self._relay_failed(session, exc, "MAIL")
         if resp.code != 250:
             return _reply(resp.code, resp.message)
         relay.in_transaction = True
@@ -247,15 +325,17 @@ class FilterHandler:
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
         if relay is None or not relay.in_transaction:
             return "503 5.5.1 need MAIL first"
+        dsn = getattr(session, "mailsift_rcpt_dsn", [])
+        opts = [o.encode() for o in dsn] if relay.client.supports_extension("dsn") else []
         try:
-            resp = await relay.client.execute_command(b"RCPT", f"TO:<{address}>".encode())
+            resp = await relay.client.execute_command(b"RCPT", f"TO:<{address}>".encode(), *opts)
         except (aiosmtplib.SMTPException, OSError) as exc:
             await self.close_relay(session)
-            return f"451 4.4.1 next hop unavailable ({type(exc).__name__}); try again later"
+            return self._relay_failed(session, exc, "RCPT")
         if resp.code not in (250, 251):
             return _reply(resp.code, resp.message)
         envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
+        envelope.rcpt_options.extend(rcpt_options + dsn)
         return "250 2.1.5 OK"
 
     async def handle_RSET(self, server, session, envelope):
@@ -282,13 +362,12 @@ class FilterHandler:
             verdict = await self.scorer.score(
                 raw, self.proxy.scoring_deadline, self._context(session, envelope)
             )
-        except TimeoutError:
-            error = f"scoring took over {self.proxy.scoring_deadline:g} s"
+        except TimeoutError as exc:  # ScoringTimeout: the pool has killed and replaced the worker
+            error = str(exc) or f"scoring took over {self.proxy.scoring_deadline:g} s"
         except Exception as exc:  # a broken worker must not lose the message
             error = f"scoring failed: {type(exc).__name__}: {exc}"
         if error:
             self.stats.scoring_errors += 1
-            log.warning("%s", error)
             if self.proxy.on_scoring_error == "tempfail":
                 return await self._finish(
                     session,
@@ -297,6 +376,7 @@ class FilterHandler:
                     None,
                     "451 4.3.0 spam scoring failed; try again later",
                     "tempfail",
+                    error=error,
                 )
         action = verdict.action if verdict else "unknown"
         if verdict is not None and action == REJECT:
@@ -317,32 +397,41 @@ class FilterHandler:
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
         if relay is None or not relay.in_transaction:  # the next hop went away since RCPT
             return await self._finish(
-                session, envelope, start, verdict, "451 4.4.1 lost the next hop; try again later", "tempfail"
+                session,
+                envelope,
+                start,
+                verdict,
+                "451 4.4.1 lost the next hop; try again later",
+                "tempfail",
+                error=error or "next hop connection lost before DATA",
             )
         try:
-            resp = await relay.client.data(message)
+            # RFC 5321 4.5.3.2: up to 10 minutes for the reply to the final dot
+            resp = await relay.client.data(message, timeout=self.proxy.data_timeout)
             reply = f"250 2.0.0 OK: relayed {resp.message}".strip()
             outcome = "relay"
         except aiosmtplib.SMTPResponseException as exc:
             reply, outcome = self._data_refused(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             await self.close_relay(session)
-            reply, outcome = (
-                f"451 4.4.1 next hop unavailable ({type(exc).__name__}); try again later",
-                "tempfail",
-            )
+            reply, outcome = self._relay_failed(session, exc, "DATA"), "tempfail"
         relay.in_transaction = False
         return await self._finish(
-            session, envelope, start, verdict, reply, outcome, relayed=outcome == "relay"
+            session, envelope, start, verdict, reply, outcome, relayed=outcome == "relay", error=error
         )
 
     def _context(self, session: Session, envelope: Envelope) -> Context:
         """The real client: Postfix's XFORWARD if it sent it (our peer is then
-        Postfix itself), else nothing, and the rules fall back to Received."""
+        Postfix itself), else nothing, and the rules fall back to Received.
+        XFORWARD's SOURCE says whether Postfix got the mail from outside
+        (REMOTE) or from its own users (LOCAL: sendmail, submission)."""
         xf = getattr(session, "mailsift_xforward", {})
         mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
         return Context(
-            client_ip=xf.get("ADDR", "").removeprefix("IPV6:"), helo=xf.get("HELO", ""), mail_from=mail_from
+            client_ip=xf.get("ADDR", "").removeprefix("IPV6:"),
+            helo=xf.get("HELO", ""),
+            mail_from=mail_from,
+            source=xf.get("SOURCE", "").upper(),
         )
 
     def _data_refused(self, code: int, message: str) -> tuple[str, str]:
@@ -350,7 +439,9 @@ class FilterHandler:
             return _reply(code, message), "refused"
         return f"451 4.4.0 next hop said: {_reply(code, message)}", "tempfail"
 
-    async def _finish(self, session, envelope, start, verdict, reply, outcome, relayed=False) -> str:
+    async def _finish(
+        self, session, envelope, start, verdict, reply, outcome, relayed=False, error=""
+    ) -> str:
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
         if not relayed and relay is not None and relay.in_transaction:
             try:  # the message is not going on: end the next hop's transaction
@@ -364,12 +455,14 @@ class FilterHandler:
         self.stats.discarded += outcome == "discard"
         action = verdict.action if verdict else "unknown"
         self.stats.by_action[action] = self.stats.by_action.get(action, 0) + 1
-        self._log(session, envelope, verdict, outcome, reply, time.perf_counter() - start)
+        self._log(session, envelope, verdict, outcome, reply, time.perf_counter() - start, error)
         return reply
 
-    def _log(self, session, envelope, verdict, outcome, reply, seconds) -> None:
+    def _log(self, session, envelope, verdict, outcome, reply, seconds, error="") -> None:
+        """The one line per message."""
         xf = getattr(session, "mailsift_xforward", {})
         record: dict[str, Any] = {
+            "event": "message",
             "queue_id": xf.get("IDENT", ""),
             "client": xf.get("ADDR") or (session.peer[0] if session.peer else ""),
             "helo": xf.get("HELO") or session.host_name or "",
@@ -383,20 +476,36 @@ class FilterHandler:
             "hits": [h.name for h in verdict.hits] if verdict else [],
             "ms": round(seconds * 1000, 1),
         }
+        if error:
+            record["error"] = error[:300]
+        level = logging.WARNING if error else logging.INFO
         if self.proxy.log_format == "json":
-            log.info(json.dumps(record))
-        else:
-            log.info(
-                "%s client=%s from=<%s> to=%s size=%d score=%s action=%s outcome=%s ms=%.1f reply=%r",
-                record["queue_id"] or "-", record["client"], record["from"], ",".join(record["to"]),
-                record["size"], record["score"], record["action"], outcome, record["ms"], record["reply"],
-            )  # fmt: skip
+            log.log(level, "%s", json.dumps(record), extra={"mailsift": record})
+            return
+        log.log(
+            level,
+            "%s client=%s from=<%s> to=%s size=%d score=%s action=%s outcome=%s ms=%.1f reply=%r%s",
+            record["queue_id"] or "-", record["client"], record["from"], ",".join(record["to"]),
+            record["size"], record["score"], record["action"], outcome, record["ms"], record["reply"],
+            f" error={error[:300]!r}" if error else "",
+        )  # fmt: skip
+
+    def _log_event(self, level: int, event: str, text: str, **fields: Any) -> None:
+        """A failure line (not a message): text, or a JSON object."""
+        record = {"event": event, "msg": text, **fields}
+        log.log(level, "%s", text, extra={"mailsift": record})
 
 
 def _is_routing(address: str) -> bool:
     """Source route (@a,@b:user@dom), bang path or percent hack."""
     local = address.rpartition("@")[0]
     return address.startswith("@") or ":" in local or "%" in local or "!" in local
+
+
+def _is_source_route(arg: str) -> bool:
+    """``<@relay.example:user@example.org>`` (RFC 5321 4.1.1.3, deprecated):
+    aiosmtpd would strip the route and accept the rest; we refuse it."""
+    return arg.lstrip().lstrip("<").lstrip().startswith("@")
 
 
 #: how the null reverse-path (MAIL FROM:<>, used by bounces) is carried
@@ -418,8 +527,40 @@ class LenientSMTP(SMTP):
         return super()._getaddr(arg)
 
 
+def _take_params(arg: str, keys: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Split the ``keys`` parameters off a MAIL/RCPT argument, keeping their
+    case: aiosmtpd upper-cases parameters and refuses those it does not
+    know, but ENVID and ORCPT are case-sensitive and must reach the next hop
+    as sent."""
+    parts = arg.split(" ")
+    kept, taken = [parts[0]], []
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if key.upper() in keys and sep:
+            taken.append(f"{key.upper()}={value}")
+        else:
+            kept.append(part)
+    return " ".join(kept), taken
+
+
+def _bad_dsn_param(param: str) -> bool:
+    """RFC 3461 syntax, loosely: RET=FULL|HDRS, NOTIFY=NEVER or a list of
+    SUCCESS/FAILURE/DELAY, ENVID/ORCPT printable ASCII of bounded length."""
+    key, _, value = param.partition("=")
+    if key == "RET":
+        return value.upper() not in ("FULL", "HDRS")
+    if key == "NOTIFY":
+        items = value.upper().split(",")
+        return not (items == ["NEVER"] or (items and set(items) <= {"SUCCESS", "FAILURE", "DELAY"}))
+    if key == "ENVID":  # xtext
+        return not value or len(value) > 100 or not all(33 <= ord(c) < 127 for c in value)
+    # ORCPT: xtext, or UTF-8 with SMTPUTF8 (RFC 6533); never controls or spaces
+    return not value or len(value) > 500 or not all(ord(c) > 32 and ord(c) != 127 for c in value)
+
+
 class ProxySMTP(LenientSMTP):
-    """aiosmtpd's SMTP plus XFORWARD, the null sender and a session limit."""
+    """aiosmtpd's SMTP plus XFORWARD, DSN parameters, the null sender and a
+    session limit; no AUTH (502) and no source routes (553)."""
 
     def __init__(self, handler: FilterHandler, **kwargs):
         super().__init__(handler, **kwargs)
@@ -434,21 +575,60 @@ class ProxySMTP(LenientSMTP):
             return
         stats.active_sessions += 1
         self._counted = True
+        self.filter_handler.sessions.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, exc) -> None:
         if self._counted:
             self.filter_handler.stats.active_sessions -= 1
             self._counted = False
+        self.filter_handler.sessions.discard(self)
         if self.session is not None:
             relay = getattr(self.session, "mailsift_relay", None)
             if relay is not None:
                 relay.client.close()
         super().connection_lost(exc)
 
+    def abort(self) -> None:
+        """Shutdown after the grace period: drop the connection (the MTA
+        keeps the message queued, since it never heard 250)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """There is no AUTH: the only client is the local MTA."""
+        await self.push("502 5.5.1 AUTH not supported")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        dsn: list[str] = []
+        if arg and getattr(self.session, "mailsift_dsn", False):
+            arg, dsn = _take_params(arg, _DSN_MAIL)
+            bad = next((p for p in dsn if _bad_dsn_param(p)), None)
+            if bad is not None:
+                await self.push(f"501 5.5.4 bad DSN parameter {bad[:60]}")
+                return
+        self.session.mailsift_mail_dsn = dsn  # type: ignore[union-attr]
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg:
+            rest = self._strip_command_keyword("TO:", arg)
+            if rest is not None and _is_source_route(rest):
+                await self.push("553 5.7.1 source routes and %/! routing are not accepted")
+                return
+        dsn: list[str] = []
+        if arg and getattr(self.session, "mailsift_dsn", False):
+            arg, dsn = _take_params(arg, _DSN_RCPT)
+            bad = next((p for p in dsn if _bad_dsn_param(p)), None)
+            if bad is not None:
+                await self.push(f"501 5.5.4 bad DSN parameter {bad[:60]}")
+                return
+        self.session.mailsift_rcpt_dsn = dsn  # type: ignore[union-attr]
+        await super().smtp_RCPT(arg)
+
     async def smtp_XFORWARD(self, arg: str) -> None:
-        """Postfix's XFORWARD: the original client's name, address, HELO and
-        queue id, for the rules and the log."""
+        """Postfix's XFORWARD: the original client's name, address, HELO,
+        queue id and source (LOCAL/REMOTE), for the rules and the log."""
         peer = self.session.peer[0] if self.session and self.session.peer else ""
         if not (peer.startswith("127.") or peer == "::1"):
             # like Postfix's smtpd_authorized_xforward_hosts: only the local MTA may say who the client was
@@ -470,6 +650,15 @@ class ProxySMTP(LenientSMTP):
 
 
 # -- running it --------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ProxyServer:
     """Listener + handler + scorer; start(), then stop() drains sessions."""
 
@@ -487,6 +676,13 @@ class ProxyServer:
         self.config_mtime = _mtime(config_path) if config_path else 0.0
         p = config.proxy
         self.host, self.port = split_hostport(p.listen, "proxy.listen")
+        if not p.allow_non_loopback and not is_loopback(self.host):
+            raise ConfigError(
+                f"proxy.listen {p.listen} is not a loopback address: anyone who can reach it could "
+                f"send mail through {p.relay}. Listen on 127.0.0.1, or set [proxy] allow_non_loopback = "
+                "true (--allow-non-loopback) if a firewall lets only your MTA reach it"
+            )
+        logs.quiet_aiosmtpd()
         n = p.workers if workers is None else workers
         self.scorer = Scorer(config, model_path, n)
         self.handler = FilterHandler(config, self.scorer)
@@ -502,6 +698,7 @@ class ProxyServer:
             hostname="mailsift",
             ident="mailsift content filter",
             timeout=p.command_timeout,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
         )
 
     async def start(self) -> None:
@@ -509,8 +706,8 @@ class ProxyServer:
         self.server = await loop.create_server(self._factory, host=self.host, port=self.port)
         if self.port == 0:
             self.port = self.server.sockets[0].getsockname()[1]
-        if not (self.host.startswith("127.") or self.host in ("::1", "localhost")):
-            log.warning("listening on %s, not on loopback: make sure only your MTA can reach it", self.host)
+        if not is_loopback(self.host):
+            log.warning("listening on %s, not on loopback (allow_non_loopback is set)", self.host)
         log.info("listening on %s:%d, relaying to %s (%s)", self.host, self.port, self.config.proxy.relay,
                  self.config.proxy.mode)  # fmt: skip
 
@@ -528,7 +725,12 @@ class ProxyServer:
                 return False
             config.proxy = replace(
                 config.proxy,
-                **{**self.overrides, "listen": self.config.proxy.listen, "relay": self.config.proxy.relay},
+                **{
+                    **self.overrides,
+                    "listen": self.config.proxy.listen,
+                    "relay": self.config.proxy.relay,
+                    "allow_non_loopback": self.config.proxy.allow_non_loopback,
+                },
             )
             self.config_mtime = _mtime(self.config_path)
         if not self.scorer.reload(config):
@@ -542,15 +744,29 @@ class ProxyServer:
         config_changed = bool(self.config_path) and _mtime(self.config_path) != self.config_mtime
         return model_changed or config_changed
 
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let sessions in flight finish (up to ``grace``
-        seconds), then shut the scorer down."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Close the listening socket at once (new connections are refused
+        from here on), let sessions in flight finish for up to ``grace``
+        seconds (default: ``relay_timeout``, the time a next hop is allowed
+        per command), drop what is left (unacknowledged, so the MTA keeps
+        it), then stop the scorer."""
+        grace = self.config.proxy.relay_timeout if grace is None else grace
         if self.server is not None:
             self.server.close()
             deadline = time.monotonic() + grace
-            while self.handler.stats.active_sessions and time.monotonic() < deadline:
+            while self.handler.sessions and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            await self.server.wait_closed()
+            left = list(self.handler.sessions)
+            if left:
+                log.warning(
+                    "%d session(s) still open after %g s: dropped (the MTA retries)", len(left), grace
+                )
+            for session in left:
+                session.abort()
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+            except TimeoutError:
+                pass
         self.scorer.close()
 
 
@@ -563,6 +779,7 @@ async def serve_forever(
 ) -> None:
     """Run until SIGTERM/SIGINT.  SIGHUP, or a model or config file that
     changed on disk, reloads them without dropping sessions."""
+    logs.configure(config.proxy.log_format)
     server = ProxyServer(config, model_path, config_path=config_path, overrides=overrides)
     await server.start()
     stop = asyncio.Event()
@@ -579,6 +796,12 @@ async def serve_forever(
                 if not server.reload():  # do not retry a bad file every tick
                     server.scorer.model_mtime = _mtime(server.scorer.model_file)
                     server.config_mtime = _mtime(config_path) if config_path else 0.0
-    log.info("stopping: finishing sessions in flight")
+    log.info("stopping: no new connections; finishing sessions in flight")
     await server.stop()
-    log.info("stopped")
+    st = server.handler.stats
+    log.info(
+        "stopped: %d messages, %d relayed, %d tempfailed, %d unscanned; scoring workers: %d died, "
+        "%d killed at the deadline; next hop failures: %d",
+        st.messages, st.relayed, st.tempfailed, st.scoring_errors, st.pool.died, st.pool.timed_out,
+        st.relay_failures,
+    )  # fmt: skip

@@ -1,10 +1,13 @@
-"""Verdict -> the headers added to a scanned message.
+r"""Verdict -> the headers added to a scanned message.
 
 ``X-Spam-Flag``, ``X-Spam-Score`` and ``X-Spam-Status`` follow SpamAssassin's
 format so existing Sieve and procmail rules keep working;
-``X-Mailsift-Report`` carries the explanation.  Headers of those names
-already in the message are removed first: a spammer must not be able to
-pre-set ``X-Spam-Flag: NO``.
+``X-Spam-Level`` carries SpamAssassin's stars (one ``*`` per whole point,
+at most 50), for procmail recipes like ``^X-Spam-Level: \*\*\*\*\*``;
+``X-Mailsift-Report`` carries the explanation.  Every ``X-Spam-*`` header
+already in the message is removed first (including other filters' ones such
+as ``X-Spam-Checker-Version``): a spammer must not be able to pre-set
+``X-Spam-Flag: NO``, and a reader must not mistake a stale header for ours.
 
 :func:`strip_verdict_headers` goes further, for what reaches the features:
 it removes every header a *filter* writes (mailsift's and other filters'
@@ -19,8 +22,21 @@ import re
 from .score import Verdict
 
 OUR_HEADERS = ("x-spam-flag", "x-spam-score", "x-spam-status", "x-spam-level", "x-mailsift-report")
-_OURS_RE = re.compile(rb"^(?:" + b"|".join(h.encode() for h in OUR_HEADERS) + rb")\s*:", re.I)
+#: headers removed from incoming mail: every X-Spam-* (ours and anyone
+#: else's) and our own report
+_OURS_RE = re.compile(rb"^(?:x-spam-[!-9;-~]*|x-mailsift-report)[ \t]*:", re.I)
 _MAX_REPORT = 900
+#: SpamAssassin's _STARS(*)_ stops at 50 "to stay on the right side of the RFCs"
+MAX_STARS = 50
+
+
+def spam_level(score: float) -> str:
+    """SpamAssassin's ``X-Spam-Level`` value: one ``*`` per whole point
+    (truncated, so 4.9 is ``****``), none below 1, at most 50."""
+    if score != score:  # NaN
+        return ""
+    return "*" * int(max(0.0, min(float(MAX_STARS), score)))
+
 
 #: Header names written by spam and virus filters, removed before anything
 #: reads a message for features (score, train, learn, tune, eval).  Why each:
@@ -103,6 +119,7 @@ def spam_headers(verdict: Verdict | None) -> list[tuple[str, str]]:
         out.append(("X-Spam-Flag", "YES"))
     out += [
         ("X-Spam-Score", f"{verdict.score:.1f}"),
+        ("X-Spam-Level", spam_level(verdict.score)),
         (
             "X-Spam-Status",
             f"{status}, score={verdict.score:.1f} required={verdict.required:.1f} tests={tests}",
