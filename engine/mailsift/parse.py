@@ -42,6 +42,7 @@ import codecs
 import email.base64mime
 import email.quoprimime
 import html
+import itertools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -57,8 +58,8 @@ MAX_ENCODED_WORDS = 200
 MAX_ADDRESS_CHARS = 2000
 MAX_PART_ENCODED = 256 * 1024
 MAX_PART_TEXT = 64 * 1024
-MAX_ENTITIES = 20_000
-MAX_LINK_ATTRS = 5_000
+MAX_ENTITIES = 5_000
+MAX_LINK_ATTRS = 2_000
 MAX_RECEIVED = 12
 MAX_RECEIVED_CHARS = 4096
 MAX_URLS = 200
@@ -86,6 +87,9 @@ _SCRIPT_CLOSE = {"script": re.compile(r"</script\s*+>", re.I), "style": re.compi
 _BREAK_RE = re.compile(r"(?i)<\s*+(?:br|/p|/div|/tr|/li|/h\d|p|div|tr|li)\b[^>]*+>")
 _TAG_MAX = 2000  # a "tag" longer than this is text with a stray "<" in it
 _TAG_FAST = re.compile(rf"<[^<>]{{0,{_TAG_MAX}}}>")
+_TAG_RE = re.compile(rf"<[^>]{{0,{_TAG_MAX}}}>")
+# a ">"-free run longer than a tag can be (after a ">", or at the start)
+_LONG_RUN = re.compile(rf"(?:(?<=>)|^)[^>]{{{_TAG_MAX + 2},}}")
 _LT_LT = re.compile(rf"<[^<>]{{0,{_TAG_MAX}}}<")
 _LONG_CHARREF = re.compile(r"&#(?:[xX][0-9a-fA-F]{9,}|[0-9]{9,});?")
 _HOST_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/?#]*@)?([^/?#:\s\\]+)", re.I)
@@ -329,11 +333,11 @@ def _header_block(
                 pairs = [(k, v[:MAX_HEADER_VALUE]) for k, v in pairs]
             return [(k.lower(), v) for k, v in pairs], body
     if crlf:  # values keep their own line endings (raw) inside, as compat32 keeps them
-        raw_lines = _LINES_RE.findall(text)
+        raw_lines = [m.group(0) for m in itertools.islice(_LINES_RE.finditer(text), MAX_HEADER_LINES + 1)]
         lines = [ln.rstrip("\r\n") for ln in raw_lines]
     else:
-        lines = text.split("\n")
-        if text.endswith("\n"):
+        lines = text.split("\n", MAX_HEADER_LINES + 1)
+        if len(lines) <= MAX_HEADER_LINES and text.endswith("\n"):
             lines.pop()
     headers: list[tuple[str, str]] = []
     name = ""
@@ -359,7 +363,7 @@ def _header_block(
             # not a header line: the body starts here
             if defects is not None:
                 defects.append("MissingHeaderBodySeparatorDefect")
-            body = start + _offset_of_line(text, lines, n, crlf)
+            body = start + _offset_of_line(raw_lines if crlf else lines, n, crlf)
             lines = lines[:n]
             break
         if name:
@@ -369,7 +373,7 @@ def _header_block(
             if n == 0:
                 continue  # an envelope line
             if n == last:  # probably the first line of the body
-                body = start + _offset_of_line(text, lines, n, crlf)
+                body = start + _offset_of_line(raw_lines if crlf else lines, n, crlf)
                 break
             if defects is not None:
                 defects.append("MisplacedEnvelopeHeaderDefect")
@@ -398,12 +402,12 @@ def _header(name: str, value: list[str], crlf: bool) -> tuple[str, str]:
     return name, text.rstrip("\r\n")
 
 
-def _offset_of_line(text: str, lines: list[str], n: int, crlf: bool) -> int:
-    """Offset in ``text`` where line ``n`` starts (rare path: only for a
-    header block that ends without a blank line)."""
+def _offset_of_line(lines: list[str], n: int, crlf: bool) -> int:
+    """Offset where line ``n`` starts (rare path: only for a header block
+    that ends without a blank line); CR-split lines keep their endings."""
     if not crlf:
         return sum(len(ln) + 1 for ln in lines[:n])
-    return sum(len(ln) for ln in _LINES_RE.findall(text)[:n])  # lines keep their endings here
+    return sum(len(ln) for ln in lines[:n])
 
 
 def _first(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -430,7 +434,7 @@ def _boundary(value: str) -> str | None:
     """The boundary parameter of a Content-Type value, or None, found the way
     ``Message.get_boundary()`` finds it (quotes protect semicolons; the value
     is unquoted twice, as the stdlib does) but in one pass."""
-    s = _sanitize(value)
+    s = _sanitize(value[:MAX_HEADER_DECODE])
     if "boundary" not in s.lower():
         return None
     params: list[str] = []
@@ -915,16 +919,19 @@ def _drop_tags(text: str) -> str:
     head, tail = text[: last + 1], text[last + 1 :]
     if _LT_LT.search(head) is None:
         return _TAG_FAST.sub(" ", head) + tail
+    # some "<" lies inside a tag, so the original regex is needed; it is only
+    # slow on ">"-free runs longer than a tag can be, from each "<" in them.
+    # The "<"s of such a run, but those in its last 2001 characters, start no
+    # tag: that part is kept as it is, and the regex runs on the rest, where
+    # the first "<" of every run matches.
     out: list[str] = []
-    for seg in head.split(">")[:-1]:
-        n = len(seg)
-        p = seg.find("<", n - _TAG_MAX - 1 if n > _TAG_MAX + 1 else 0)
-        if p < 0:
-            out.append(seg)
-            out.append(">")
-        else:
-            out.append(seg[:p])
-            out.append(" ")
+    prev = 0
+    for m in _LONG_RUN.finditer(head):
+        cut = m.end() - _TAG_MAX - 1
+        out.append(_TAG_RE.sub(" ", head[prev : m.start()]))
+        out.append(head[m.start() : cut])
+        prev = cut
+    out.append(_TAG_RE.sub(" ", head[prev:]))
     out.append(tail)
     return "".join(out)
 
