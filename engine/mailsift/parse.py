@@ -42,6 +42,7 @@ import codecs
 import email.base64mime
 import email.quoprimime
 import html
+import html.entities
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -58,8 +59,10 @@ MAX_ENCODED_WORDS = 200
 MAX_ADDRESS_CHARS = 2000
 MAX_PART_ENCODED = 256 * 1024
 MAX_PART_TEXT = 64 * 1024
+MAX_SLOW_CODEC_BYTES = 2 * MAX_PART_TEXT
 MAX_ENTITIES = 5_000
 MAX_LINK_ATTRS = 2_000
+MAX_TAGS = 30_000
 MAX_RECEIVED = 12
 MAX_RECEIVED_CHARS = 4096
 MAX_URLS = 200
@@ -89,9 +92,14 @@ _TAG_MAX = 2000  # a "tag" longer than this is text with a stray "<" in it
 _TAG_FAST = re.compile(rf"<[^<>]{{0,{_TAG_MAX}}}>")
 _TAG_RE = re.compile(rf"<[^>]{{0,{_TAG_MAX}}}>")
 # a ">"-free run longer than a tag can be (after a ">", or at the start)
-_LONG_RUN = re.compile(rf"(?:(?<=>)|^)[^>]{{{_TAG_MAX + 2},}}")
+_LONG_RUN = re.compile(rf">([^>]{{{_TAG_MAX + 2},}})")
+_LEADING_RUN = re.compile(rf"[^>]{{{_TAG_MAX + 2},}}")
 _LT_LT = re.compile(rf"<[^<>]{{0,{_TAG_MAX}}}<")
 _LONG_CHARREF = re.compile(r"&#(?:[xX][0-9a-fA-F]{9,}|[0-9]{9,});?")
+# html.unescape's reference pattern, and the names it knows
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+_HTML5 = html.entities.html5
+_LEGACY_MAX = max(len(k) for k in _HTML5 if not k.endswith(";"))
 _HOST_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/?#]*@)?([^/?#:\s\\]+)", re.I)
 _IPV4_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
 _WS_RE = re.compile(r"\s+")
@@ -246,7 +254,16 @@ class _Stop(Exception):
 class _Walk:
     """One message's parse: the bytes, where results go, and the budget."""
 
-    __slots__ = ("data", "msg", "entities", "hits", "entities_left", "links_left", "part_defects")
+    __slots__ = (
+        "data",
+        "msg",
+        "entities",
+        "hits",
+        "entities_left",
+        "links_left",
+        "tags_left",
+        "part_defects",
+    )
 
     def __init__(self, data: bytes, msg: ParsedMessage):
         self.data = data
@@ -255,6 +272,7 @@ class _Walk:
         self.hits = 0  # candidate boundary lines looked at
         self.entities_left = MAX_ENTITIES  # HTML character references
         self.links_left = MAX_LINK_ATTRS  # href/src attributes
+        self.tags_left = MAX_TAGS  # tags removed from HTML
         self.part_defects: list[str] = []
 
 
@@ -644,6 +662,10 @@ def _leaf(walk: _Walk, ctype: str, headers: list[tuple[str, str]], ct_value, sta
     if not ctype.startswith("text/") or (filename and ctype not in ("text/plain", "text/html")):
         return
     payload = _decode_payload(walk, headers, start, end)
+    if len(payload) > MAX_SLOW_CODEC_BYTES and not _codec((charset or "utf-8")[:100])[1]:
+        # UTF-7, UTF-16, ISO-2022, EBCDIC...: slow on junk (UTF-7 at 1 us a byte)
+        walk.part_defects.append(f"part: decoded first {MAX_SLOW_CODEC_BYTES} of {len(payload)} bytes")
+        payload = payload[:MAX_SLOW_CODEC_BYTES]
     text = _decode_bytes(payload, charset or "utf-8")
     if ctype == "text/html" or (ctype != "text/plain" and "<html" in text[:2000].lower()):
         msg.html_parts += 1
@@ -855,8 +877,13 @@ def _html_to_text(text: str, urls: list[str] | None, walk: _Walk | None) -> str:
     if last >= 0:
         # a break ends with ">": none can start after the last one, and without
         # that cut "<p" with no ">" after it is rescanned to the end
-        text = _BREAK_RE.sub("\n", text[: last + 1]) + text[last + 1 :]
-        text = _drop_tags(text)
+        left = walk.tags_left if walk is not None else MAX_TAGS
+        head, n = _BREAK_RE.subn("\n", text[: last + 1], count=max(left, 1))
+        text, m = _drop_tags(head + text[last + 1 :], max(left - n, 1))
+        if walk is not None:
+            walk.tags_left = left - n - m
+            if walk.tags_left <= 0 and left > 0:
+                walk.part_defects.append(f"html: more than {MAX_TAGS} tags, rest kept as is")
     if "&" in text:
         text = _unescape(text, walk)
     return text
@@ -908,32 +935,36 @@ def _drop_comments(text: str) -> str:
     return "".join(out)
 
 
-def _drop_tags(text: str) -> str:
-    """``re.sub(r"(?s)<[^>]{0,2000}>", " ", text)`` in linear time.  Without a
-    "<" inside any tag, a regex that stops at "<" is the same and linear;
-    otherwise each ">"-terminated segment is cut at its first "<" within 2001
-    characters of its end, which is where the regex would match."""
+def _drop_tags(text: str, budget: int = 0) -> tuple[str, int]:
+    """``re.subn(r"(?s)<[^>]{0,2000}>", " ", text, count=budget)`` in linear
+    time.  Without a "<" inside any tag, a regex that stops at "<" is the same
+    and linear.  Otherwise the original regex is needed; it is only slow on
+    ">"-free runs longer than a tag can be, from each "<" in them.  The "<"s
+    of such a run, but those in its last 2001 characters, start no tag: that
+    part is kept as it is, and the regex runs on the rest, where the first
+    "<" of every run matches."""
     last = text.rfind(">")
     if last < 0:
-        return text
+        return text, 0
     head, tail = text[: last + 1], text[last + 1 :]
     if _LT_LT.search(head) is None:
-        return _TAG_FAST.sub(" ", head) + tail
-    # some "<" lies inside a tag, so the original regex is needed; it is only
-    # slow on ">"-free runs longer than a tag can be, from each "<" in them.
-    # The "<"s of such a run, but those in its last 2001 characters, start no
-    # tag: that part is kept as it is, and the regex runs on the rest, where
-    # the first "<" of every run matches.
+        head, n = _TAG_FAST.subn(" ", head, count=budget)
+        return head + tail, n
+    runs = [(m.start(1), m.end(1)) for m in _LONG_RUN.finditer(head)]
+    m = _LEADING_RUN.match(head)
+    if m:
+        runs.insert(0, (0, m.end()))
     out: list[str] = []
-    prev = 0
-    for m in _LONG_RUN.finditer(head):
-        cut = m.end() - _TAG_MAX - 1
-        out.append(_TAG_RE.sub(" ", head[prev : m.start()]))
-        out.append(head[m.start() : cut])
+    prev = done = 0
+    for start, end in runs:
+        cut = end - _TAG_MAX - 1
+        piece, n = _TAG_RE.subn(" ", head[prev:start], count=max(budget - done, 1) if budget else 0)
+        out += [piece, head[start:cut]]
+        done += n
         prev = cut
-    out.append(_TAG_RE.sub(" ", head[prev:]))
-    out.append(tail)
-    return "".join(out)
+    piece, n = _TAG_RE.subn(" ", head[prev:], count=max(budget - done, 1) if budget else 0)
+    out += [piece, tail]
+    return "".join(out), done + n
 
 
 def _long_charref(m: re.Match) -> str:
@@ -943,6 +974,21 @@ def _long_charref(m: re.Match) -> str:
     if len(digits) > 8:
         return "\ufffd"  # far beyond U+10FFFF, as html.unescape would say
     return "&#" + ("x" if hexa else "") + digits + ";"
+
+
+def _named_or_numeric(m: re.Match) -> str:
+    """html.unescape's replacement for one reference, with the search for a
+    legacy name (one written without ";") cut to the longest such name: the
+    stdlib tries every prefix of a 32-letter run."""
+    s = m.group(1)
+    if s[0] == "#":
+        return html.unescape(m.group(0))
+    if s in _HTML5:
+        return _HTML5[s]
+    for x in range(min(len(s) - 1, _LEGACY_MAX), 1, -1):
+        if s[:x] in _HTML5:
+            return _HTML5[s[:x]] + s[x:]
+    return "&" + s
 
 
 def _unescape(text: str, walk: _Walk | None) -> str:
@@ -956,7 +1002,7 @@ def _unescape(text: str, walk: _Walk | None) -> str:
     if n <= left:
         if walk is not None:
             walk.entities_left -= n
-        return html.unescape(text)
+        return _CHARREF.sub(_named_or_numeric, text)
     cut = -1
     for _ in range(max(left, 0)):
         cut = text.find("&", cut + 1)
@@ -965,7 +1011,7 @@ def _unescape(text: str, walk: _Walk | None) -> str:
         walk.part_defects.append(f"html: more than {MAX_ENTITIES} character references, rest kept as is")
     if cut < 0:
         return text
-    return html.unescape(text[:cut]) + text[cut:]
+    return _CHARREF.sub(_named_or_numeric, text[:cut]) + text[cut:]
 
 
 def _link_targets(text: str, urls: list[str], walk: _Walk | None = None) -> None:
