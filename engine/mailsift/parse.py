@@ -506,9 +506,13 @@ def _entity(
     walk: _Walk, start: int, end: int, depth: int, default: str, top: list[str] | None, full_end: int = -1
 ) -> None:
     """Visit one MIME entity (pre-order, as ``Message.walk()`` does).
-    ``top`` collects the defects of the top-level message only; ``full_end``
-    is ``end`` before the line ending that belongs to the next boundary was
-    cut off (the stdlib reads delivery-status blocks up to it)."""
+    ``top`` collects the defects of the top-level message only.
+
+    ``full_end`` is ``end`` before the line ending that belongs to the next
+    boundary was cut off.  The stdlib cuts that line ending off the payload
+    of the entity's last leaf only, never off a multipart's last part (it
+    cuts the multipart's epilogue instead), so a multipart body, and a
+    delivery-status, is read up to ``full_end``."""
     msg = walk.msg
     if walk.entities >= MAX_PARTS:
         walk.part_defects.append(f"mime: more than {MAX_PARTS} parts, rest ignored")
@@ -536,7 +540,7 @@ def _entity(
             if cte is not None and _sanitize(cte).lower() not in ("7bit", "8bit", "binary"):
                 if top is not None:
                     top.append("InvalidMultipartContentTransferEncodingDefect")
-            if _multipart(walk, boundary, ctype, body, end, depth, top):
+            if _multipart(walk, boundary, ctype, body, max(end, full_end), depth, top):
                 return
         if top is not None:
             top.append("MultipartInvariantViolationDefect")
@@ -549,7 +553,7 @@ def _entity(
         if ctype == "message/delivery-status":
             _delivery_status(walk, body, max(end, full_end), depth)
         else:
-            _entity(walk, body, end, depth + 1, "text/plain", None)
+            _entity(walk, body, end, depth + 1, "text/plain", None, full_end)
         return
     _leaf(walk, ctype, headers, ct_value, body, end)
 
