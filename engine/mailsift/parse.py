@@ -81,13 +81,18 @@ _LINK_SCANS = tuple(
     re.compile(k[0] + r"(?<![\w-]" + k[0] + r")(?=" + k[1:] + r"""\s*+=\s*+["']?\s*+([^\s"'<>]{1,800}))""")
     for k in ("href", "src")
 )
+# case spelled out (with the letters re.I also folds: long s, dotted and
+# dotless i) rather than re.I, so the scan can skip to each "<"
 _SCRIPT_OPEN = {
-    ("script", "style"): re.compile(r"<(script|style)\b", re.I),
-    ("script",): re.compile(r"<(script)\b", re.I),
-    ("style",): re.compile(r"<(style)\b", re.I),
+    ("script", "style"): re.compile(r"<([Ssſ][Cc][Rr][Iiİı][Pp][Tt]|[Ssſ][Tt][Yy][Ll][Ee])\b"),
+    ("script",): re.compile(r"<([Ssſ][Cc][Rr][Iiİı][Pp][Tt])\b"),
+    ("style",): re.compile(r"<([Ssſ][Tt][Yy][Ll][Ee])\b"),
 }
 _SCRIPT_CLOSE = {"script": re.compile(r"</script\s*+>", re.I), "style": re.compile(r"</style\s*+>", re.I)}
-_BREAK_RE = re.compile(r"(?i)<\s*+(?:br|/p|/div|/tr|/li|/h\d|p|div|tr|li)\b[^>]*+>")
+_BREAK_RE = re.compile(
+    r"<\s*+(?:[Bb][Rr]|/[Pp]|/[Dd][Iiİı][Vv]|/[Tt][Rr]|/[Ll][Iiİı]|/[Hh]\d|[Pp]|[Dd][Iiİı][Vv]|[Tt][Rr]|[Ll][Iiİı])"
+    r"\b[^>]*+>"
+)
 _TAG_MAX = 2000  # a "tag" longer than this is text with a stray "<" in it
 _TAG_FAST = re.compile(rf"<[^<>]{{0,{_TAG_MAX}}}>")
 _TAG_RE = re.compile(rf"<[^>]{{0,{_TAG_MAX}}}>")
@@ -114,8 +119,10 @@ _ADDR_RE = re.compile(r"(?<![\w.+=-])[\w.+=-]+@[\w-]+(?:\.[\w-]+)+")
 # the first blank line: an end of line followed by another (a CR that is half
 # of a CRLF is not an end of line on its own)
 _BLANK_RE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
-# a header line and its continuation lines, in a block without CR
-_HEADER_RE = re.compile(r"(?m)^([\x21-\x39\x3b-\x7e]++):[ \t]*+([^\n]*+(?:\n[ \t][^\n]*+)*+)")
+# a header line and its continuation lines, in a block without CR, searched
+# in "\n" + block: the leading "\n" anchors each header at a line start and is
+# a literal the scan can skip to (a (?m)^ is tested at every position)
+_HEADER_RE = re.compile(r"\n([\x21-\x39\x3b-\x7e]++):[ \t]*+([^\n]*+(?:\n[ \t][^\n]*+)*+)")
 _LINES_RE = re.compile(r"[^\r\n]*+(?:\r\n|\r|\n)|[^\r\n]++")
 _SPACE_TAB = re.compile(rb"[ \t]*+")
 _B64_JUNK = bytes(c for c in range(256) if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/")))
@@ -345,7 +352,7 @@ def _header_block(
     if not crlf and n_lines < MAX_HEADER_LINES:
         # the common case, every line a header or its continuation: one C scan
         # finds the headers, and the count shows whether any line was neither
-        pairs = _HEADER_RE.findall(text)
+        pairs = _HEADER_RE.findall("\n" + text)
         if len(pairs) + text.count("\n ") + text.count("\n\t") == n_lines:
             if len(text) > MAX_HEADER_VALUE:
                 pairs = [(k, v[:MAX_HEADER_VALUE]) for k, v in pairs]
@@ -650,7 +657,7 @@ def _leaf(walk: _Walk, ctype: str, headers: list[tuple[str, str]], ct_value, sta
     # the parsing time with the stdlib's get_param()
     ct_header = _sanitize(ct_value) if ct_value is not None else ""
     ct_low = ct_header.lower()
-    m = _CHARSET_RE.search(ct_header) if "charset" in ct_low else None
+    m = _CHARSET_RE.search(ct_header) if "char" in ct_low else None  # re.I: "charſet" too
     charset = m.group(1).lower() if m else ""
     if charset:
         msg.charsets.append(charset)
@@ -905,7 +912,7 @@ def _drop_scripts(text: str) -> str:
         m = _SCRIPT_OPEN[alive].search(text, pos)
         if not m:
             break
-        name = m.group(1).lower()
+        name = "script" if m.group(1)[1] in "Cc" else "style"
         c = _SCRIPT_CLOSE[name].search(text, m.end())
         if c is None:
             alive = tuple(a for a in alive if a != name)
