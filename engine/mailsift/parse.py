@@ -315,13 +315,19 @@ def parse(raw: bytes) -> ParsedMessage:
 
 
 def _read_headers(msg: ParsedMessage) -> None:
-    msg.subject = msg.header("subject")
-    msg.from_name, msg.from_addr = _address(msg.header("from"))
-    msg.reply_to = _address(msg.header("reply-to"))[1]
-    msg.return_path = _address(msg.header("return-path"))[1]
-    # a regex, not getaddresses(): a 500-recipient Cc must not cost milliseconds
-    to_values = " ".join(msg.header_all("to") + msg.header_all("cc"))[:20000]
-    msg.to_addrs = _ADDR_RE.findall(to_values)[:50]
+    first = msg._first_raw
+    decoded = msg._decoded
+    for name in ("subject", "from", "reply-to", "return-path"):
+        value = first.get(name)
+        decoded[name] = decode_header(value) if value is not None else ""
+    msg.subject = decoded["subject"]
+    msg.from_name, msg.from_addr = _address(decoded["from"])
+    msg.reply_to = _address(decoded["reply-to"])[1]
+    msg.return_path = _address(decoded["return-path"])[1]
+    if "to" in first or "cc" in first:
+        # a regex, not getaddresses(): a 500-recipient Cc must not cost milliseconds
+        raw = [v for k, v in msg.raw_headers if k == "to"] + [v for k, v in msg.raw_headers if k == "cc"]
+        msg.to_addrs = _ADDR_RE.findall(" ".join(map(decode_header, raw))[:20000])[:50]
 
 
 def _header_block(
