@@ -22,6 +22,8 @@ from mailsift.parse import (
     MAX_HEADER_LINES,
     MAX_PART_TEXT,
     MAX_PARTS,
+    MAX_RECEIVED,
+    MAX_RECEIVED_CHARS,
     MAX_URLS,
     html_to_text,
     parse,
@@ -225,3 +227,12 @@ def test_benchmark_families_cover_the_issue_list():
         "50 MB",
     ):
         assert re.search(re.escape(needle), names), needle
+
+
+def test_junk_received_chain_is_read_to_the_cut_without_raising():
+    """The network rules read the Received chain through mail-parser, which is
+    superlinear on junk: each value is cut to MAX_RECEIVED_CHARS first."""
+    raw = b"".join(b"Received: " + b"from " * 2000 + b"\n" for _ in range(20)) + b"Subject: x\n\nb\n"
+    hops = parse(raw).received
+    assert len(hops) == MAX_RECEIVED
+    assert all(len(h.raw) <= MAX_RECEIVED_CHARS for h in hops)
