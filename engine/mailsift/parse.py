@@ -371,6 +371,7 @@ def _header_block(
         if len(lines) <= MAX_HEADER_LINES and text.endswith("\n"):
             lines.pop()
     headers: list[tuple[str, str]] = []
+    late: list[str] = []  # the stdlib finds these after the end of the block
     name = ""
     value: list[str] = []
     last = len(lines) - 1
@@ -383,8 +384,7 @@ def _header_block(
         c = line[:1]
         if c == " " or c == "\t":
             if not name:
-                if defects is not None:
-                    defects.append("FirstHeaderLineIsContinuationDefect")
+                late.append("FirstHeaderLineIsContinuationDefect")
                 continue
             value.append(raw_lines[n] if crlf else line)
             continue
@@ -406,17 +406,17 @@ def _header_block(
             if n == last:  # probably the first line of the body
                 body = start + _offset_of_line(raw_lines if crlf else lines, n, crlf)
                 break
-            if defects is not None:
-                defects.append("MisplacedEnvelopeHeaderDefect")
+            late.append("MisplacedEnvelopeHeaderDefect")
             continue
         if colon == 0:
-            if defects is not None:
-                defects.append("InvalidHeaderDefect")
+            late.append("InvalidHeaderDefect")
             continue
         name = line[:colon].lower()
         value = [(raw_lines[n] if crlf else line)[colon + 1 :].lstrip(" \t")]
     if name:
         headers.append(_header(name, value, crlf))
+    if defects is not None:
+        defects += late
     return headers, body
 
 
