@@ -94,12 +94,10 @@ _BREAK_RE = re.compile(
     r"\b[^>]*+>"
 )
 _TAG_MAX = 2000  # a "tag" longer than this is text with a stray "<" in it
-_TAG_FAST = re.compile(rf"<[^<>]{{0,{_TAG_MAX}}}>")
 _TAG_RE = re.compile(rf"<[^>]{{0,{_TAG_MAX}}}>")
 # a ">"-free run longer than a tag can be (after a ">", or at the start)
 _LONG_RUN = re.compile(rf">([^>]{{{_TAG_MAX + 2},}})")
 _LEADING_RUN = re.compile(rf"[^>]{{{_TAG_MAX + 2},}}")
-_LT_LT = re.compile(rf"<[^<>]{{0,{_TAG_MAX}}}<")
 _LONG_CHARREF = re.compile(r"&#(?:[xX][0-9a-fA-F]{9,}|[0-9]{9,});?")
 # html.unescape's reference pattern, and the names it knows
 _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
@@ -954,23 +952,23 @@ def _drop_comments(text: str) -> str:
 
 def _drop_tags(text: str, budget: int = 0) -> tuple[str, int]:
     """``re.subn(r"(?s)<[^>]{0,2000}>", " ", text, count=budget)`` in linear
-    time.  Without a "<" inside any tag, a regex that stops at "<" is the same
-    and linear.  Otherwise the original regex is needed; it is only slow on
-    ">"-free runs longer than a tag can be, from each "<" in them.  The "<"s
-    of such a run, but those in its last 2001 characters, start no tag: that
-    part is kept as it is, and the regex runs on the rest, where the first
-    "<" of every run matches."""
+    time.  That regex is only slow on ">"-free runs longer than a tag can be,
+    from each "<" in them (it rescans up to 2,000 characters from each).  The
+    "<"s of such a run, but those in its last 2001 characters, start no tag:
+    that part is kept as it is, and the regex runs on the rest, where the
+    first "<" of every run matches and no start fails.  Runs that long are
+    rare in real mail, so usually the regex runs once on the whole text."""
     last = text.rfind(">")
     if last < 0:
         return text, 0
     head, tail = text[: last + 1], text[last + 1 :]
-    if _LT_LT.search(head) is None:
-        head, n = _TAG_FAST.subn(" ", head, count=budget)
-        return head + tail, n
     runs = [(m.start(1), m.end(1)) for m in _LONG_RUN.finditer(head)]
     m = _LEADING_RUN.match(head)
     if m:
         runs.insert(0, (0, m.end()))
+    if not runs:
+        head, n = _TAG_RE.subn(" ", head, count=budget)
+        return head + tail, n
     out: list[str] = []
     prev = done = 0
     for start, end in runs:
