@@ -1,12 +1,26 @@
 import base64
+import email
+import email.errors
+import email.header
+import html
+import itertools
 import random
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailsift.corpus import read_index
-from mailsift.parse import MAX_PARSE_BYTES, MAX_PART_TEXT, html_to_text, parse
+from mailsift.parse import (
+    MAX_PARSE_BYTES,
+    MAX_PART_TEXT,
+    MAX_PARTS,
+    _decode_bytes,
+    decode_header,
+    html_to_text,
+    parse,
+)
 
 
 def _check_result(msg):
@@ -166,3 +180,126 @@ def test_html_to_text_drops_scripts_styles_and_comments():
     assert "secret" not in text and "hidden" not in text and "p{}" not in text
     assert "Buy\xa0now" in text
     assert urls == ["https://shop.example.biz/p"]
+
+
+# -- the linear rewrite splits and strips exactly as the stdlib and the old regexes did
+
+
+def test_parse_splits_corpus_mail_exactly_as_the_stdlib_parser(sa_dir):
+    """Headers, MIME types in walk order and the top-level defects are the
+    stdlib compat32 parser's (the model's features were trained on them)."""
+    items = random.Random(11).sample(read_index(sa_dir / "all.index"), 500)
+    for it in items:
+        raw = it.read()
+        msg = parse(raw)
+        em = email.message_from_bytes(raw[:MAX_PARSE_BYTES][msg.raw_start :])
+        assert msg.raw_headers == [(k.strip().lower(), v) for k, v in em.raw_items()], it.path
+        assert msg.mime_types == [p.get_content_type() for p in itertools.islice(em.walk(), MAX_PARTS)]
+        stdlib_defects = [f"mime: {type(d).__name__}" for d in em.defects]
+        assert [d for d in msg.defects if d.endswith("Defect")] == stdlib_defects, it.path
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'Subject: x\nContent-Type: multipart/mixed; boundary="a"\n\n--a\n'
+        # the inner multipart is never closed
+        b'Content-Type: multipart/alternative; boundary="b"\n\n--b\n\none\n\n--a\n\ntwo\n',
+        b"Subject: x\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\npre\r\n--a\r\n\r\nx\r\n--a--\r\nepi",
+        b"Subject: x\rContent-Type: multipart/mixed; boundary=a\r\r--a\r\rx\r--a--\r",
+        b'Content-Type: multipart/mixed; boundary="a;b"\n\n--a;b\n\nx\n--a;b--\n',
+        b"Content-Type: multipart/mixed; boundary=a\nContent-Transfer-Encoding: base64\n\n--a\n\nx\n",
+        b"Content-Type: multipart/digest; boundary=a\n\n--a\n\nSubject: inner\n\nbody\n--a\n--a\n--a--\n",
+        b"Content-Type: multipart/report; boundary=a\n\n--a\nContent-Type: message/delivery-status\n\n"
+        b"A: b\n \nC: d\n\n\n--a--\n",
+        b" continuation first\nSubject: x\n:bad\nFrom x\nFrom y\nX-A: b\nnot a header\nbody\n",
+        b"Content-Type: multipart/mixed\n\nno boundary\n",
+        b"Content-Type: multipart/mixed; boundary=a\n\nno start\n--a--\n",
+    ],
+)
+def test_parse_matches_the_stdlib_on_mime_corner_cases(raw):
+    msg = parse(raw)
+    em = email.message_from_bytes(raw)
+    assert msg.raw_headers == [(k.strip().lower(), v) for k, v in em.raw_items()]
+    assert msg.mime_types == [p.get_content_type() for p in em.walk()]
+    assert [d for d in msg.defects if d.endswith("Defect")] == [
+        f"mime: {type(d).__name__}" for d in em.defects
+    ]
+    leaves = [p for p in em.walk() if not p.is_multipart() and p.get_content_maintype() == "text"]
+    assert [t for t in msg.text] == [p.get_payload() for p in leaves if p.get_content_type() == "text/plain"]
+
+
+_MARKUP = st.lists(
+    st.sampled_from(
+        [
+            "<",
+            ">",
+            "<!--",
+            "-->",
+            "<script>",
+            "</script >",
+            "<STYLE>",
+            "</style>",
+            "<p",
+            "<br/>",
+            "</DIV>",
+            "a",
+            " ",
+            "\n",
+            "x" * 1999,
+            "y" * 2001,
+            "&amp;",
+            "&#65",
+            "&ampx",
+            "&#x41;",
+        ]
+    ),
+    max_size=25,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MARKUP)
+def test_linear_html_stripping_equals_the_old_regexes(text):
+    old = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)
+    old = re.sub(r"(?s)<!--.*?-->", " ", old)
+    old = re.sub(r"(?i)<\s*(?:br|/p|/div|/tr|/li|/h\d|p|div|tr|li)\b[^>]*>", "\n", old)
+    old = html.unescape(re.sub(r"(?s)<[^>]{0,2000}>", " ", old))
+    assert html_to_text(text) == old
+
+
+def _stdlib_decode_header(text: str) -> str:
+    """The decoding of the stdlib-based parser (email.header.decode_header)."""
+    chunks = email.header.decode_header(text)
+    out = "".join(_decode_bytes(c, cs or "ascii") if isinstance(c, bytes) else c for c, cs in chunks)
+    return re.sub(r"\s+", " ", out).strip()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "=?utf-8?b?w6k=?=",
+                "=?utf-8?q?a_b=41?=",
+                "=?iso-8859-1?Q?J=F6rg?=",
+                " ",
+                "\n ",
+                "plain",
+                "=?",
+                "?=",
+                "=?x?q?",
+                "=?utf-8?b?QUFB?=",
+                "\t",
+                "a?b",
+            ]
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_header_decoding_equals_the_stdlib(text):
+    try:
+        expected = _stdlib_decode_header(text)
+    except email.errors.HeaderParseError:
+        return  # both keep the raw text then; covered by the mutation tests above
+    assert decode_header(text) == expected
