@@ -206,23 +206,25 @@ class DsnSinkController(Controller):
         return _DsnSinkSMTP(self.handler, **self.SMTP_kwargs)
 
 
-@pytest.fixture
-def dsn_sink():
-    handler = DsnSink()
-    controller = DsnSinkController(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
+def _start_sink(handler, controller_class):
+    controller = controller_class(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
     controller.start()
     handler.port = controller.port
+    handler.controller = controller
+    return handler
+
+
+@pytest.fixture
+def dsn_sink():
+    handler = _start_sink(DsnSink(), DsnSinkController)
     yield handler
-    controller.stop()
+    handler.controller.stop()
 
 
 @pytest.fixture
 def sink():
-    handler = Sink()
-    controller = SinkController(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
-    controller.start()
-    handler.port = controller.port
-    handler.controller = controller
+    handler = _start_sink(Sink(), SinkController)
+    controller = handler.controller
     yield handler
     if controller._thread is not None:  # a test may have stopped it already
         controller.stop()

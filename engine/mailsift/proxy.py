@@ -599,14 +599,23 @@ class ProxySMTP(LenientSMTP):
         """There is no AUTH: the only client is the local MTA."""
         await self.push("502 5.5.1 AUTH not supported")
 
+    async def _take_dsn(self, arg: str | None, allowed) -> tuple[str | None, list[str] | None]:
+        """Take the DSN parameters (RFC 3461) off a MAIL/RCPT argument when
+        the next hop offered DSN; ``None`` for the list means a bad one was
+        refused with 501 and the command must stop there."""
+        if not arg or not getattr(self.session, "mailsift_dsn", False):
+            return arg, []
+        arg, dsn = _take_params(arg, allowed)
+        bad = next((p for p in dsn if _bad_dsn_param(p)), None)
+        if bad is not None:
+            await self.push(f"501 5.5.4 bad DSN parameter {bad[:60]}")
+            return arg, None
+        return arg, dsn
+
     async def smtp_MAIL(self, arg: str | None) -> None:
-        dsn: list[str] = []
-        if arg and getattr(self.session, "mailsift_dsn", False):
-            arg, dsn = _take_params(arg, _DSN_MAIL)
-            bad = next((p for p in dsn if _bad_dsn_param(p)), None)
-            if bad is not None:
-                await self.push(f"501 5.5.4 bad DSN parameter {bad[:60]}")
-                return
+        arg, dsn = await self._take_dsn(arg, _DSN_MAIL)
+        if dsn is None:
+            return
         self.session.mailsift_mail_dsn = dsn  # type: ignore[union-attr]
         await super().smtp_MAIL(arg)
 
@@ -616,13 +625,9 @@ class ProxySMTP(LenientSMTP):
             if rest is not None and _is_source_route(rest):
                 await self.push("553 5.7.1 source routes and %/! routing are not accepted")
                 return
-        dsn: list[str] = []
-        if arg and getattr(self.session, "mailsift_dsn", False):
-            arg, dsn = _take_params(arg, _DSN_RCPT)
-            bad = next((p for p in dsn if _bad_dsn_param(p)), None)
-            if bad is not None:
-                await self.push(f"501 5.5.4 bad DSN parameter {bad[:60]}")
-                return
+        arg, dsn = await self._take_dsn(arg, _DSN_RCPT)
+        if dsn is None:
+            return
         self.session.mailsift_rcpt_dsn = dsn  # type: ignore[union-attr]
         await super().smtp_RCPT(arg)
 
