@@ -240,6 +240,81 @@ def _model_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _service_url(args, config) -> tuple[str | None, bool]:
+    """The running service to hand learning to: --service URL, else the
+    config's [serve] http door; (url, named on the command line)."""
+    if getattr(args, "service", None):
+        return args.service.rstrip("/"), True
+    if config.serve.http:
+        host, port = split_hostport(config.serve.http, "serve.http")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}", False
+    return None, False
+
+
+def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
+    """Hand the message to the running service (its learner is the only
+    writer of the model, and its filter learns at once).  None: no service
+    is configured, or the configured one is not running: learn into the file."""
+    import urllib.error
+    import urllib.request
+
+    config = load_config(args.config)
+    url, explicit = _service_url(args, config)
+    if url is None:
+        return None
+    what = "spam" if args.spam else "ham"
+    endpoint = f"{url}/{'unlearn' if unlearn else 'learn'}?class={what}"
+    request = urllib.request.Request(endpoint, data=raw, method="POST")
+    request.add_header("Content-Type", "message/rfc822")
+    if config.serve.http_token:
+        request.add_header("Authorization", f"Bearer {config.serve.http_token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            outcome = json.loads(resp.read())["outcome"]
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            error = exc.reason
+        raise CliError(f"{url}: {error}", EX_UNAVAILABLE) from None
+    except (urllib.error.URLError, OSError) as exc:
+        if explicit:
+            raise CliError(
+                f"{url}: service not reachable ({getattr(exc, 'reason', exc)})", EX_UNAVAILABLE
+            ) from None
+        print(f"mailsift: no service at {url} (serve.http); learning into the model file", file=sys.stderr)
+        return None
+    except (ValueError, KeyError):
+        raise CliError(f"{url}: not a mailsift service (unexpected answer)", EX_UNAVAILABLE) from None
+    return _print_outcome(args.file, outcome, args.spam, unlearn, f" (through the service at {url})")
+
+
+def _print_outcome(name: str, outcome: str, spam: bool, unlearn: bool, where: str = "") -> int:
+    what = "spam" if spam else "ham"
+    if outcome == "not-learned":
+        print(f"{name}: was never learned; nothing to do{where}")
+    elif outcome == "other-class":
+        raise CliError(
+            f"{name}: was learned as {'ham' if spam else 'spam'}, not {what}; nothing changed", EX_DATAERR
+        )
+    elif outcome == "forgotten":
+        print(
+            f"{name}: came from batch training; forgotten from the ledger, but its "
+            f"weight stays until the next 'mailsift train'{where}"
+        )
+    elif outcome == "unlearned":
+        print(f"{name}: unlearned as {what}{where}")
+    elif outcome == "already-learned":
+        print(f"{name}: already learned as {what}; nothing changed{where}")
+    elif outcome in ("learned", "relabelled"):
+        note = " (was learned as the other class before)" if outcome == "relabelled" else ""
+        print(f"{name}: learned as {what}{note}{where}")
+    else:
+        raise CliError(f"{name}: unexpected outcome {outcome!r}", EX_UNAVAILABLE)
+    return 0
+
+
 def cmd_learn(args, unlearn: bool = False) -> int:
     raw = _read_input(args.file)
     problem = mail_problem(raw)
@@ -247,6 +322,10 @@ def cmd_learn(args, unlearn: bool = False) -> int:
         name = "stdin" if args.file == "-" else args.file
         raise CliError(f"{name}: {problem}; nothing {'un' if unlearn else ''}learned", EX_DATAERR)
     raw = strip_verdict_headers(raw)  # learn the message, not a filter's verdict on it
+    if not args.model:  # a model named on the command line is that file, not the service's
+        handed = _learn_via_service(args, raw, unlearn)
+        if handed is not None:
+            return handed
     path = _own_model_path(args)
     if path == DEFAULT_MODEL:
         _refuse_default(path)  # before the lock: no lock file next to the shipped model
@@ -619,7 +698,7 @@ def cmd_serve(args) -> int:
     from dataclasses import replace
 
     from .config import validate
-    from .proxy import serve_forever
+    from .serve import door_addresses, run
 
     config = load_config(args.config)
     overrides = {
@@ -635,16 +714,27 @@ def cmd_serve(args) -> int:
         if v is not None
     }
     config.proxy = replace(config.proxy, **overrides)
+    if args.allow_public:
+        config.serve.allow_public = True
     validate(config)
+    named = {
+        "smtp": args.listen,
+        "spamd": args.spamd,
+        "http": args.http,
+        "milter": getattr(args, "milter", None),
+    }
+    for door, address in named.items():
+        if address:
+            split_hostport(address, f"--{'listen' if door == 'smtp' else door}")
+    addresses = door_addresses(config, named)  # a refused address fails here, before any model loads
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s mailsift[%(process)d]: %(message)s", stream=sys.stderr
     )
     try:
-        asyncio.run(serve_forever(config, args.model, config.source or None, overrides))
+        asyncio.run(run(config, args.model, config.source or None, overrides, named))
     except OSError as exc:
-        raise CliError(
-            f"serve: cannot listen on {config.proxy.listen} ({exc.strerror})", EX_UNAVAILABLE
-        ) from None
+        where = ", ".join(f"{d} {a}" for d, a in addresses.items())
+        raise CliError(f"serve: cannot listen ({where}): {exc.strerror or exc}", EX_UNAVAILABLE) from None
     return 0
 
 
@@ -766,7 +856,19 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--spam", dest="spam", action="store_true", help="the message is spam")
         g.add_argument("--ham", dest="spam", action="store_false", help="the message is ham")
         lp.add_argument("file", metavar="FILE|-", help="message file, or - for stdin")
-        model_opt(lp, "model to update (default: your trained model)")
+        lp.add_argument(
+            "--service",
+            metavar="URL",
+            help="hand the message to the running 'mailsift serve' at URL (its HTTP door, e.g. "
+            "http://127.0.0.1:8025), so clicks are serialised and the filter learns at once. "
+            "Default: the [serve] http door of the config if set (the model file if it is not running), "
+            "else the model file",
+        )
+        model_opt(
+            lp,
+            "model file to update directly (default: through the service if one is configured, "
+            "else your trained model)",
+        )
         lp.set_defaults(func=lambda a, u=unlearn: cmd_learn(a, unlearn=u))
 
     e = sub.add_parser(
@@ -886,17 +988,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser(
         "serve",
-        help="run the SMTP content filter for Postfix",
-        description="SMTP content filter. After-queue (Postfix content_filter): receive on --listen, "
-        "score, add X-Spam-* headers, relay to --relay with the same envelope; answer 250 only after "
-        "the next hop accepted, 451 if it is down or slow. Before-queue (smtpd_proxy_filter): the "
-        "same, but mail at or above the reject threshold is refused with 550 while the sender is "
-        "connected. Every flag can also be set in the [proxy] section of the config file. "
-        "SIGTERM/SIGINT stop accepting and let sessions in flight finish.",
+        help="run the filter as a service: SMTP content filter, spamd, HTTP (and milter)",
+        description="One service, many doors: every door scores through one pool of scoring "
+        "processes and learns through one learner, the only writer of the model (a learned message "
+        "is used at once, no reload needed). Doors: --listen (SMTP content filter for Postfix), "
+        "--spamd (for spamc), --http (POST /score, /learn, /unlearn; GET /metrics, /healthz), "
+        "--milter; each can also be set in the [serve] section of the config file. A door that is "
+        "not named does not listen; only when no door is named at all does the SMTP door listen "
+        "on its default, [proxy] listen (127.0.0.1:10025). Doors listen on loopback only unless "
+        "--allow-public (serve.allow_public). SMTP door: after-queue (Postfix content_filter) "
+        "receives, scores, adds X-Spam-* headers and relays to --relay with the same envelope, "
+        "answering 250 only after the next hop accepted, 451 if it is down or slow; before-queue "
+        "(smtpd_proxy_filter) also refuses mail at the reject threshold with 550. SIGHUP reloads "
+        "the config and model; SIGTERM/SIGINT stop accepting and let requests in flight finish.",
     )
-    v.add_argument("--listen", metavar="HOST:PORT", help="listen address (default 127.0.0.1:10025)")
-    v.add_argument("--relay", metavar="HOST:PORT", help="next hop (default 127.0.0.1:10026)")
-    v.add_argument("--mode", choices=["after-queue", "before-queue"], help="default after-queue")
+    v.add_argument(
+        "--listen", metavar="HOST:PORT", help="SMTP door (default 127.0.0.1:10025 when no door is named)"
+    )
+    v.add_argument("--spamd", metavar="HOST:PORT", help="spamd door for spamc (e.g. 127.0.0.1:783)")
+    v.add_argument(
+        "--http", metavar="HOST:PORT", help="HTTP door: score, learn, metrics (e.g. 127.0.0.1:8025)"
+    )
+    # --milter HOST:PORT goes here, with the milter door (serve/milter.py); cmd_serve reads args.milter
+    v.add_argument(
+        "--allow-public", action="store_true", help="allow doors beyond loopback (serve.allow_public)"
+    )
+    v.add_argument("--relay", metavar="HOST:PORT", help="SMTP door's next hop (default 127.0.0.1:10026)")
+    v.add_argument("--mode", choices=["after-queue", "before-queue"], help="SMTP door: default after-queue")
     v.add_argument("--workers", type=int, help="scoring processes (default: one per core)")
     v.add_argument(
         "--log-format", choices=["text", "json"], help="one log line per message on stderr (default text)"

@@ -100,6 +100,30 @@ class ProxyConfig:
 
 
 @dataclass
+class ServeConfig:
+    """``mailsift serve``: which doors listen (see README, "One service, many
+    doors").  "" = that door does not listen.  When no door is named at all
+    (here or on the command line) the SMTP door listens on [proxy] listen, as
+    before doors existed."""
+
+    #: SMTP content filter (Postfix content_filter / smtpd_proxy_filter)
+    smtp: str = ""
+    #: spamd protocol, for spamc (Exim, procmail, maildrop, Sieve scripts)
+    spamd: str = ""
+    #: HTTP: POST /score, /learn, /unlearn; GET /metrics, /healthz
+    http: str = ""
+    #: milter protocol (Postfix smtpd_milters, Sendmail)
+    milter: str = ""
+    #: doors listen on loopback only unless this is true
+    allow_public: bool = False
+    #: token for the HTTP learn endpoints (Authorization: Bearer TOKEN); needed
+    #: when the HTTP door listens beyond loopback, and then on every learn call
+    http_token: str = ""
+    #: seconds a spamd or HTTP client may take to send its request
+    request_timeout: float = 30.0
+
+
+@dataclass
 class DnsConfig:
     """The resolver shared by the network rules."""
 
@@ -117,6 +141,7 @@ class Config:
     thresholds: Thresholds = field(default_factory=Thresholds)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     domains: DomainRules = field(default_factory=DomainRules)
     auth: AuthConfig = field(default_factory=AuthConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -213,6 +238,10 @@ def validate(config: Config) -> None:
     split_hostport(p.listen, "proxy.listen")
     if split_hostport(p.relay, "proxy.relay")[1] == 0:
         raise ConfigError(f"proxy.relay needs a port to connect to (1-65535), got {p.relay!r}")
+    for door in DOORS:
+        value = getattr(config.serve, door)
+        if value:
+            split_hostport(value, f"serve.{door}")
     for server in config.dns.servers:
         port_given = ":" in server and not server.startswith("[")
         if port_given and split_hostport(server, "dns.servers entry")[1] == 0:
@@ -266,6 +295,15 @@ def _check_rule_weights(weights: dict, dnsbl_names: list[str]) -> None:
                 f"rule_weights.{name}: is informational (it says what was not checked) and always "
                 "scores 0; remove it"
             )
+
+
+#: the doors ``mailsift serve`` can open, in the order they start
+DOORS = ("smtp", "spamd", "http", "milter")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable from this machine only."""
+    return host.startswith("127.") or host in ("::1", "localhost")
 
 
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
