@@ -341,3 +341,37 @@ def serving(tmp_path):
     yield start
     for s in started:
         s.stop()
+
+
+class ScorerService:
+    """The scoring service the doors are written against (``config`` and
+    ``async score(raw, context, door)``), built on the proxy's real Scorer in
+    a thread: it scores for real.  Stands in for mailsift.serve.service's
+    Service until that lands; the lead swaps it in when merging."""
+
+    def __init__(self, config: Config, model_path: str | None = None):
+        from mailsift.proxy import Scorer
+
+        self.config = config
+        self.scorer = Scorer(config, model_path, workers=-1)
+
+    async def score(self, raw: bytes, context=None, door: str = ""):
+        return await self.scorer.score(raw, self.config.proxy.scoring_deadline, context)
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+@pytest.fixture
+def scoring_service():
+    """make(config=None, model_path=None) -> a ScorerService, closed afterwards."""
+    made: list[ScorerService] = []
+
+    def make(config: Config | None = None, model_path: str | None = None) -> ScorerService:
+        service = ScorerService(config or Config(), model_path)
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.close()

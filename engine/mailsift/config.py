@@ -124,6 +124,30 @@ class ServeConfig:
 
 
 @dataclass
+class MilterConfig:
+    """The milter door (``smtpd_milters`` in Postfix; see README, Milter)."""
+
+    #: "host:port" to listen on; "" = the milter door is not started
+    listen: str = ""
+    #: when scoring fails or overruns scoring_deadline: "tempfail" (451 4.7.1,
+    #: the sender retries) or "accept" (passed, X-Spam-Status: Unknown)
+    on_error: str = field(default="tempfail", metadata=one_of("tempfail", "accept"))
+    #: largest message scored, in bytes; the milter keeps at most this much
+    max_message_size: int = field(default=50 * 1024 * 1024, metadata=positive())
+    #: above max_message_size: "accept" (passed unscanned, logged and marked
+    #: X-Spam-Status: Unknown) or "tempfail"
+    on_oversize: str = field(default="accept", metadata=one_of("tempfail", "accept"))
+    #: time allowed to score one message, seconds
+    scoring_deadline: float = field(default=10.0, metadata=positive())
+    #: refuse mail at or above thresholds.reject with 550 5.7.1 (else it is
+    #: passed marked as spam)
+    reject: bool = True
+    #: idle time allowed between two milter packets, seconds (Postfix holds
+    #: the connection for the whole SMTP session)
+    idle_timeout: float = field(default=900.0, metadata=positive())
+
+
+@dataclass
 class DnsConfig:
     """The resolver shared by the network rules."""
 
@@ -140,6 +164,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     domains: DomainRules = field(default_factory=DomainRules)
