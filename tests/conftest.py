@@ -287,7 +287,7 @@ class Serving:
         import time
 
         self.ports = {d: free_port() for d in doors}
-        flag = {"smtp": "--listen", "spamd": "--spamd", "http": "--http"}
+        flag = {"smtp": "--listen", "milter": "--milter", "spamd": "--spamd", "http": "--http"}
         args = [a for d in doors for a in (flag[d], f"127.0.0.1:{self.ports[d]}")]
         cfg = tmp_path / "serve.toml"
         cfg.write_text(config)
@@ -305,7 +305,8 @@ class Serving:
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=self.env,
         )  # fmt: skip
         deadline = time.monotonic() + 60
-        while "serving:" not in self.log_text():
+        # each door logs one "listening on" line once its port is open
+        while self.log_text().count("listening on") < max(len(doors), 1):
             assert self.proc.poll() is None, self.log_text()
             assert time.monotonic() < deadline, self.log_text()
             time.sleep(0.1)
@@ -343,35 +344,19 @@ def serving(tmp_path):
         s.stop()
 
 
-class ScorerService:
-    """The scoring service the doors are written against (``config`` and
-    ``async score(raw, context, door)``), built on the proxy's real Scorer in
-    a thread: it scores for real.  Stands in for mailsift.serve.service's
-    Service until that lands; the lead swaps it in when merging."""
-
-    def __init__(self, config: Config, model_path: str | None = None):
-        from mailsift.proxy import Scorer
-
-        self.config = config
-        self.scorer = Scorer(config, model_path, workers=-1)
-
-    async def score(self, raw: bytes, context=None, door: str = ""):
-        return await self.scorer.score(raw, self.config.proxy.scoring_deadline, context)
-
-    def close(self) -> None:
-        self.scorer.close()
-
-
 @pytest.fixture
 def scoring_service():
-    """make(config=None, model_path=None) -> a ScorerService, closed afterwards."""
-    made: list[ScorerService] = []
+    """make(config=None, model_path=None) -> the real mailsift.serve Service
+    (scoring in a thread: workers=-1), closed afterwards."""
+    from mailsift.serve import Service
 
-    def make(config: Config | None = None, model_path: str | None = None) -> ScorerService:
-        service = ScorerService(config or Config(), model_path)
+    made: list = []
+
+    def make(config: Config | None = None, model_path: str | None = None):
+        service = Service(config or Config(), model_path, workers=-1)
         made.append(service)
         return service
 
     yield make
     for service in made:
-        service.close()
+        asyncio.run(service.close())

@@ -13,7 +13,7 @@ import pytest
 from conftest import HAM
 
 from mailsift.config import Config, ConfigError, validate
-from mailsift.serve.milter import MAX_PACKET, packet, start_milter
+from mailsift.serve.milter import MAX_PACKET, MilterDoor, packet
 
 #: everything Postfix 3.7 offers (milter_protocol = 6)
 ALL_ACTIONS = 0x1FF
@@ -107,9 +107,9 @@ class RecordingService:
     def __init__(self, inner):
         self.inner, self.config, self.calls = inner, inner.config, []
 
-    async def score(self, raw, context=None, door=""):
+    async def score(self, raw, context=None, door="", deadline=None):
         self.calls.append((raw, context, door))
-        return await self.inner.score(raw, context, door)
+        return await self.inner.score(raw, context, door, deadline)
 
 
 class BrokenService:
@@ -118,7 +118,7 @@ class BrokenService:
     def __init__(self, config: Config, hang: bool = False):
         self.config, self.hang = config, hang
 
-    async def score(self, raw, context=None, door=""):
+    async def score(self, raw, context=None, door="", deadline=None):
         if self.hang:
             await asyncio.sleep(3600)
         raise RuntimeError("model file vanished")
@@ -128,12 +128,13 @@ def run_with(service, test):
     """Start the door on a free loopback port, run ``test(port)``, stop it."""
 
     async def main():
-        server = await start_milter(service, "127.0.0.1", 0)
+        door = MilterDoor(service, "127.0.0.1", 0)
+        await door.start()
         try:
-            return await test(server.sockets[0].getsockname()[1])
+            return await test(door.port)
         finally:
-            server.close()
-            await server.wait_closed()
+            door.close()
+            await door.stop(grace=1)
 
     return asyncio.run(main())
 
@@ -427,6 +428,9 @@ def test_milter_config_values_are_checked():
     with pytest.raises(ConfigError, match="milter.on_error"):
         validate(config)
     config = Config()
-    config.milter.listen = "nowhere"
-    with pytest.raises(ConfigError):
+    config.serve.milter = "nowhere"
+    with pytest.raises(ConfigError, match="serve.milter must be HOST:PORT"):
+        validate(config)
+    config.serve.milter = "0.0.0.0:11332"
+    with pytest.raises(ConfigError, match="serve.milter 0.0.0.0:11332 is not a loopback address"):
         validate(config)

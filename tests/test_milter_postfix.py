@@ -6,8 +6,8 @@ README's lines), delivering into a Maildir.
 Postfix runs as its own instance (``postfix -c DIR`` with its own queue
 and data folders in a temporary folder, on loopback test ports), so this
 never touches /etc/postfix nor a Postfix another test runs.  The milter runs
-as a separate process (``python -m mailsift.serve.milter``) so that it can be
-killed for real.  Needs root.
+as a separate process (``mailsift serve --milter``, the README's command) so
+that it can be killed for real.  Needs root.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def postfix_milter():
 
 
 class MilterProcess:
-    """``python -m mailsift.serve.milter`` on the instance's milter port."""
+    """``mailsift serve --milter`` on the instance's milter port."""
 
     def __init__(self, pf: Instance, reject: float = 6.0):
         self.pf = pf
@@ -111,8 +111,8 @@ class MilterProcess:
 
     def start(self) -> None:
         env = {**os.environ, "XDG_DATA_HOME": str(self.pf.base / "xdg")}
-        cmd = [sys.executable, "-m", "mailsift.serve.milter", "--listen", f"127.0.0.1:{self.pf.port_milter}"]
-        cmd += ["--config", str(self.config), "--model", str(DEFAULT_MODEL), "--workers", "1"]
+        cmd = [sys.executable, "-m", "mailsift.cli", "--config", str(self.config), "serve"]
+        cmd += ["--milter", f"127.0.0.1:{self.pf.port_milter}", "--model", str(DEFAULT_MODEL), "--workers", "1"]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.stderr.open("a"))
         _wait(
             lambda: _port_open(self.pf.port_milter) or self.proc.poll() is not None, 60, "the milter", self.pf

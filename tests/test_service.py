@@ -108,7 +108,7 @@ def test_learning_into_the_shipped_default_model_is_refused(trec_test_sample):
 
 def test_a_scoring_failure_is_counted_and_raised(model):
     async def go(service):
-        service.scorer.pool.shutdown()  # a pool that cannot take work
+        service.scorer.pool.executor.shutdown()  # a scorer that cannot take work
         with pytest.raises(RuntimeError):
             await service.score(HAM, door="test")
         return service.metrics.render().decode()
@@ -129,7 +129,7 @@ def test_doors_listen_only_where_named_and_smtp_only_by_default():
     config.serve.spamd = "0.0.0.0:783"
     with pytest.raises(ConfigError, match="serve.spamd.*not a loopback"):
         door_addresses(config)
-    config.serve.allow_public = True
+    config.proxy.allow_non_loopback = True  # the one switch, for every door
     assert door_addresses(config)["spamd"] == "0.0.0.0:783"
 
 

@@ -6,13 +6,12 @@ input, 69 cannot listen, 73 cannot create output, 78 bad config.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from .corpus import CorpusError, Labelled, mail_problem, read_index
 from .datasets import ORDERS, build_index, ordered, split_index, write_index
 from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
 from .filter import DEFAULT_MODEL, Filter, resolve_model_path
-from .model import LinearModel, ModelError
+from .model import LinearModel, ModelError, model_lock
 from .parse import parse
 from .report import strip_verdict_headers
 from .rules import Context
@@ -217,27 +216,17 @@ def _own_model_path(args) -> Path:
 
 @contextmanager
 def _model_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``'s sidecar ``path.lock`` file.
-
-    ``learn``/``unlearn`` read the model, change it and write it back; two at
-    once (IMAPSieve runs one per moved message) would each write their own
-    copy and lose the other's update.  The lock is on a file of its own,
-    never replaced: the model itself is replaced atomically on every save,
-    so a lock on it would be a lock on a file that is gone.  flock() is
-    released by the kernel when the process dies, so a killed learn never
-    leaves the model locked."""
+    """``model.model_lock`` (see there why), its failures as CLI errors."""
     lock = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except FileNotFoundError:
-        raise CliError(f"{path}: model not found (no folder {path.parent})", EX_NOINPUT) from None
-    except OSError as exc:
-        raise CliError(f"{lock}: cannot open the model's lock file ({exc.strerror})", EX_CANTCREAT) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with ExitStack() as held:
+        try:
+            held.enter_context(model_lock(path))
+        except FileNotFoundError:
+            raise CliError(f"{path}: model not found (no folder {path.parent})", EX_NOINPUT) from None
+        except OSError as exc:
+            why = f"cannot open the model's lock file ({exc.strerror})"
+            raise CliError(f"{lock}: {why}", EX_CANTCREAT) from None
         yield
-    finally:
-        os.close(fd)
 
 
 def _service_url(args, config) -> tuple[str | None, bool]:
@@ -714,15 +703,8 @@ def cmd_serve(args) -> int:
         if v is not None
     }
     config.proxy = replace(config.proxy, **overrides)
-    if args.allow_public:
-        config.serve.allow_public = True
     validate(config)
-    named = {
-        "smtp": args.listen,
-        "spamd": args.spamd,
-        "http": args.http,
-        "milter": getattr(args, "milter", None),
-    }
+    named = {"smtp": args.listen, "milter": args.milter, "spamd": args.spamd, "http": args.http}
     for door, address in named.items():
         if address:
             split_hostport(address, f"--{'listen' if door == 'smtp' else door}")
@@ -988,30 +970,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser(
         "serve",
-        help="run the filter as a service: SMTP content filter, spamd, HTTP (and milter)",
+        help="run the filter as a service: SMTP content filter, milter, spamd, HTTP",
         description="One service, many doors: every door scores through one pool of scoring "
         "processes and learns through one learner, the only writer of the model (a learned message "
-        "is used at once, no reload needed). Doors: --listen (SMTP content filter for Postfix), "
-        "--spamd (for spamc), --http (POST /score, /learn, /unlearn; GET /metrics, /healthz), "
-        "--milter; each can also be set in the [serve] section of the config file. A door that is "
-        "not named does not listen; only when no door is named at all does the SMTP door listen "
-        "on its default, [proxy] listen (127.0.0.1:10025). Doors listen on loopback only unless "
-        "--allow-public (serve.allow_public). SMTP door: after-queue (Postfix content_filter) "
-        "receives, scores, adds X-Spam-* headers and relays to --relay with the same envelope, "
-        "answering 250 only after the next hop accepted, 451 if it is down or slow; before-queue "
-        "(smtpd_proxy_filter) also refuses mail at the reject threshold with 550. SIGHUP reloads "
-        "the config and model; SIGTERM/SIGINT stop accepting and let requests in flight finish.",
+        "is used at once, no reload needed). Doors: --listen (SMTP content filter for Postfix "
+        "content_filter/smtpd_proxy_filter), --milter (Postfix smtpd_milters, Sendmail), --spamd (for "
+        "spamc: Exim, procmail, maildrop, Sieve), --http (POST /score, /learn, /unlearn; GET /metrics, "
+        "/healthz); each can also be set in the [serve] section of the config file (smtp, milter, spamd, "
+        "http). Which doors listen: exactly those named on the command line or in [serve]; a door not "
+        "named does not listen. Only when no door is named at all does the SMTP door listen, on "
+        "[proxy] listen (127.0.0.1:10025), as before. Every door listens on loopback only: an address "
+        "beyond it is refused unless --allow-non-loopback ([proxy] allow_non_loopback). SMTP door: "
+        "after-queue (Postfix content_filter) receives, scores, adds X-Spam-* headers and relays to "
+        "--relay with the same envelope, answering 250 only after the next hop accepted, 451 if it is "
+        "down or slow; before-queue (smtpd_proxy_filter) also refuses mail at the reject threshold "
+        "with 550. SIGHUP reloads the config and model; SIGTERM/SIGINT close every door at once and "
+        "let what is in flight finish for up to [proxy] relay_timeout.",
     )
     v.add_argument(
         "--listen", metavar="HOST:PORT", help="SMTP door (default 127.0.0.1:10025 when no door is named)"
     )
+    v.add_argument(
+        "--milter", metavar="HOST:PORT", help="milter door for Postfix smtpd_milters (e.g. 127.0.0.1:11332)"
+    )
     v.add_argument("--spamd", metavar="HOST:PORT", help="spamd door for spamc (e.g. 127.0.0.1:783)")
     v.add_argument(
         "--http", metavar="HOST:PORT", help="HTTP door: score, learn, metrics (e.g. 127.0.0.1:8025)"
-    )
-    # --milter HOST:PORT goes here, with the milter door (serve/milter.py); cmd_serve reads args.milter
-    v.add_argument(
-        "--allow-public", action="store_true", help="allow doors beyond loopback (serve.allow_public)"
     )
     v.add_argument("--relay", metavar="HOST:PORT", help="SMTP door's next hop (default 127.0.0.1:10026)")
     v.add_argument("--mode", choices=["after-queue", "before-queue"], help="SMTP door: default after-queue")
@@ -1022,8 +1006,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--allow-non-loopback",
         action="store_true",
-        help="allow a --listen address beyond loopback (refused otherwise: anyone who reaches the port "
-        "can hand mail to the next hop); only behind a firewall that lets just your MTA in",
+        help="allow door addresses beyond loopback, for every door (refused otherwise: anyone who reaches "
+        "the SMTP door can hand mail to the next hop, the others score and learn); only behind a "
+        "firewall that lets just your MTA and clients in",
     )
     model_opt(v, "model file (default: as for score)")
     v.set_defaults(func=cmd_serve)

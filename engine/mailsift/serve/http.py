@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..config import is_loopback
 from ..rules import Context
-from .service import LearnRefused, Service
+from .service import LearnRefused, NotMail, Service
 
 log = logging.getLogger("mailsift.http")
 
@@ -67,7 +67,13 @@ class HttpDoor:
             log.warning("HTTP door beyond loopback without serve.http_token: learning is refused (403)")
         log.info("http door listening on %s:%d", self.host, self.port)
 
+    def close(self) -> None:
+        """Stop accepting: new connections are refused from here on."""
+        if self.server is not None:
+            self.server.close()
+
     async def stop(self, grace: float = 30.0) -> None:
+        """Let requests in flight finish for up to ``grace`` seconds."""
         if self.server is None:
             return
         self.server.close()
@@ -152,6 +158,8 @@ class HttpDoor:
             outcome = await self.service.learn(body, spam, forget=path == "/unlearn")
         except LearnRefused as exc:
             raise HttpError(403, f"learning refused: {exc}") from None
+        except NotMail as exc:
+            raise HttpError(400, f"not a message: {exc}") from None
         return 200, "application/json", _json({"outcome": outcome, "class": cls or None})
 
     def _authorise(self, headers: dict) -> None:

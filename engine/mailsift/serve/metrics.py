@@ -7,13 +7,55 @@ into each other, and ``GET /metrics`` shows exactly this service.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..pool import PoolStats
 from ..score import Verdict
 
 #: scoring takes milliseconds; a DNS deadline or an overloaded pool, seconds
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _PoolCollector:
+    """What the scoring pool counts itself (:class:`~mailsift.pool.PoolStats`),
+    read when /metrics is asked: the DNS cache lives in the scoring
+    processes, and each verdict comes back with the lookups it made."""
+
+    def __init__(self, stats: PoolStats) -> None:
+        self.stats = stats
+
+    def describe(self) -> list:
+        return []  # not known ahead: collected at each scrape
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats
+        lookups = CounterMetricFamily(
+            "mailsift_dns_cache_lookups",
+            "DNS lookups of the network rules, by result: hit (answered from the cache) or miss",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], st.dns_hits)
+        lookups.add_metric(["miss"], st.dns_misses)
+        yield lookups
+        total = st.dns_hits + st.dns_misses
+        yield GaugeMetricFamily(
+            "mailsift_dns_cache_hit_ratio",
+            "Share of DNS lookups answered from the cache since start (0 before any lookup); "
+            "for a window, use rate() of mailsift_dns_cache_lookups_total",
+            value=st.dns_hits / total if total else 0.0,
+        )
+        workers = CounterMetricFamily(
+            "mailsift_scoring_workers",
+            "Scoring processes: started (replacements included), died, killed at the deadline",
+            labels=["event"],
+        )
+        for event in ("started", "died", "timed_out"):
+            workers.add_metric([event], getattr(st, event))
+        yield workers
 
 
 class Metrics:
@@ -21,9 +63,11 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, pool_stats: PoolStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        if pool_stats is not None:
+            r.register(_PoolCollector(pool_stats))
         self.messages = Counter(
             "mailsift_messages", "Messages scored, by door and verdict action", ["door", "action"], registry=r
         )
@@ -66,6 +110,16 @@ class Metrics:
         """One series only: the model in use now."""
         self.model_info.clear()
         self.model_info.labels(path=path, trained=trained, messages=str(messages)).set(1)
+
+    def messages_by_door(self) -> dict[str, int]:
+        """Messages scored so far per door (for the stop line)."""
+        out: dict[str, int] = {}
+        for metric in self.messages.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    door = sample.labels["door"]
+                    out[door] = out.get(door, 0) + int(sample.value)
+        return out
 
     def render(self) -> bytes:
         """The text exposition format, for ``GET /metrics``."""

@@ -32,24 +32,20 @@ Protocol abuse (a packet longer than :data:`MAX_PACKET`, an unknown command,
 a truncated frame, malformed data) closes that one connection with a log
 line; the MTA then applies its ``milter_default_action``.
 
-The door scores through a *service*: any object with ``config`` (a
-:class:`~mailsift.config.Config`) and ``async score(raw, context, door)``
-returning a :class:`~mailsift.score.Verdict`.
+The door scores through the shared :class:`mailsift.serve.service.Service`
+(``mailsift serve --milter HOST:PORT``), as every door does.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 import struct
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..config import Config, ConfigError, load_config, split_hostport, validate
+from ..config import Config
 from ..report import OUR_HEADERS, spam_headers
 from ..rules import Context
 from ..score import REJECT, Verdict
@@ -106,9 +102,13 @@ _OURS = frozenset(OUR_HEADERS)
 
 
 class Service(Protocol):
+    """What the door needs of :class:`mailsift.serve.service.Service`."""
+
     config: Config
 
-    async def score(self, raw: bytes, context: Context | None = None, door: str = "") -> Verdict: ...
+    async def score(
+        self, raw: bytes, context: Context | None = None, door: str = "", deadline: float | None = None
+    ) -> Verdict: ...
 
 
 class ProtocolError(Exception):
@@ -170,6 +170,8 @@ class MilterSession:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.negotiated = False
+        #: an end-of-message is being scored (a stopping door waits for it)
+        self.scoring = False
         self._reset_connection()
 
     def _reset_connection(self) -> None:
@@ -322,7 +324,6 @@ class MilterSession:
             client_ip=ip.removeprefix("IPv6:"),
             helo=self.helo,
             mail_from=self.msg.mail_from,
-            source=DOOR,
             authenticated=bool(macros.get("{auth_authen}")),
         )
 
@@ -342,13 +343,17 @@ class MilterSession:
             return b"".join(out) + packet(SMFIR_ACCEPT)
         raw = b"".join(m.head) + b"\r\n" + b"".join(m.body)
         error = ""
+        self.scoring = True
         try:
-            async with asyncio.timeout(self.cfg.scoring_deadline):
-                verdict = await self.service.score(raw, context, door=DOOR)
+            # the pool kills a worker at the deadline; the timeout here also covers waiting for one
+            async with asyncio.timeout(self.cfg.scoring_deadline + 1.0):
+                verdict = await self.service.score(raw, context, DOOR, self.cfg.scoring_deadline)
         except TimeoutError:
             error = f"scoring took over {self.cfg.scoring_deadline:g} s"
         except Exception as exc:  # a broken scorer must not lose the message
             error = f"scoring failed: {type(exc).__name__}: {exc}"
+        finally:
+            self.scoring = False
         if error:
             log.warning("milter %s: %s", self.peer, error)
             if self.cfg.on_error == "tempfail":
@@ -374,91 +379,55 @@ class MilterSession:
         )  # fmt: skip
 
 
-async def start_milter(service: Service, host: str, port: int) -> asyncio.AbstractServer:
-    """Listen for MTAs on host:port (port 0: any free port); each connection
-    is served by its own :class:`MilterSession`."""
+class MilterDoor:
+    """The milter door of ``mailsift serve`` (``--milter HOST:PORT``,
+    ``[serve] milter``): one :class:`MilterSession` per MTA connection, all
+    scoring through the shared service."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    name = DOOR
+
+    def __init__(self, service: Service, host: str, port: int):
+        self.service = service
+        self.host, self.port = host, port
+        self.server: asyncio.base_events.Server | None = None
+        self.sessions: set[MilterSession] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        log.info("milter door listening on %s:%d", self.host, self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = MilterSession(self.service, reader, writer)
+        self.sessions.add(session)
         try:
-            await MilterSession(service, reader, writer).run()
+            await session.run()
         except Exception:  # never let one connection's bug reach the server
             log.exception("milter: session failed")
             writer.close()
-
-    return await asyncio.start_server(serve, host, port)
-
-
-class StandaloneService:
-    """The milter door's own scoring service, for running it alone
-    (``python -m mailsift.serve.milter``): the proxy's scoring pool under
-    the milter's deadline."""
-
-    def __init__(self, config: Config, model_path: str | None = None, workers: int = 0):
-        from ..proxy import Scorer  # imports aiosmtpd: only when run alone
-
-        self.config = config
-        self.scorer = Scorer(config, model_path, workers)
-
-    async def score(self, raw: bytes, context: Context | None = None, door: str = "") -> Verdict:
-        return await self.scorer.score(raw, self.config.milter.scoring_deadline, context)
+        finally:
+            self.sessions.discard(session)
 
     def close(self) -> None:
-        self.scorer.close()
+        """Stop accepting: Postfix's next connection is refused and it applies
+        milter_default_action (tempfail in the README) until we are back."""
+        if self.server is not None:
+            self.server.close()
 
-
-async def run_milter(
-    config: Config, host: str, port: int, model_path: str | None = None, workers: int = 0
-) -> None:
-    """Serve the milter door alone until SIGTERM or SIGINT."""
-    service = StandaloneService(config, model_path, workers)
-    server = await start_milter(service, host, port)
-    addr = server.sockets[0].getsockname()
-    log.info("milter listening on %s:%d", addr[0], addr[1])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        await server.wait_closed()
-        service.close()
-        log.info("milter stopped")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m mailsift.serve.milter",
-        description="Run mailsift's milter door alone (Postfix: smtpd_milters = inet:HOST:PORT).",
-    )
-    p.add_argument("--listen", metavar="HOST:PORT", help="default: milter.listen in the config")
-    p.add_argument("--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--model", metavar="FILE", help="model file (default: as for 'mailsift score')")
-    p.add_argument("--workers", type=int, default=None, help="scoring processes (default: proxy.workers)")
-    args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s mailsift[%(process)d]: %(message)s", stream=sys.stderr
-    )
-    try:
-        config = load_config(args.config)
-        listen = args.listen or config.milter.listen
-        if not listen:
-            raise ConfigError("no address: give --listen HOST:PORT or set milter.listen")
-        config.milter.listen = listen
-        validate(config)
-        host, port = split_hostport(listen, "--listen")
-    except ConfigError as exc:
-        print(f"mailsift milter: {exc}", file=sys.stderr)
-        return 78
-    workers = config.proxy.workers if args.workers is None else args.workers
-    try:
-        asyncio.run(run_milter(config, host, port, args.model, workers))
-    except OSError as exc:
-        print(f"mailsift milter: cannot listen on {listen} ({exc.strerror})", file=sys.stderr)
-        return 69
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let messages being scored get their verdict (up to ``grace``
+        seconds), then close every connection: an MTA between messages
+        reconnects to whoever listens next; one mid-message tempfails it."""
+        if self.server is None:
+            return
+        self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(s.scoring for s in self.sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.writer.close()
+        try:
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+        except TimeoutError:
+            pass

@@ -32,7 +32,7 @@ import zlib
 
 from ..report import add_headers, spam_headers
 from ..score import Verdict, explain
-from .service import LearnRefused, Service
+from .service import LearnRefused, NotMail, Service
 
 log = logging.getLogger("mailsift.spamd")
 
@@ -69,7 +69,13 @@ class SpamdDoor:
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("spamd door listening on %s:%d", self.host, self.port)
 
+    def close(self) -> None:
+        """Stop accepting: new connections are refused from here on."""
+        if self.server is not None:
+            self.server.close()
+
     async def stop(self, grace: float = 30.0) -> None:
+        """Let requests in flight finish for up to ``grace`` seconds."""
         if self.server is None:
             return
         self.server.close()
@@ -218,6 +224,10 @@ class SpamdDoor:
         except LearnRefused as exc:
             log.warning("spamd TELL refused: %s", exc)
             await self._answer(writer, EX_UNAVAILABLE, f"learning refused: {exc}")
+            return
+        except NotMail as exc:
+            self.service.metrics.error("bad_request")
+            await self._answer(writer, EX_DATAERR, f"not a message: {exc}")
             return
         log.info("spamd TELL user=%s class=%s %s -> %s", headers.get("user", "-"), cls or "-",
                  "set" if want_set else "remove", outcome)  # fmt: skip
