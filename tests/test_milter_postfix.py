@@ -112,7 +112,8 @@ class MilterProcess:
     def start(self) -> None:
         env = {**os.environ, "XDG_DATA_HOME": str(self.pf.base / "xdg")}
         cmd = [sys.executable, "-m", "mailsift.cli", "--config", str(self.config), "serve"]
-        cmd += ["--milter", f"127.0.0.1:{self.pf.port_milter}", "--model", str(DEFAULT_MODEL), "--workers", "1"]
+        cmd += ["--milter", f"127.0.0.1:{self.pf.port_milter}"]
+        cmd += ["--model", str(DEFAULT_MODEL), "--workers", "1"]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.stderr.open("a"))
         _wait(
             lambda: _port_open(self.pf.port_milter) or self.proc.poll() is not None, 60, "the milter", self.pf

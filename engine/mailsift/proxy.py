@@ -222,9 +222,7 @@ class FilterHandler:
     at end of DATA.  ``on_error(kind)`` hears each failure the metrics count
     (``next_hop_down``); scoring failures are counted where scoring is."""
 
-    def __init__(
-        self, config: Config, scorer: MessageScorer, on_error: Callable[[str], None] | None = None
-    ):
+    def __init__(self, config: Config, scorer: MessageScorer, on_error: Callable[[str], None] | None = None):
         self.config = config
         self.proxy: ProxyConfig = config.proxy
         self.relay_host, self.relay_port = split_hostport(self.proxy.relay, "proxy.relay")

@@ -175,7 +175,7 @@ class Service:
                 outcomes, changed = await asyncio.to_thread(self._apply, jobs)
                 # on the loop's thread: the watch for files changed on disk reloads there too
                 if changed and not self.scorer.reload(self.config):
-                    raise LearnRefused(f"{self.model_file}: written, but the scoring pool could not reload it")
+                    raise LearnRefused(f"{self.model_file}: written, but the scoring pool cannot reload it")
             except Exception as exc:
                 if not isinstance(exc, LearnRefused):
                     log.exception("learning failed")
