@@ -196,3 +196,33 @@ def test_mailsift_learn_hands_off_to_the_running_service_else_writes_the_file(
     )  # fmt: skip
     assert out.returncode == 0 and b"no service at" in out.stderr and b"learned as ham" in out.stdout
     assert LinearModel.load(model).ledger.digests[message_digest(raw.read_bytes())][0] == 0
+
+
+def test_service_learns_and_cli_learns_into_the_same_file_lose_nothing(serving, model, trec_test_sample):
+    """The service's learner takes the model's flock (MODEL.lock) like
+    ``mailsift learn --model``: 4 learns through the HTTP door and 4 straight
+    into the file, all at once, are all in the model afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = serving(model, ("http",))
+    raws = [p.read_bytes() for p in trec_test_sample[0][:8]]
+
+    def through_service(raw: bytes) -> str:
+        request = urllib.request.Request(srv.url("/learn?class=spam"), data=raw, method="POST")
+        return json.loads(urllib.request.urlopen(request, timeout=120).read())["outcome"]
+
+    def into_the_file(raw: bytes) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "mailsift.cli", "learn", "--spam", "--model", str(model), "-"],
+            input=raw, capture_output=True, env=srv.env, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return "learned" if b"learned as spam" in done.stdout else done.stdout.decode()
+
+    with ThreadPoolExecutor(8) as pool:
+        service_side = [pool.submit(through_service, r) for r in raws[:4]]
+        file_side = [pool.submit(into_the_file, r) for r in raws[4:]]
+        outcomes = [f.result() for f in service_side + file_side]
+    assert outcomes == ["learned"] * 8
+    ledger = LinearModel.load(model).ledger.digests
+    assert all(ledger[message_digest(r)][0] == 1 for r in raws)  # none lost
