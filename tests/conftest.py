@@ -259,11 +259,12 @@ def trec_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def trec_model(tmp_path_factory, trec_dir) -> Path:
-    """A model trained on the first 1,500 ham and 1,500 spam of the train half."""
-    items = read_index(trec_dir / "train.index")
-    pick = [i for i in items if not i.spam][:1500] + [i for i in items if i.spam][:1500]
+    """A model trained on the whole train half (18,855 messages; the bar of
+    issue #11 scores the test half with it), two-fold calibrated."""
     profile = PROFILES["full"]
-    ts = collect(labelled_stream(index=pick), profile.features, show_progress=False)
+    ts = collect(
+        labelled_stream(index=read_index(trec_dir / "train.index")), profile.features, show_progress=False
+    )
     model, _ = fit_model(ts, profile.features, profile.params, folds=2)
     path = tmp_path_factory.mktemp("trec-model") / "model.npz"
     model.save(path)
