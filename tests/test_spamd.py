@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,8 @@ from mailsift.model import LinearModel
 from mailsift.train import message_digest
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("spamc") is None, reason="spamc not installed (.ci/run installs it)"
+    shutil.which("spamc") is None and not os.environ.get("CI"),
+    reason="spamc not installed (.ci/run installs it)",
 )
 
 
@@ -197,3 +200,34 @@ def test_sighup_reloads_the_model_for_the_spamd_door(spamd, trec_test_sample):
         assert time.monotonic() < deadline, spamd.log_text()
         time.sleep(0.1)
     assert spamc(spamd.port, "-c", data=raw).stdout != before
+
+
+def test_tell_from_beyond_loopback_is_refused_and_nothing_is_learned(scoring_service, trec_model, tmp_path):
+    """spamc has no credentials: a TELL whose peer is not a loopback address
+    (here the peer of a Unix socket pair: no address at all) gets
+    EX_NOPERM, and the model is not touched; scoring is still answered."""
+    from mailsift.serve.spamd import SpamdDoor
+
+    model = tmp_path / "model.npz"
+    shutil.copy(trec_model, model)
+    service = scoring_service(model_path=str(model))
+    raw = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
+
+    async def ask(request: bytes) -> bytes:
+        ours, theirs = socket.socketpair()
+        door = SpamdDoor(service, "127.0.0.1", 0)
+        served = asyncio.create_task(door._session(*await asyncio.open_connection(sock=theirs)))
+        reader, writer = await asyncio.open_connection(sock=ours)
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        await served
+        return answer
+
+    head = f"Content-length: {len(raw)}\r\n\r\n".encode()
+    tell = asyncio.run(ask(b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\n" + head + raw))
+    check = asyncio.run(ask(b"CHECK SPAMC/1.5\r\n" + head + raw))
+    assert tell.startswith(b"SPAMD/1.1 77 EX_NOPERM TELL (learning) is accepted from loopback only")
+    assert message_digest(raw) not in LinearModel.load(model).ledger.digests
+    assert check.startswith(b"SPAMD/1.1 0 EX_OK") and b"Spam: " in check

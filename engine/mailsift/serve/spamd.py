@@ -16,7 +16,8 @@ body back); PING ``PONG``; SKIP nothing.  TELL learns through the service:
 ``Message-class: spam|ham`` with ``Set: local`` learns, ``Remove: local``
 forgets; the answer carries ``DidSet``/``DidRemove: local`` only when the
 model changed, which is how spamc tells "Message successfully un/learned"
-from "Message was already un/learned".  ``User`` is logged (one model serves
+from "Message was already un/learned"; TELL is accepted from loopback
+clients only (spamc has no credentials).  ``User`` is logged (one model serves
 everybody for now); ``Compress: zlib`` bodies are inflated, bounded.
 
 A request that cannot be scored gets a sysexits code instead of EX_OK:
@@ -30,6 +31,7 @@ import asyncio
 import logging
 import zlib
 
+from ..config import is_loopback
 from ..report import add_headers, spam_headers
 from ..score import Verdict, explain
 from .service import LearnRefused, NotMail, Service
@@ -198,6 +200,14 @@ class SpamdDoor:
         await self._answer(writer, EX_OK, "EX_OK", extra, out)
 
     async def _tell(self, writer, headers: dict[str, str], body: bytes) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else ""
+        if not is_loopback(host):
+            # spamc has no credentials: beyond loopback anyone could teach the model
+            # (spamd itself refuses TELL unless started --allow-tell); HTTP learns with a token
+            log.warning("spamd TELL from %s refused: learning is accepted from loopback only", host or "?")
+            await self._answer(writer, EX_NOPERM, "TELL (learning) is accepted from loopback only")
+            return
         cls = headers.get("message-class", "").lower()
         want_set = _places(headers.get("set", ""))
         want_remove = _places(headers.get("remove", ""))
