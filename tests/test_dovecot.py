@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,8 @@ namespace inbox {{
 class Dovecot:
     def __init__(self, base: Path, port: int, model: Path):
         self.base, self.port, self.model = base, port, model
+        #: the running service's /metrics, when clicks go through one
+        self.metrics_url = ""
         self.conf = base / "dovecot.conf"
         self.log = base / "dovecot.log"
 
@@ -157,18 +160,37 @@ def trained_model(tmp_path_factory, small_indexes):
     return path
 
 
-@pytest.fixture
-def dovecot(trained_model):
+@pytest.fixture(params=["into-the-file", "through-the-service"])
+def dovecot(request, trained_model):
+    """Dovecot with the recipe; ``mailsift learn`` either writes the model
+    file (no service configured) or, with ``[serve] http`` in the config and
+    ``mailsift serve`` running, hands each click to the service."""
     assert DOVECOT and SIEVEC, "dovecot-imapd and dovecot-sieve are not installed"
     base = Path(tempfile.mkdtemp(prefix="mailsift-dovecot-"))
     os.chmod(base, 0o755)
     model = base / "model" / "model.npz"
     model.parent.mkdir()
     shutil.copy2(trained_model, model)
-    (base / "mailsift.toml").write_text(f'[model]\npath = "{model}"\n')
+    config = f'[model]\npath = "{model}"\n'
+    service = None
+    if request.param == "through-the-service":
+        http = free_port()
+        config += f'\n[serve]\nhttp = "127.0.0.1:{http}"\n'
+    (base / "mailsift.toml").write_text(config)
     port = free_port()
     conf = _install(base, port)
     dv = Dovecot(base, port, model)
+    if request.param == "through-the-service":
+        env = {**os.environ, "XDG_DATA_HOME": str(base / "xdg")}
+        with (base / "serve.log").open("w") as err:
+            service = subprocess.Popen(
+                [sys.executable, "-m", "mailsift.cli", "--config", str(base / "mailsift.toml"), "serve",
+                 "--workers", "1"],
+                stdout=subprocess.DEVNULL, stderr=err, env=env,
+            )  # fmt: skip
+        _wait(lambda: _port_open(http) or service.poll() is not None, 60, "mailsift serve", dv)
+        assert service.poll() is None, (base / "serve.log").read_text()
+        dv.metrics_url = f"http://127.0.0.1:{http}/metrics"
     # the master daemonises and keeps the descriptors it was given: no pipes
     with (base / "start.err").open("w") as err:
         started = subprocess.run(
@@ -190,6 +212,9 @@ def dovecot(trained_model):
             if not pid.exists():
                 break
             time.sleep(0.1)
+        if service is not None:
+            service.terminate()
+            service.wait(30)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -283,6 +308,17 @@ def test_dovecot_learns_junk_moves_as_spam_and_moves_out_of_junk_as_ham(dovecot,
     assert len(ledger) == len(before) + 3  # exactly spam1 (relabelled), spam2, ham1 were added
     log = dovecot.log.read_text()
     assert "Error" not in log.replace("error=", ""), log[-3000:]
+    if dovecot.metrics_url:  # every click went through the service's learner
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(dovecot.metrics_url, timeout=30).read().decode()
+        learns = {
+            (s.labels["class"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "mailsift_learn_total"
+        }
+        assert learns == {("spam", "learned"): 2.0, ("ham", "learned"): 1.0, ("ham", "relabelled"): 1.0}
 
 
 def _count(c: imaplib.IMAP4, mailbox: str) -> int:
