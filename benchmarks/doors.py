@@ -77,7 +77,7 @@ def main() -> int:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while "serving:" not in log.read_text():
+        while log.read_text().count("listening on") < 2:  # one line per door
             if proc.poll() is not None or time.monotonic() > deadline:
                 sys.exit(log.read_text())
             time.sleep(0.1)

@@ -226,3 +226,36 @@ def test_service_learns_and_cli_learns_into_the_same_file_lose_nothing(serving, 
     assert outcomes == ["learned"] * 8
     ledger = LinearModel.load(model).ledger.digests
     assert all(ledger[message_digest(r)][0] == 1 for r in raws)  # none lost
+
+
+def test_sigterm_closes_every_door_at_once_and_the_smtp_session_in_flight_finishes(serving, sink):
+    """Every listening socket refuses within a second of SIGTERM, even while
+    the SMTP door still drains a session (which then completes), and the
+    stop line counts each door."""
+    import signal
+    import socket
+    import time
+
+    doors = ("smtp", "milter", "spamd", "http")
+    srv = serving(DEFAULT_MODEL, doors, extra=("--relay", f"127.0.0.1:{sink.port}"))
+    c = smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30)
+    c.ehlo()
+    assert c.mail("s@example.org")[0] == 250 and c.rcpt("a@example.net")[0] == 250
+    srv.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    open_doors = set(doors)
+    while open_doors:
+        for door in sorted(open_doors):
+            try:
+                socket.create_connection(("127.0.0.1", srv.ports[door]), timeout=2).close()
+            except ConnectionRefusedError:
+                open_doors.discard(door)
+        assert time.monotonic() - signalled < 1.0, f"still accepting after SIGTERM: {open_doors}"
+        time.sleep(0.02)
+    assert c.data(HAM)[0] == 250  # the session in flight completes
+    c.quit()
+    assert srv.proc.wait(30) == 0
+    assert len(sink.received) == 1
+    stop = [line for line in srv.log_text().splitlines() if "stopped: " in line]
+    assert len(stop) == 1 and "stopped: 1 messages, 1 relayed" in stop[0], srv.log_text()
+    assert "milter door: 0 messages, spamd door: 0 messages, http door: 0 messages" in stop[0]

@@ -354,8 +354,7 @@ class MilterSession:
             error = f"scoring failed: {type(exc).__name__}: {exc}"
         finally:
             self.scoring = False
-        if error:
-            log.warning("milter %s: %s", self.peer, error)
+        if error:  # said in the message's one line (at WARNING)
             if self.cfg.on_error == "tempfail":
                 self._log(context, None, "tempfail", error)
                 return _reply_code("451 4.7.1 spam scoring failed; try again later")
@@ -367,9 +366,11 @@ class MilterSession:
         return b"".join(out) + packet(SMFIR_ACCEPT)
 
     def _log(self, context: Context, verdict: Verdict | None, outcome: str, note: str = "") -> None:
+        """The one line per message (WARNING when scoring failed or it was oversize)."""
         m = self.msg
         macros = {**self.conn_macros, **m.macros}
-        log.info(
+        log.log(
+            logging.WARNING if note and verdict is None else logging.INFO,
             "%s milter client=%s helo=%s from=<%s> to=%s auth=%s size=%d score=%s action=%s "
             "outcome=%s ms=%.1f%s",
             macros.get("i", "-"), context.client_ip or "-", context.helo or "-", m.mail_from,
