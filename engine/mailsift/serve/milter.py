@@ -164,7 +164,6 @@ class MilterSession:
 
     def __init__(self, service: Service, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.service = service
-        self.cfg = service.config.milter
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
@@ -173,6 +172,12 @@ class MilterSession:
         #: an end-of-message is being scored (a stopping door waits for it)
         self.scoring = False
         self._reset_connection()
+
+    @property
+    def cfg(self):
+        """``[milter]`` as it is now (a reload applies to connections already open:
+        Postfix keeps one for the whole SMTP session)."""
+        return self.service.config.milter
 
     def _reset_connection(self) -> None:
         self.client_ip = ""
