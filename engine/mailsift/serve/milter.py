@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..config import Config
+from ..config import Config, MilterConfig
 from ..report import OUR_HEADERS, spam_headers
 from ..rules import Context
 from ..score import REJECT, Verdict
@@ -174,7 +174,7 @@ class MilterSession:
         self._reset_connection()
 
     @property
-    def cfg(self):
+    def cfg(self) -> MilterConfig:
         """``[milter]`` as it is now (a reload applies to connections already open:
         Postfix keeps one for the whole SMTP session)."""
         return self.service.config.milter
