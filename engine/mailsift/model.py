@@ -21,11 +21,14 @@ old file, so a running filter never reads half a model.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -373,3 +376,26 @@ def _file_mode(path: Path) -> int:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+@contextmanager
+def model_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s sidecar ``path.lock`` file while
+    the model is read, changed and written back.
+
+    Every writer of a model takes it: ``learn``/``unlearn`` and ``train`` in
+    the CLI, and the one learner of ``mailsift serve``; two writers at once
+    (IMAPSieve runs one ``learn`` per moved message) would each write their
+    own copy and lose the other's update.  The lock is on a file of its own,
+    never replaced: the model itself is replaced atomically on every save,
+    so a lock on it would be a lock on a file that is gone.  flock() is
+    released by the kernel when the process dies, so a killed writer never
+    leaves the model locked.  Raises OSError when the lock file cannot be
+    opened (FileNotFoundError: no such folder)."""
+    path = Path(path)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -76,6 +76,24 @@ class PoolStats:
     timed_out: int = 0  # killed by us at a message's deadline
     retried: int = 0  # messages retried after their worker died
     errors: int = 0  # exceptions raised by the filter inside a worker
+    dns_hits: int = 0  # DNS lookups the workers' resolver caches answered
+    dns_misses: int = 0  # DNS lookups sent to a server
+
+
+class DnsCount:
+    """The DNS lookups one filter's resolver made since the last call: the
+    cache lives in the scoring process, the metrics in the service, so each
+    verdict travels back with the lookups that made it."""
+
+    def __init__(self, scorer) -> None:
+        self.resolver = scorer.network.resolver
+        self.hits = self.misses = 0
+
+    def delta(self) -> tuple[int, int]:
+        r = self.resolver
+        out = (r.hits - self.hits, r.queries - self.misses)
+        self.hits, self.misses = r.hits, r.queries
+        return out
 
 
 # -- the worker process --------------------------------------------------------
@@ -184,12 +202,13 @@ def _serve(conn, config: Config, model_bytes: bytes, model_name: str) -> None:
         return
     del model_bytes
     conn.send(("ready", os.getpid()))
+    dns = DnsCount(scorer)
     while True:
         raw, context = conn.recv()
         try:
-            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context))
+            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context), dns.delta())
         except Exception as exc:
-            reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}")
+            reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}", dns.delta())
         conn.send(reply)
 
 
@@ -470,6 +489,9 @@ class WorkerPool:
                     continue
                 raise WorkerDied(f"the scoring worker died twice ({exc})") from None
             self._release(worker)
+            hits, misses = reply[2]
+            self.stats.dns_hits += hits
+            self.stats.dns_misses += misses
             if reply[0] == "ok":
                 return reply[1]
             self.stats.errors += 1
@@ -540,4 +562,5 @@ def _consume(future: asyncio.Future) -> None:
 
 
 def describe(stats: PoolStats) -> dict[str, Any]:
-    return {k: getattr(stats, k) for k in ("started", "died", "timed_out", "retried", "errors")}
+    keys = ("started", "died", "timed_out", "retried", "errors", "dns_hits", "dns_misses")
+    return {k: getattr(stats, k) for k in keys}

@@ -19,23 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ipaddress
 import json
 import logging
 import os
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import logs
-from .config import Config, ConfigError, ProxyConfig, load_config, split_hostport, validate
+from .config import Config, ConfigError, ProxyConfig, is_loopback, loopback_refusal, split_hostport
 from .filter import Filter, resolve_model_path
 from .model import LinearModel, ModelError
-from .pool import PoolRetired, PoolStats, ScoringError, ScoringTimeout, WorkerDied, WorkerPool
+from .pool import DnsCount, PoolRetired, PoolStats, ScoringError, ScoringTimeout, WorkerDied, WorkerPool
 from .report import add_headers, spam_headers
 from .rules import Context
 from .score import REJECT, Verdict
@@ -47,7 +46,6 @@ __all__ = [
     "ScoringTimeout",
     "Stats",
     "WorkerDied",
-    "serve_forever",
 ]
 
 log = logging.getLogger("mailsift.proxy")
@@ -85,7 +83,7 @@ class Scorer:
         probe = Filter(config, model=model, model_path=str(path))
         p = config.proxy
         if self.workers < 0:
-            pool: WorkerPool | _ThreadScorer = _ThreadScorer(probe)
+            pool: WorkerPool | _ThreadScorer = _ThreadScorer(probe, self.stats)
         else:
             pool = WorkerPool(
                 self.workers or os.cpu_count() or 1,
@@ -138,13 +136,23 @@ class _ThreadScorer:
     """``workers = -1``: one thread in this process (tests).  A message past
     its deadline cannot be taken back from a thread; it is only given up."""
 
-    def __init__(self, scorer: Filter):
+    def __init__(self, scorer: Filter, stats: PoolStats):
         self.filter = scorer
+        self.stats = stats
+        self.dns = DnsCount(scorer)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailsift-score")
+
+    def _score(self, raw: bytes, context: Context) -> Verdict:
+        try:
+            return self.filter.score(raw, evidence=3, context=context)
+        finally:
+            hits, misses = self.dns.delta()
+            self.stats.dns_hits += hits
+            self.stats.dns_misses += misses
 
     async def run(self, raw: bytes, context: Context, deadline: float) -> Verdict:
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, lambda: self.filter.score(raw, evidence=3, context=context))
+        fut = loop.run_in_executor(self.executor, self._score, raw, context)
         try:
             return await asyncio.wait_for(fut, deadline)
         except TimeoutError:
@@ -200,15 +208,26 @@ _DSN_MAIL = ("RET", "ENVID")
 _DSN_RCPT = ("NOTIFY", "ORCPT")
 
 
+class MessageScorer(Protocol):
+    """What the SMTP door scores with: a :class:`Scorer` of its own, or the
+    shared service's (``mailsift.serve.service``).  ``stats`` is the pool's."""
+
+    stats: PoolStats
+
+    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict: ...
+
+
 class FilterHandler:
     """aiosmtpd handler: mirrors the transaction to the next hop and scores
-    at end of DATA."""
+    at end of DATA.  ``on_error(kind)`` hears each failure the metrics count
+    (``next_hop_down``); scoring failures are counted where scoring is."""
 
-    def __init__(self, config: Config, scorer: Scorer):
+    def __init__(self, config: Config, scorer: MessageScorer, on_error: Callable[[str], None] | None = None):
         self.config = config
         self.proxy: ProxyConfig = config.proxy
         self.relay_host, self.relay_port = split_hostport(self.proxy.relay, "proxy.relay")
         self.scorer = scorer
+        self.on_error = on_error
         self.stats = Stats(pool=scorer.stats)
         self.sessions: set[ProxySMTP] = set()
 
@@ -250,6 +269,8 @@ class FilterHandler:
     def _relay_failed(self, session: Session, exc: BaseException, stage: str) -> str:
         """Count and log (one line) a failure of the next hop; the 451 text."""
         self.stats.relay_failures += 1
+        if self.on_error is not None:
+            self.on_error("next_hop_down")
         reason = type(exc).__name__
         detail = " ".join(str(exc).split())[:200]
         xf = getattr(session, "mailsift_xforward", {})
@@ -655,42 +676,34 @@ class ProxySMTP(LenientSMTP):
 
 
 # -- running it --------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ProxyServer:
-    """Listener + handler + scorer; start(), then stop() drains sessions."""
+    """Listener + handler (+ scorer); start(), then stop() drains sessions.
+
+    ``scorer``: score with this one (the shared service's, see
+    ``mailsift.serve``), which then is not closed here; else a
+    :class:`Scorer` of its own (``model_path``, ``workers``), closed by
+    :meth:`stop`.  Running it until SIGTERM, reloads and the stop line are
+    ``mailsift.serve.run``'s."""
 
     def __init__(
         self,
         config: Config,
         model_path: str | None = None,
         workers: int | None = None,
-        config_path: str | None = None,
-        overrides: dict | None = None,
+        scorer: MessageScorer | None = None,
+        on_error: Callable[[str], None] | None = None,
     ):
         self.config = config
-        self.config_path = config_path
-        self.overrides = overrides or {}  # command-line flags, kept over reloads
-        self.config_mtime = _mtime(config_path) if config_path else 0.0
         p = config.proxy
         self.host, self.port = split_hostport(p.listen, "proxy.listen")
         if not p.allow_non_loopback and not is_loopback(self.host):
-            raise ConfigError(
-                f"proxy.listen {p.listen} is not a loopback address: anyone who can reach it could "
-                f"send mail through {p.relay}. Listen on 127.0.0.1, or set [proxy] allow_non_loopback = "
-                "true (--allow-non-loopback) if a firewall lets only your MTA reach it"
-            )
+            raise ConfigError(loopback_refusal("proxy.listen", p.listen))
         logs.quiet_aiosmtpd()
-        n = p.workers if workers is None else workers
-        self.scorer = Scorer(config, model_path, n)
-        self.handler = FilterHandler(config, self.scorer)
+        self.owns_scorer = scorer is None
+        if scorer is None:
+            scorer = Scorer(config, model_path, p.workers if workers is None else workers)
+        self.scorer = scorer
+        self.handler = FilterHandler(config, scorer, on_error)
         self.server: asyncio.base_events.Server | None = None
 
     def _factory(self) -> ProxySMTP:
@@ -716,45 +729,30 @@ class ProxyServer:
         log.info("listening on %s:%d, relaying to %s (%s)", self.host, self.port, self.config.proxy.relay,
                  self.config.proxy.mode)  # fmt: skip
 
-    def reload(self) -> bool:
-        """Re-read the config file (if there is one) and the model; sessions
-        in flight are not touched.  Listen and relay addresses are read only
-        at start."""
-        config = self.config
-        if self.config_path:
-            try:
-                config = load_config(self.config_path)
-                validate(config)
-            except ConfigError as exc:
-                log.error("reload refused, keeping the current config: %s", exc)
-                return False
-            config.proxy = replace(
-                config.proxy,
-                **{
-                    **self.overrides,
-                    "listen": self.config.proxy.listen,
-                    "relay": self.config.proxy.relay,
-                    "allow_non_loopback": self.config.proxy.allow_non_loopback,
-                },
-            )
-            self.config_mtime = _mtime(self.config_path)
-        if not self.scorer.reload(config):
-            return False
-        self.config = config
-        self.handler.config, self.handler.proxy = config, config.proxy
-        return True
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config for sessions from now on (thresholds, timeouts,
+        mode, ...); the listen and relay addresses and the loopback switch
+        are read only at start."""
+        proxy = replace(
+            config.proxy,
+            listen=self.config.proxy.listen,
+            relay=self.config.proxy.relay,
+            allow_non_loopback=self.config.proxy.allow_non_loopback,
+        )
+        self.config = replace(config, proxy=proxy)
+        self.handler.config, self.handler.proxy = self.config, proxy
 
-    def changed_on_disk(self) -> bool:
-        model_changed = _mtime(self.scorer.model_file) != self.scorer.model_mtime
-        config_changed = bool(self.config_path) and _mtime(self.config_path) != self.config_mtime
-        return model_changed or config_changed
+    def close(self) -> None:
+        """Stop accepting: from here on a new connection is refused."""
+        if self.server is not None:
+            self.server.close()
 
     async def stop(self, grace: float | None = None) -> None:
         """Close the listening socket at once (new connections are refused
         from here on), let sessions in flight finish for up to ``grace``
         seconds (default: ``relay_timeout``, the time a next hop is allowed
         per command), drop what is left (unacknowledged, so the MTA keeps
-        it), then stop the scorer."""
+        it), then stop the scorer if it is our own."""
         grace = self.config.proxy.relay_timeout if grace is None else grace
         if self.server is not None:
             self.server.close()
@@ -772,41 +770,14 @@ class ProxyServer:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
             except TimeoutError:
                 pass
-        self.scorer.close()
+        if self.owns_scorer:
+            self.scorer.close()
 
-
-async def serve_forever(
-    config: Config,
-    model_path: str | None = None,
-    config_path: str | None = None,
-    overrides: dict | None = None,
-    watch_every: float = 2.0,
-) -> None:
-    """Run until SIGTERM/SIGINT.  SIGHUP, or a model or config file that
-    changed on disk, reloads them without dropping sessions."""
-    logs.configure(config.proxy.log_format)
-    server = ProxyServer(config, model_path, config_path=config_path, overrides=overrides)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), watch_every)
-        except TimeoutError:
-            if server.changed_on_disk():
-                log.info("model or config changed on disk: reloading")
-                if not server.reload():  # do not retry a bad file every tick
-                    server.scorer.model_mtime = _mtime(server.scorer.model_file)
-                    server.config_mtime = _mtime(config_path) if config_path else 0.0
-    log.info("stopping: no new connections; finishing sessions in flight")
-    await server.stop()
-    st = server.handler.stats
-    log.info(
-        "stopped: %d messages, %d relayed, %d tempfailed, %d unscanned; scoring workers: %d died, "
-        "%d killed at the deadline; next hop failures: %d",
-        st.messages, st.relayed, st.tempfailed, st.scoring_errors, st.pool.died, st.pool.timed_out,
-        st.relay_failures,
-    )  # fmt: skip
+    def summary(self) -> str:
+        """The SMTP door's part of the stop line."""
+        st = self.handler.stats
+        return (
+            f"{st.messages} messages, {st.relayed} relayed, {st.tempfailed} tempfailed, "
+            f"{st.scoring_errors} unscanned; scoring workers: {st.pool.died} died, "
+            f"{st.pool.timed_out} killed at the deadline; next hop failures: {st.relay_failures}"
+        )

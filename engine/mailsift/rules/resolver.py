@@ -44,6 +44,9 @@ class Resolver:
         self.timeout = timeout
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
         self._cache_size = cache_size
+        #: lookups answered from the cache / sent to a server (the hit rate
+        #: in ``mailsift serve``'s metrics is hits / (hits + queries))
+        self.hits = 0
         self.queries = 0
 
     async def query(self, name: str, rdtype: str = "A") -> Answer:
@@ -52,6 +55,7 @@ class Resolver:
         now = time.monotonic()
         if hit and hit[0] > now:
             self._cache.move_to_end(key)
+            self.hits += 1
             return hit[1]
         self.queries += 1
         ttl = 60.0
