@@ -45,6 +45,7 @@ __all__ = [
     "Scorer",
     "ScoringError",
     "ScoringTimeout",
+    "ListenError",
     "Stats",
     "WorkerDied",
     "serve_forever",
@@ -655,6 +656,17 @@ class ProxySMTP(LenientSMTP):
 
 
 # -- running it --------------------------------------------------------------
+class ListenError(Exception):
+    """The listening socket could not be opened (address in use, no
+    permission); told apart from other OSErrors, which are not about the
+    listen address."""
+
+    def __init__(self, address: str, reason: str):
+        super().__init__(f"cannot listen on {address} ({reason})")
+        self.address = address
+        self.reason = reason
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -786,7 +798,11 @@ async def serve_forever(
     changed on disk, reloads them without dropping sessions."""
     logs.configure(config.proxy.log_format)
     server = ProxyServer(config, model_path, config_path=config_path, overrides=overrides)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # port in use, no permission: the workers started for nothing
+        server.scorer.close()
+        raise ListenError(config.proxy.listen, exc.strerror or str(exc)) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
