@@ -47,6 +47,18 @@ def dkim_key(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def other_rsa_key(tmp_path_factory):
+    """A second RSA public key (base64 DER): published where dkim_key signs, a
+    key that is there but does not verify the signature (a rotated key)."""
+    d = tmp_path_factory.mktemp("dkim-other")
+    subprocess.run(["openssl", "genrsa", "-out", d / "o.pem", "1024"], check=True, capture_output=True)
+    der = subprocess.run(
+        ["openssl", "rsa", "-in", d / "o.pem", "-pubout", "-outform", "DER"], check=True, capture_output=True
+    ).stdout
+    return base64.b64encode(der).decode()
+
+
+@pytest.fixture(scope="module")
 def ed25519_key():
     """(private seed, public key), both base64, as dkimpy and the DNS record want them."""
     key = nacl.signing.SigningKey.generate()
@@ -59,8 +71,13 @@ SILENT = {"slow.example.", "sel._domainkey.slow.example."}
 
 
 @pytest.fixture(scope="module")
-def auth_dns(dkim_key, ed25519_key):
+def auth_dns(dkim_key, ed25519_key, other_rsa_key):
     records = {
+        "_dmarc.nokey.example.": "v=DMARC1; p=reject",  # and no key record at all
+        "_dmarc.revoked.example.": "v=DMARC1; p=reject",
+        "sel._domainkey.revoked.example.": "v=DKIM1; k=rsa; p=",  # RFC 6376 §3.6.1: revoked
+        "_dmarc.rotated.example.": "v=DMARC1; p=reject",
+        "sel._domainkey.rotated.example.": f"v=DKIM1; k=rsa; p={other_rsa_key}",
         "slow.example.": "v=spf1 -all",  # never served: SILENT
         "_dmarc.slow.example.": "v=DMARC1; p=reject",
         "_dmarc.sample.example.": "v=DMARC1; p=reject; pct=0",
@@ -162,8 +179,27 @@ def test_each_of_several_signatures_is_verified_and_named_by_its_domain(auth_dns
     both = _sign(first, dkim_key[0], b"nokey.example")  # no key published for nokey.example
     v = _filter(auth_dns).score(both, context=Context(BAD_IP, "x", "bounce@other.example"))
     found = {(h.name, h.detail) for h in v.hits if h.name.startswith("DKIM")}
-    assert ("DKIM_PASS", "example.org") in found and ("DKIM_FAIL", "nokey.example") in found
+    assert ("DKIM_PASS", "example.org") in found and ("DKIM_PERMERROR", "nokey.example") in found
     assert "DMARC_PASS" in _hits(v)
+
+
+def test_a_signature_without_a_usable_key_is_a_permerror_without_points(auth_dns, dkim_key):
+    """RFC 6376 §6.1.2: no key record, or a revoked one (p=), is PERMFAIL "no
+    key for signature": nothing was verified, so it is not scored as a
+    broken signature.  DMARC still fails under the domain's p=reject (no
+    aligned identifier passed), as it must for mail forged that way; a key
+    that is there but does not verify the signature is a real DKIM_FAIL."""
+    flt = _filter(auth_dns)
+    ctx = Context(BAD_IP, "x", "bounce@other.example")
+    for domain in ("nokey.example", "revoked.example"):
+        v = flt.score(_sign(_msg(f"a@{domain}"), dkim_key[0], domain.encode()), context=ctx)
+        dkim_hits = [(h.name, h.score, h.detail) for h in v.hits if h.name.startswith("DKIM")]
+        assert dkim_hits == [("DKIM_PERMERROR", 0.0, domain)], dkim_hits
+        assert "no usable key" in [h for h in v.hits if h.name == "DKIM_PERMERROR"][0].description
+        assert _hits(v)["DMARC_FAIL_REJECT"] == 4.0
+    v = flt.score(_sign(_msg("a@rotated.example"), dkim_key[0], b"rotated.example"), context=ctx)
+    hits = _hits(v)
+    assert hits["DKIM_FAIL"] == 0.5 and "DKIM_PERMERROR" not in hits and hits["DMARC_FAIL_REJECT"] == 4.0
 
 
 def test_dmarc_passes_on_aligned_dkim_and_fails_by_the_policy(auth_dns, dkim_key):

@@ -71,7 +71,9 @@ DEFAULT_WEIGHTS = {
     "DKIM_FAIL": 0.5,
     "DKIM_NONE": 0.0,
     "DKIM_TEMPERROR": 0.0,
-    "DKIM_PERMERROR": 0.2,
+    # a malformed signature or no usable key for it (RFC 6376 §6.1.2 PERMFAIL): nothing
+    # was verified either way, so no points; DKIM_FAIL is for signatures that do not verify
+    "DKIM_PERMERROR": 0.0,
     "DKIM_FAIL_ARC": 0.0,
     "DMARC_PASS": -0.5,
     "DMARC_FAIL_REJECT": 4.0,
@@ -232,9 +234,24 @@ def check_dkim(dns_: LoopDNS, raw: bytes, n_signatures: int) -> list[tuple[str, 
     sigs = [value for name, value in d.headers if name.lower() == b"dkim-signature"]
     out = []
     for idx in range(min(n_signatures, len(sigs), MAX_SIGNATURES)):
+        keys: list[bytes | None] = []  # what the key lookup returned
+
+        def lookup(name: bytes, timeout: float = 5, keys=keys) -> bytes | None:
+            record = dns_.dkim_txt(name, timeout)
+            keys.append(record)
+            return record
+
         try:
-            ok = d.verify(idx=idx, dnsfunc=dns_.dkim_txt)
-            result = "pass" if ok else "fail"
+            ok = d.verify(idx=idx, dnsfunc=lookup)
+            if ok:
+                result = "pass"
+            elif keys and not _usable_key(keys[-1]):
+                # dkimpy says False for "no key" as for a bad signature, but RFC 6376
+                # §6.1.2 makes a missing, revoked (p=) or unparsable key PERMFAIL "no key
+                # for signature": nothing was checked, so it is not evidence of forgery
+                result = "permerror"
+            else:  # the key is there and the signature does not verify with it
+                result = "fail"
         except dns.exception.Timeout:  # the key could not be fetched: not the sender's fault
             result = "temperror"
         except dkim.ValidationError:  # body hash or signature does not match: the message changed
@@ -243,6 +260,18 @@ def check_dkim(dns_: LoopDNS, raw: bytes, n_signatures: int) -> list[tuple[str, 
             result = "permerror"
         out.append((result, _signing_domain(sigs[idx])))
     return out
+
+
+def _usable_key(record: bytes | None) -> bool:
+    """Whether a DKIM key record holds a key dkimpy can verify with (none
+    at all, ``p=`` empty (revoked), a bad version or algorithm: no)."""
+    if not record:
+        return False
+    try:
+        pk, _, _, _ = dkim.evaluate_pk(b"", record)
+    except Exception:  # KeyFormatError, and whatever a junk record makes the parsers raise
+        return False
+    return pk is not None
 
 
 def _signing_domain(signature: bytes) -> str:
@@ -545,6 +574,8 @@ def hits(res: AuthResult, weights: dict[str, float], source: str) -> list[RuleHi
         for result, domain in res.dkim:
             name = f"DKIM_{result.upper()}"
             desc = f"DKIM signature {result}"
+            if result == "permerror":
+                desc = "DKIM permerror: malformed signature, or no usable key for it in DNS"
             if result == "fail" and res.arc_override:
                 name = "DKIM_FAIL_ARC"
                 desc = "DKIM signature broken in transit, vouched for by a trusted ARC chain"
