@@ -276,8 +276,10 @@ def test_700kb_message_signed_by_its_reject_domain_passes_dkim_and_dmarc(auth_dn
 
 
 def _status_through_serve(config: Config, sink, raw: bytes, ip: str, mail_from: str) -> str:
+    """As ``mailsift serve`` scores: in a scoring worker process (the
+    message and its XFORWARD context cross the pool's pipe), not a thread."""
     config.proxy = replace(config.proxy, listen="127.0.0.1:0", relay=f"127.0.0.1:{sink.port}")
-    proxy = ProxyThread(config)
+    proxy = ProxyThread(config, workers=1)
     try:
         with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as c:
             c.ehlo()
