@@ -52,8 +52,11 @@ import spf
 
 from ..parse import ParsedMessage, decode_header, domain_of
 from ..score import RuleHit
+from . import dkimlinear
 from .resolver import NXDOMAIN, OK, TIMEOUT, Answer, Resolver
 from .tld import registered_domain
+
+dkimlinear.install()  # dkimpy per byte in linear time (see that module)
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 DMARC_POLICIES = ("none", "quarantine", "reject")
@@ -227,10 +230,13 @@ def check_spf(dns_: LoopDNS, ip: str, mail_from: str, helo: str, res: AuthResult
 def check_dkim(dns_: LoopDNS, raw: bytes, n_signatures: int) -> list[tuple[str, str]]:
     """(result, d=) for each DKIM-Signature, RSA or ed25519, on ``raw`` as
     it came (the whole message).  The message is parsed once for all
-    signatures: dkimpy's parse is most of the cost (~25 ms a MB here)."""
+    signatures, by :mod:`.dkimlinear` (dkimpy's own split is 36 ms a MB)."""
     if not n_signatures:
         return []
-    d = dkim.DKIM(raw, minkey=1024)
+    try:
+        d = dkimlinear.verifier(dkim.DKIM, raw, minkey=1024)
+    except dkim.DKIMException:  # a header section too large or malformed: nothing can be verified
+        return [("permerror", "")] * min(n_signatures, MAX_SIGNATURES)
     sigs = [value for name, value in d.headers if name.lower() == b"dkim-signature"]
     out = []
     for idx in range(min(n_signatures, len(sigs), MAX_SIGNATURES)):
@@ -257,6 +263,8 @@ def check_dkim(dns_: LoopDNS, raw: bytes, n_signatures: int) -> list[tuple[str, 
         except dkim.ValidationError:  # body hash or signature does not match: the message changed
             result = "fail"
         except dkim.DKIMException:  # malformed signature or key
+            result = "permerror"
+        except Exception:  # dkimpy tripping over a hostile signature: not verifiable either
             result = "permerror"
         out.append((result, _signing_domain(sigs[idx])))
     return out
@@ -396,7 +404,7 @@ def check_arc(dns_: LoopDNS, raw: bytes, res: AuthResult, sealers: list[str], fr
     """Verify the ARC chain; set ``res.arc_override`` when it may cancel a
     DMARC failure (see the module docstring)."""
     try:
-        cv, results, reason = dkim.arc_verify(raw, dnsfunc=dns_.dkim_txt)
+        cv, results, reason = dkimlinear.verifier(dkim.ARC, raw, minkey=1024).verify(dnsfunc=dns_.dkim_txt)
     except dns.exception.Timeout:
         res.arc, res.arc_note = "temperror", "ARC key lookup failed"
         return
