@@ -2,8 +2,8 @@
 
 DKIM and ARC are verified on the whole message (up to ``max_message_size``,
 50 MiB), so what dkimpy does per byte is what a hostile message can make a
-scoring worker do.  Measured with dkimpy 1.1.8 (``benchmarks/hostile.py
---family dkim``):
+scoring worker do.  Measured with dkimpy 1.1.8 (figures in
+benchmarks/README.md, "hostile.py"):
 
 - ``rfc822_parse`` splits the *whole* message into lines in Python and joins
   the body again: 1.8 s for 50 MB, before any signature is looked at;
@@ -17,11 +17,15 @@ scoring worker do.  Measured with dkimpy 1.1.8 (``benchmarks/hostile.py
 Anyone can publish a key for a domain of their own and sign such a message,
 so these are reached before any check of the sender.  This module gives the
 same results (``tests/test_auth.py`` compares them with dkimpy's own on
-random input) without those costs: the split cuts the header section off
-first (bounded, :data:`MAX_HEADER_BYTES`) and converts the body's line
-ends with two ``bytes.replace``; the canonicalization functions are
-replaced in ``dkim.canonicalization`` (they are module globals, looked up at
-each call), by :func:`install`, called once when ``auth`` is imported.
+random input) with bytes methods instead of Python loops and regexes (sre
+costs 20 to 80 ns a byte even when linear): the split cuts the header
+section off first (bounded, :data:`MAX_HEADER_BYTES`) and converts the
+body's line ends with two ``bytes.replace``; :func:`install`, called once
+when ``auth`` is imported, puts the two body canonicalizations in place in
+``dkim.canonicalization`` (``strip_trailing_lines`` is a module global
+looked up at each call; ``Relaxed.canonicalize_body`` a static method).
+50 MB bodies, split and one relaxed signature: 1.0 to 1.2 s (plain text:
+13.1 s with dkimpy's own); a megabyte of spaces 0.08 s (hours before).
 """
 
 from __future__ import annotations
