@@ -519,6 +519,20 @@ def _cases() -> list[Case]:
         ),
         True,
     )
+    # the whole header block was scanned for verdict headers before the parser's cut (3 to 5 s)
+    add("big", "50 MB of header lines", lambda k: headers_flood(s(50 * MB, k) // 15), True)
+    add(
+        "big",
+        "50 MB of X-Spam-Flag headers",
+        lambda k: headers_flood(s(50 * MB, k) // 17, b"X-Spam-Flag: YES\n"),
+        True,
+    )
+    add(
+        "big",
+        "50 MB of CRLF header lines",
+        lambda k: b"X-A: b\r\n" * (s(50 * MB, k) // 8) + b"\r\nbody\r\n",
+        True,
+    )
     return c
 
 

@@ -1,6 +1,8 @@
 """``mailsift`` command line.  Errors are one line on stderr naming what and
 where, with an exit status from sysexits(3): 64 usage, 65 bad data, 66 no
-input, 69 cannot listen, 73 cannot create output, 78 bad config.
+input, 69 cannot listen, 70 internal error, 71 system error (serve), 73 cannot
+create output, 78 bad config.  ``serve`` writes its fatal errors in its log
+format (text or JSON).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream,
 # sysexits(3)
 EX_USAGE, EX_DATAERR, EX_NOINPUT = os.EX_USAGE, os.EX_DATAERR, os.EX_NOINPUT
 EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG = os.EX_UNAVAILABLE, os.EX_CANTCREAT, os.EX_CONFIG
-EX_IOERR = os.EX_IOERR
+EX_IOERR, EX_SOFTWARE, EX_OSERR = os.EX_IOERR, os.EX_SOFTWARE, os.EX_OSERR
 
 
 class _Parser(argparse.ArgumentParser):
@@ -682,42 +684,77 @@ def cmd_filter(args) -> int:
 
 # -- serve ---------------------------------------------------------------
 def cmd_serve(args) -> int:
+    """Run the filter.  Every line it writes to stderr, a fatal start-up
+    error (bad config, model, listen address) included, is in the log format
+    the command line or the config asked for: under a log shipper that
+    parses JSON, a plain-text "cannot listen" line would be lost or garbled
+    exactly when the admin needs it."""
     import asyncio
     import logging
     from dataclasses import replace
 
-    from .config import validate
+    from . import logs
+    from .config import requested_log_format, validate
+    from .proxy import ListenError
     from .serve import door_addresses, run
 
-    config = load_config(args.config)
-    overrides = {
-        k: v
-        for k, v in (
-            ("listen", args.listen),
-            ("relay", args.relay),
-            ("mode", args.mode),
-            ("workers", args.workers),
-            ("log_format", args.log_format),
-            ("allow_non_loopback", True if args.allow_non_loopback else None),
-        )
-        if v is not None
-    }
-    config.proxy = replace(config.proxy, **overrides)
-    validate(config)
-    named = {"smtp": args.listen, "milter": args.milter, "spamd": args.spamd, "http": args.http}
-    for door, address in named.items():
-        if address:
-            split_hostport(address, f"--{'listen' if door == 'smtp' else door}")
-    addresses = door_addresses(config, named)  # a refused address fails here, before any model loads
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s mailsift[%(process)d]: %(message)s", stream=sys.stderr
-    )
+    log_format = args.log_format or requested_log_format(args.config)
     try:
+        config = load_config(args.config)
+        overrides = {
+            k: v
+            for k, v in (
+                ("listen", args.listen),
+                ("relay", args.relay),
+                ("mode", args.mode),
+                ("workers", args.workers),
+                ("log_format", args.log_format),
+                ("allow_non_loopback", True if args.allow_non_loopback else None),
+            )
+            if v is not None
+        }
+        config.proxy = replace(config.proxy, **overrides)
+        validate(config)
+        named = {"smtp": args.listen, "milter": args.milter, "spamd": args.spamd, "http": args.http}
+        for door, address in named.items():
+            if address:
+                split_hostport(address, f"--{'listen' if door == 'smtp' else door}")
+        door_addresses(config, named)  # a refused address fails here, before any model loads
+        logs.configure(log_format)
         asyncio.run(run(config, args.model, config.source or None, overrides, named))
-    except OSError as exc:
-        where = ", ".join(f"{d} {a}" for d, a in addresses.items())
-        raise CliError(f"serve: cannot listen ({where}): {exc.strerror or exc}", EX_UNAVAILABLE) from None
+    except KeyboardInterrupt:
+        raise
+    except ListenError as exc:
+        return _serve_fatal(
+            log_format, f"serve: cannot listen on {exc.address} ({exc.reason})", EX_UNAVAILABLE
+        )
+    except Exception as exc:
+        code = _error_code(exc)
+        if code is None and isinstance(exc, OSError):  # fork refused, out of descriptors, ...
+            return _serve_fatal(log_format, f"serve: {exc}", EX_OSERR)
+        if code is None:  # a bug: its traceback, in the log format too
+            logs.configure(log_format)
+            logging.getLogger("mailsift").critical(
+                "serve failed: %s: %s", type(exc).__name__, exc, exc_info=exc,
+                extra={"mailsift": {"event": "fatal", "msg": f"serve failed: {type(exc).__name__}: {exc}",
+                                    "exit_status": EX_SOFTWARE}},
+            )  # fmt: skip
+            return EX_SOFTWARE
+        return _serve_fatal(log_format, str(exc), code)
     return 0
+
+
+def _serve_fatal(log_format: str, text: str, code: int) -> int:
+    """One log line (text or JSON, as configured) for an error that stops
+    ``serve``; the exit status is ``code``."""
+    import logging
+
+    from . import logs
+
+    logs.configure(log_format)
+    record = {"event": "fatal", "msg": text, "exit_status": code}
+    logging.getLogger("mailsift").critical("%s", text, extra={"mailsift": record})
+    return code
 
 
 # -- parser --------------------------------------------------------------
@@ -1040,24 +1077,29 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     try:
         return args.func(args)
-    except CliError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return exc.code
-    except ModelError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return EX_DATAERR if "not found" not in str(exc) else EX_NOINPUT
-    except CorpusError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return EX_NOINPUT
-    except ConfigError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return EX_CONFIG
     except KeyboardInterrupt:
         print("mailsift: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (CliError, ModelError, CorpusError, ConfigError) as exc:
+        print(f"mailsift: {exc}", file=sys.stderr)
+        return _error_code(exc)
+
+
+def _error_code(exc: BaseException) -> int | None:
+    """The sysexits status of an error the commands report in one line;
+    None for anything else (a bug)."""
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, ModelError):
+        return EX_DATAERR if "not found" not in str(exc) else EX_NOINPUT
+    if isinstance(exc, CorpusError):
+        return EX_NOINPUT
+    if isinstance(exc, ConfigError):
+        return EX_CONFIG
+    return None
 
 
 if __name__ == "__main__":

@@ -248,6 +248,21 @@ def load_config(explicit: str | None = None) -> Config:
     return config
 
 
+def requested_log_format(explicit: str | None = None) -> str:
+    """``[proxy] log_format`` of the config file found, read without
+    checking anything else in it: ``serve`` must report an error in that
+    very file in the format the admin asked for ("text" if the file cannot
+    even be read)."""
+    try:
+        path = find_config(explicit)
+        data = tomllib.loads(path.read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return "text"
+    proxy = data.get("proxy")
+    value = proxy.get("log_format") if isinstance(proxy, dict) else None
+    return value if value in ("text", "json") else "text"
+
+
 def validate(config: Config) -> None:
     """Every value in its declared range (``bounds``), then the checks that
     involve several keys; raises ConfigError naming the key.  Run on the

@@ -44,6 +44,7 @@ __all__ = [
     "Scorer",
     "ScoringError",
     "ScoringTimeout",
+    "ListenError",
     "Stats",
     "WorkerDied",
 ]
@@ -676,6 +677,17 @@ class ProxySMTP(LenientSMTP):
 
 
 # -- running it --------------------------------------------------------------
+class ListenError(Exception):
+    """A door's listening socket could not be opened (address in use, no
+    permission); told apart from other OSErrors, which are not about the
+    listen address."""
+
+    def __init__(self, address: str, reason: str):
+        super().__init__(f"cannot listen on {address} ({reason})")
+        self.address = address
+        self.reason = reason
+
+
 class ProxyServer:
     """Listener + handler (+ scorer); start(), then stop() drains sessions.
 

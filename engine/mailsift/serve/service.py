@@ -51,7 +51,7 @@ from ..filter import DEFAULT_MODEL
 from ..model import LinearModel, model_lock
 from ..parse import parse
 from ..pool import PoolStats
-from ..proxy import ProxyServer, Scorer
+from ..proxy import ListenError, ProxyServer, Scorer
 from ..report import strip_verdict_headers
 from ..rules import Context
 from ..score import Verdict
@@ -421,7 +421,10 @@ async def run(
         for name, address in addresses.items():
             host, port = split_hostport(address, f"serve.{name}")
             door = door_class(name)(service, host, port)
-            await door.start()
+            try:
+                await door.start()
+            except OSError as exc:  # port in use, no permission: told apart from other OSErrors
+                raise ListenError(address, exc.strerror or str(exc)) from None
             doors.append(door)
     except BaseException:
         for door in doors:
