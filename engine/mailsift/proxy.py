@@ -216,7 +216,8 @@ class FilterHandler:
     # when the next hop offers it; never AUTH (there is none)
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):
         session.host_name = hostname
-        extra = ["250-XFORWARD " + " ".join(_XFORWARD_ATTRS)]
+        # offered only to whom may use it (smtp_XFORWARD refuses the others)
+        extra = ["250-XFORWARD " + " ".join(_XFORWARD_ATTRS)] if _xforward_allowed(session) else []
         session.mailsift_dsn = False  # type: ignore[attr-defined]
         try:
             relay = await self._relay(session)
@@ -502,6 +503,44 @@ def _is_routing(address: str) -> bool:
     return address.startswith("@") or ":" in local or "%" in local or "!" in local
 
 
+def _not_utf8(text: str) -> bool:
+    """aiosmtpd decodes command arguments as UTF-8 with surrogateescape:
+    a lone surrogate is a byte that was not UTF-8 (it cannot be encoded
+    again, and no address may contain it)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _xforward_allowed(session: Session | None) -> bool:
+    """XFORWARD is for the local MTA only (loopback peers)."""
+    peer = session.peer[0] if session is not None and session.peer else ""
+    return is_loopback(str(peer))
+
+
+_XFORWARD_PROTOS = ("SMTP", "ESMTP")
+_XFORWARD_SOURCES = ("LOCAL", "REMOTE")
+
+
+def _xforward_value_ok(key: str, value: str) -> bool:
+    """Postfix's XFORWARD attribute syntax: ADDR an IPv4/IPv6 address
+    (``IPV6:`` prefix allowed), PORT a port number, PROTO SMTP/ESMTP,
+    SOURCE LOCAL/REMOTE, the others printable ASCII without spaces."""
+    if not value or not all(33 <= ord(c) < 127 for c in value):
+        return False
+    if key == "ADDR":
+        try:
+            ipaddress.ip_address(value[5:] if value.upper().startswith("IPV6:") else value)
+        except ValueError:
+            return False
+        return True
+    if key == "PORT":
+        return value.isdigit() and int(value) <= 65535
+    if key == "PROTO":
+        return value.upper() in _XFORWARD_PROTOS
+    if key == "SOURCE":
+        return value.upper() in _XFORWARD_SOURCES
+    return True
+
+
 def _is_source_route(arg: str) -> bool:
     """``<@relay.example:user@example.org>`` (RFC 5321 4.1.1.3, deprecated):
     aiosmtpd would strip the route and accept the rest; we refuse it."""
@@ -569,9 +608,18 @@ class ProxySMTP(LenientSMTP):
 
     def connection_made(self, transport) -> None:
         stats = self.filter_handler.stats
-        if stats.active_sessions >= self.filter_handler.proxy.max_sessions:
+        limit = self.filter_handler.proxy.max_sessions
+        if stats.active_sessions >= limit:
             transport.write(b"421 4.3.2 too many connections, try again later\r\n")
             transport.close()
+            peer = transport.get_extra_info("peername") or ("?",)
+            self.filter_handler._log_event(
+                logging.WARNING,
+                "too_many_sessions",
+                f"too many sessions (max_sessions={limit}): refused {peer[0]} with 421",
+                client=str(peer[0]),
+                max_sessions=limit,
+            )
             return
         stats.active_sessions += 1
         self._counted = True
@@ -579,6 +627,8 @@ class ProxySMTP(LenientSMTP):
         super().connection_made(transport)
 
     def connection_lost(self, exc) -> None:
+        if self.session is None:  # refused in connection_made: aiosmtpd never saw this connection
+            return
         if self._counted:
             self.filter_handler.stats.active_sessions -= 1
             self._counted = False
@@ -613,6 +663,9 @@ class ProxySMTP(LenientSMTP):
         return arg, dsn
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and _not_utf8(arg):
+            await self.push("553 5.1.7 bad sender address syntax (not UTF-8)")
+            return
         arg, dsn = await self._take_dsn(arg, _DSN_MAIL)
         if dsn is None:
             return
@@ -620,6 +673,9 @@ class ProxySMTP(LenientSMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg and _not_utf8(arg):
+            await self.push("553 5.1.3 bad recipient address syntax (not UTF-8)")
+            return
         if arg:
             rest = self._strip_command_keyword("TO:", arg)
             if rest is not None and _is_source_route(rest):
@@ -634,22 +690,32 @@ class ProxySMTP(LenientSMTP):
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Postfix's XFORWARD: the original client's name, address, HELO,
         queue id and source (LOCAL/REMOTE), for the rules and the log."""
-        peer = self.session.peer[0] if self.session and self.session.peer else ""
-        if not (peer.startswith("127.") or peer == "::1"):
+        if not _xforward_allowed(self.session):
             # like Postfix's smtpd_authorized_xforward_hosts: only the local MTA may say who the client was
             await self.push("550 5.7.0 XFORWARD is only accepted from loopback")
+            return
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            # XFORWARD_README: not allowed in the middle of a mail transaction
+            await self.push("503 5.5.1 XFORWARD is not allowed during a mail transaction")
             return
         if not arg:
             await self.push("501 5.5.4 Syntax: XFORWARD attribute=value ...")
             return
-        attrs: dict[str, str] = getattr(self.session, "mailsift_xforward", {})
+        new: dict[str, str] = {}
         for item in arg.split():
             key, sep, value = item.partition("=")
-            if not sep or key.upper() not in _XFORWARD_ATTRS:
+            key = key.upper()
+            if not sep or key not in _XFORWARD_ATTRS:
                 await self.push(f"501 5.5.4 bad XFORWARD attribute {key[:40]}")
                 return
-            if value.upper() not in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
-                attrs[key.upper()] = value[:255]
+            if value.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+                continue
+            if _not_utf8(value) or not _xforward_value_ok(key, value):
+                await self.push(f"501 5.5.4 bad XFORWARD {key} value")
+                return
+            new[key] = value[:255]
+        attrs: dict[str, str] = getattr(self.session, "mailsift_xforward", {})
+        attrs.update(new)  # all or nothing: a bad attribute changes none
         self.session.mailsift_xforward = attrs  # type: ignore[union-attr]
         await self.push("250 2.0.0 OK")
 
@@ -662,6 +728,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _same_endpoint(listen: str, relay: str) -> bool:
+    """Would connecting to ``relay`` reach our own listener?  Same port, and
+    the same address (``localhost`` is 127.0.0.1) or a wildcard listener."""
+    lhost, lport = split_hostport(listen, "proxy.listen")
+    rhost, rport = split_hostport(relay, "proxy.relay")
+    if lport != rport:
+        return False
+
+    def addr(host: str):
+        try:
+            return ipaddress.ip_address("127.0.0.1" if host == "localhost" else host.strip("[]"))
+        except ValueError:
+            return host.lower()
+
+    la, ra = addr(lhost), addr(rhost)
+    if isinstance(la, ipaddress.IPv4Address | ipaddress.IPv6Address) and la.is_unspecified:
+        return True
+    return la == ra
 
 
 class ProxyServer:
@@ -686,6 +772,12 @@ class ProxyServer:
                 f"proxy.listen {p.listen} is not a loopback address: anyone who can reach it could "
                 f"send mail through {p.relay}. Listen on 127.0.0.1, or set [proxy] allow_non_loopback = "
                 "true (--allow-non-loopback) if a firewall lets only your MTA reach it"
+            )
+        if _same_endpoint(p.listen, p.relay):
+            raise ConfigError(
+                f"proxy.relay {p.relay} is the proxy's own listen address {p.listen}: every message "
+                "would loop back into mailsift. Relay to the MTA's re-injection port (Postfix: "
+                "127.0.0.1:10026 in master.cf)"
             )
         logs.quiet_aiosmtpd()
         n = p.workers if workers is None else workers
