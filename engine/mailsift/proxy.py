@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiosmtplib
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
-from . import logs
+from . import logs, smtpdata
 from .config import Config, ConfigError, ProxyConfig, load_config, split_hostport, validate
 from .filter import Filter, resolve_model_path
 from .model import LinearModel, ModelError
@@ -194,6 +194,9 @@ def _reply(code: int, message: str) -> str:
     text = " ".join(message.split()) or "no text"
     return f"{code} {text}"
 
+
+#: messages at least this large get their headers added and are encoded in a thread
+_INLINE_BYTES = 256 * 1024
 
 #: DSN (RFC 3461) parameters, passed on when the next hop offers DSN
 _DSN_MAIL = ("RET", "ENVID")
@@ -394,7 +397,11 @@ class FilterHandler:
                 return await self._finish(
                     session, envelope, start, verdict, "250 2.7.0 OK (discarded)", "discard"
                 )
-        message = add_headers(raw, spam_headers(verdict))
+        headers = spam_headers(verdict)
+        if len(raw) < _INLINE_BYTES:
+            payload = smtpdata.encode(add_headers(raw, headers))
+        else:  # C-level passes over the whole message: in a thread, so other sessions go on
+            payload = await asyncio.to_thread(lambda: smtpdata.encode(add_headers(raw, headers)))
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
         if relay is None or not relay.in_transaction:  # the next hop went away since RCPT
             return await self._finish(
@@ -408,7 +415,7 @@ class FilterHandler:
             )
         try:
             # RFC 5321 4.5.3.2: up to 10 minutes for the reply to the final dot
-            resp = await relay.client.data(message, timeout=self.proxy.data_timeout)
+            resp = await smtpdata.send(relay.client, payload, self.proxy.data_timeout)
             reply = f"250 2.0.0 OK: relayed {resp.message}".strip()
             outcome = "relay"
         except aiosmtplib.SMTPResponseException as exc:
@@ -686,6 +693,34 @@ class ProxySMTP(LenientSMTP):
             return
         self.session.mailsift_rcpt_dsn = dsn  # type: ignore[union-attr]
         await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, but the payload is read in chunks with C-level
+        searches (:func:`mailsift.smtpdata.read`): aiosmtpd's per-line loop
+        held the event loop for seconds on a 50 MB message."""
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await smtpdata.read(self._reader, self.data_size_limit, self._reset_timeout)
+        except smtpdata.DataTooBig:
+            await self.push("552 5.3.4 message too big")
+            self._set_post_data_state()
+            return
+        except ConnectionResetError:
+            self._writer.close()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Postfix's XFORWARD: the original client's name, address, HELO,
