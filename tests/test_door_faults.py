@@ -170,3 +170,41 @@ def test_serve_with_relay_equal_to_listen_exits_78(tmp_path):
     )  # fmt: skip
     assert done.returncode == 78, done.stderr
     assert "loop back into mailsift" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_tells_idle_sessions_421_at_once_and_lets_transactions_finish(tmp_path, sink):
+    """Postfix keeps cached connections open between messages: on SIGTERM
+    they hear 421 at once instead of holding the shutdown for relay_timeout
+    (60 s) and then being dropped; the session with a transaction in flight
+    still completes and gets its 250."""
+    import signal
+    import time
+
+    from test_serve import Served
+
+    from mailsift.filter import DEFAULT_MODEL
+
+    srv = Served(tmp_path, sink, DEFAULT_MODEL)
+    try:
+        idle = srv.client()
+        idle.ehlo()
+        with srv.client() as warm:  # an idle session that already delivered a message
+            warm.sendmail("s@example.org", ["a@example.net"], HAM)
+            busy = srv.client()
+            busy.ehlo()
+            assert busy.mail("s@example.org")[0] == 250
+            assert busy.rcpt("a@example.net")[0] == 250
+            srv.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            for c in (idle, warm):
+                c.sock.settimeout(5)
+                assert c.getreply() == (421, b"4.3.2 shutting down")
+            assert time.monotonic() - signalled < 1.5
+            assert busy.data(HAM)[0] == 250  # the transaction in flight completes
+            assert busy.getreply()[0] == 421  # and then its session is closed too
+        assert srv.proc.wait(20) == 0
+        assert time.monotonic() - signalled < 5  # not relay_timeout (60 s)
+        assert len(sink.received) == 2
+        assert "still open" not in srv.log_text()
+    finally:
+        srv.stop()

@@ -612,6 +612,8 @@ class ProxySMTP(LenientSMTP):
         super().__init__(handler, **kwargs)
         self.filter_handler = handler
         self._counted = False
+        #: DATA is being read, scored, relayed or answered
+        self._in_data = False
 
     def connection_made(self, transport) -> None:
         stats = self.filter_handler.stats
@@ -645,6 +647,17 @@ class ProxySMTP(LenientSMTP):
             if relay is not None:
                 relay.client.close()
         super().connection_lost(exc)
+
+    def idle(self) -> bool:
+        """No transaction in flight: nothing is lost by closing now."""
+        return not self._in_data and (self.envelope is None or self.envelope.mail_from is None)
+
+    def close_idle(self) -> None:
+        """Shutdown: an idle session (Postfix's cached connections) is told
+        421 and closed at once instead of holding the shutdown."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"421 4.3.2 shutting down\r\n")
+            self.transport.close()
 
     def abort(self) -> None:
         """Shutdown after the grace period: drop the connection (the MTA
@@ -708,6 +721,13 @@ class ProxySMTP(LenientSMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._in_data = True  # until the reply is sent: a shutdown must not cut a relayed message's 250
+        try:
+            await self._data()
+        finally:
+            self._in_data = False
+
+    async def _data(self) -> None:
         try:
             content = await smtpdata.read(self._reader, self.data_size_limit, self._reset_timeout)
         except smtpdata.DataTooBig:
@@ -878,15 +898,20 @@ class ProxyServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Close the listening socket at once (new connections are refused
-        from here on), let sessions in flight finish for up to ``grace``
-        seconds (default: ``relay_timeout``, the time a next hop is allowed
-        per command), drop what is left (unacknowledged, so the MTA keeps
+        from here on), tell idle sessions ``421`` and close them (at once,
+        and each session in flight as soon as its transaction ends), let
+        transactions in flight finish for up to ``grace`` seconds (default:
+        ``relay_timeout``, the time a next hop is allowed per command), drop
+        what is left (unacknowledged, so the MTA keeps
         it), then stop the scorer."""
         grace = self.config.proxy.relay_timeout if grace is None else grace
         if self.server is not None:
             self.server.close()
             deadline = time.monotonic() + grace
             while self.handler.sessions and time.monotonic() < deadline:
+                for session in list(self.handler.sessions):
+                    if session.idle():  # idle, or its transaction just ended
+                        session.close_idle()
                 await asyncio.sleep(0.05)
             left = list(self.handler.sessions)
             if left:
