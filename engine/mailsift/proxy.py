@@ -35,7 +35,7 @@ from . import logs, smtpdata
 from .config import Config, ConfigError, ProxyConfig, load_config, split_hostport, validate
 from .filter import Filter, resolve_model_path
 from .model import LinearModel, ModelError
-from .pool import PoolRetired, PoolStats, ScoringError, ScoringTimeout, WorkerDied, WorkerPool
+from .pool import PoolBusy, PoolRetired, PoolStats, ScoringError, ScoringTimeout, WorkerDied, WorkerPool
 from .report import add_headers, spam_headers
 from .rules import Context
 from .score import REJECT, Verdict
@@ -118,15 +118,18 @@ class Scorer:
     async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
         """The verdict for ``raw`` (the whole message, up to
         ``max_message_size``: DKIM needs all of it) within ``deadline``
-        seconds.  Raises :class:`ScoringTimeout` (a ``TimeoutError``),
-        :class:`WorkerDied` or :class:`ScoringError`; the caller decides
-        what the message gets."""
+        seconds of a worker taking it (waiting for one: up to ``deadline``
+        more).  Raises :class:`PoolBusy` (no worker free in time),
+        :class:`ScoringTimeout` (a ``TimeoutError``), :class:`WorkerDied` or
+        :class:`ScoringError`; the caller decides what the message gets."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
+        queue_end = loop.time() + deadline
         raw = raw[: self.max_bytes]
         while True:
             try:
-                return await self.pool.run(raw, context or Context(), max(end - loop.time(), 0.0))
+                return await self.pool.run(
+                    raw, context or Context(), deadline, max(queue_end - loop.time(), 0.0)
+                )
             except PoolRetired:  # a reload happened while the message waited: use the new pool
                 continue
 
@@ -142,7 +145,9 @@ class _ThreadScorer:
         self.filter = scorer
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailsift-score")
 
-    async def run(self, raw: bytes, context: Context, deadline: float) -> Verdict:
+    async def run(
+        self, raw: bytes, context: Context, deadline: float, queue_wait: float | None = None
+    ) -> Verdict:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self.executor, lambda: self.filter.score(raw, evidence=3, context=context))
         try:
@@ -183,6 +188,8 @@ class Stats:
     discarded: int = 0
     #: messages that went on (or were tempfailed) unscanned
     scoring_errors: int = 0
+    #: messages tempfailed because no scoring worker became free in time
+    tempfailed_busy: int = 0
     #: connections to the next hop that failed (refused, timed out, dropped)
     relay_failures: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
@@ -365,6 +372,17 @@ class FilterHandler:
         try:
             verdict = await self.scorer.score(
                 raw, self.proxy.scoring_deadline, self._context(session, envelope)
+            )
+        except PoolBusy as exc:  # every worker busy: the MTA keeps the message and retries
+            self.stats.tempfailed_busy += 1
+            return await self._finish(
+                session,
+                envelope,
+                start,
+                None,
+                "451 4.3.2 all spam scanners busy; try again later",
+                "tempfail",
+                error=str(exc),
             )
         except TimeoutError as exc:  # ScoringTimeout: the pool has killed and replaced the worker
             error = str(exc) or f"scoring took over {self.proxy.scoring_deadline:g} s"
