@@ -83,3 +83,34 @@ def test_the_breaker_opens_after_timeouts_skips_lookups_and_closes_on_an_answer(
         assert not r.breaker.is_open and r.breaker.backoff == resolver_mod.BACKOFF_FIRST
 
     asyncio.run(run())
+
+
+def test_waiting_for_a_busy_worker_is_a_tempfail_not_a_killed_worker(silent_dns):
+    """One worker held by a slow message: a message that finds no free
+    worker within its window gets PoolBusy (the proxy answers 451 and the
+    MTA retries), and the busy worker, which did not overrun, is not killed."""
+    from dataclasses import replace
+
+    from mailsift.config import Config
+    from mailsift.pool import PoolBusy
+    from mailsift.proxy import Scorer
+    from mailsift.rules import Context, Zone
+
+    config = Config()
+    config.dns = replace(config.dns, servers=[silent_dns], timeout=10.0, deadline=1.5)
+    config.dnsbl = [Zone(name="RCVD_IN_TEST", zone="bl.test.example")]
+    scorer = Scorer(config, None, 1)
+    try:
+
+        async def go():
+            slow = asyncio.create_task(scorer.score(HAM, 10, Context(client_ip="81.2.69.161")))
+            await asyncio.sleep(0.3)
+            with pytest.raises(PoolBusy):
+                await scorer.score(HAM, 0.5)
+            return await slow
+
+        verdict = asyncio.run(go())
+        assert "DNS_DEADLINE" in [h.name for h in verdict.hits]
+        assert scorer.stats.timed_out == 0 and scorer.stats.died == 0
+    finally:
+        scorer.close()
