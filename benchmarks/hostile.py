@@ -299,7 +299,20 @@ def _cases() -> list[Case]:
         lambda k: nested_multipart(s(10_000, k)).replace(b'"b', b'"\xff'),
         True,
     )
-    # -- header floods
+    # -- header floods (the two largest: 51 MB and 45 MB of header block, no blank line until the end)
+    add(
+        "headers",
+        "3.5M unique X-H<n> headers",
+        lambda k: b"".join(b"X-H%d: v\r\n" % i for i in range(s(3_500_000, k))) + b"\r\nbody",
+        True,
+    )
+    add("headers", "3M X-Flood headers", lambda k: headers_flood(s(3_000_000, k)), True)
+    add(
+        "headers",
+        "1M X-Spam-Flag headers",
+        lambda k: headers_flood(s(1_000_000, k), b"X-Spam-Flag: NO\n"),
+        True,
+    )
     for n in (10_000, 100_000):
         add("headers", f"{n} headers", lambda k, n=n: headers_flood(s(n, k)), n > 1000 * 0 and n >= 10_000)
         add(

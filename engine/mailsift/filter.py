@@ -18,11 +18,6 @@ from .rules import Context, NetworkRules, headers, tld
 from .score import Evidence, Verdict, action_for, model_points
 from .tokens import Features, extract
 
-#: the parser reads MAX_PARSE_BYTES; verdict headers are taken out of twice
-#: that, not of the whole message (a hostile 50 MB header block cost 3 to 5 s
-#: scanned whole, before the parser's cut)
-STRIP_BYTES = 2 * MAX_PARSE_BYTES
-
 #: the model that ships with mailsift (see models/default/README.md)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default-model.npz"
 
@@ -83,7 +78,11 @@ class Filter:
         envelope sender) for the network rules.  Filters' verdict headers
         are removed first: a score never reads a verdict (forged or ours);
         DKIM still verifies the message as it was handed over."""
-        msg = parse(strip_verdict_headers(raw[:STRIP_BYTES]))
+        kept = strip_verdict_headers(raw)  # bounded: a flood of them is cut, not scanned whole
+        msg = parse(kept)
+        if len(raw) > MAX_PARSE_BYTES and len(kept) <= MAX_PARSE_BYTES:
+            # the size is still what the sender sent: say so, as parse would have
+            msg.defects.append(f"truncated: {len(raw)} bytes, {len(kept)} left without verdict headers")
         return self.verdict(msg, extract(msg, self.model.settings), evidence, context, raw=raw)
 
     def verdict(

@@ -322,12 +322,21 @@ class LinearModel:
         the proxy's workers load exactly the bytes their parent verified."""
         path = Path(path)
         try:
-            with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
+            if data is None:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            if not data.startswith(b"PK\x03\x04"):
+                # else numpy reads it as .npy or pickle, and its error invites unpickling
+                raise ModelError(f"{path}: not a mailsift model file (not an .npz archive)")
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except FileNotFoundError:
             raise ModelError(f"{path}: model file not found") from None
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        except ValueError:  # an object (pickled) array inside the archive
+            raise ModelError(f"{path}: not a mailsift model file (an entry is not a plain array)") from None
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelError(f"{path}: not a mailsift model file ({exc})") from None
+        _check_shapes(path, arrays)
         if "meta" not in arrays:
             raise ModelError(f"{path}: not a mailsift model (an .npz file without mailsift metadata)")
         try:
@@ -360,6 +369,42 @@ class LinearModel:
         if not np.isfinite(model.w).all() or not np.isfinite(model.b):
             raise ModelError(f"{path}: corrupt mailsift model (non-finite weights)")
         return model
+
+
+#: entry -> (dtype kinds it may have); every entry is one-dimensional
+_ENTRIES = {
+    "meta": "u",
+    "slots": "iu",
+    "weights": "f",
+    "bias": "f",
+    "ledger_digest": "S",
+    "ledger_label": "iu",
+    "ledger_step": "f",
+}
+
+
+def _check_shapes(path: Path, arrays: dict) -> None:
+    """The archive's entries have the kinds and lengths :meth:`save` writes
+    (one bias, a weight per slot, ledger columns of one length): a model
+    that does not would load silently and score wrongly."""
+    missing = [k for k in _ENTRIES if k not in arrays]
+    if "meta" in missing:
+        return  # reported by the caller as "not a mailsift model"
+    if missing:
+        raise ModelError(f"{path}: corrupt mailsift model (missing {', '.join(missing)})")
+    for key, kinds in _ENTRIES.items():
+        a = arrays[key]
+        if a.ndim != 1 or a.dtype.kind not in kinds:
+            raise ModelError(f"{path}: corrupt mailsift model ({key}: {a.dtype} array of shape {a.shape})")
+    if arrays["bias"].shape != (1,):
+        raise ModelError(f"{path}: corrupt mailsift model (bias has {arrays['bias'].size} entries, not 1)")
+    if arrays["slots"].size != arrays["weights"].size:
+        raise ModelError(f"{path}: corrupt mailsift model ({arrays['slots'].size} slots, "
+                         f"{arrays['weights'].size} weights)")  # fmt: skip
+    if not arrays["ledger_digest"].size == arrays["ledger_label"].size == arrays["ledger_step"].size:
+        raise ModelError(f"{path}: corrupt mailsift model (ledger columns of different lengths)")
+    if arrays["slots"].size and int(arrays["slots"].min()) < 0:
+        raise ModelError(f"{path}: corrupt mailsift model (negative weight index)")
 
 
 def _file_mode(path: Path) -> int:

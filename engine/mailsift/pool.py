@@ -62,6 +62,13 @@ class ScoringError(Exception):
     """The filter raised while scoring (a bug); the worker is still fine."""
 
 
+class PoolBusy(Exception):
+    """No worker became free within the queue wait: every worker is busy
+    with other messages (a burst, slow DNS).  Not a scanning failure: the
+    proxy tempfails the message (451) so the MTA retries it later, instead
+    of passing it unscanned."""
+
+
 class PoolRetired(Exception):
     """The pool was replaced by a reload while the message waited for a
     worker; the caller tries the new pool."""
@@ -444,16 +451,23 @@ class WorkerPool:
             worker.process.join(2)
             raise WorkerDied(f"{type(exc).__name__}") from None
 
-    async def run(self, raw: bytes, context: Context, deadline: float) -> Verdict:
-        """Score ``raw`` within ``deadline`` seconds (waiting for a free
-        worker included); a worker that dies meanwhile costs one retry."""
+    async def run(
+        self, raw: bytes, context: Context, deadline: float, queue_wait: float | None = None
+    ) -> Verdict:
+        """Score ``raw`` within ``deadline`` seconds of a worker taking it;
+        a worker that dies meanwhile costs one retry.  Time spent waiting
+        for a free worker is not charged to the deadline (a queued message
+        did not make its worker hang): it is bounded by ``queue_wait``
+        (default ``deadline``), past which :class:`PoolBusy` is raised."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
+        wait = deadline if queue_wait is None else queue_wait
+        queue_end = loop.time() + wait
         for attempt in (1, 2):
             try:
-                worker = await asyncio.wait_for(self._acquire(), max(end - loop.time(), 0.0))
+                worker = await asyncio.wait_for(self._acquire(), max(queue_end - loop.time(), 0.0))
             except TimeoutError:
-                raise ScoringTimeout(f"no scoring worker free within {deadline:.3g} s") from None
+                raise PoolBusy(f"no scoring worker free within {wait:.3g} s") from None
+            end = loop.time() + deadline
             worker.busy = True
             future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context)
             future.add_done_callback(_consume)
