@@ -30,6 +30,13 @@ _MAX_REPORT = 900
 MAX_STARS = 50
 
 
+def replaced_on_scan(name: str) -> bool:
+    """True for a header name every door removes from incoming mail before
+    adding its verdict (any ``X-Spam-*``, ``X-Mailsift-Report``): the one
+    rule for add_headers and for the milter, which deletes by name."""
+    return bool(_OURS_RE.match(name.encode("latin-1", "replace") + b":"))
+
+
 def spam_level(score: float) -> str:
     """SpamAssassin's ``X-Spam-Level`` value: one ``*`` per whole point
     (truncated, so 4.9 is ``****``), none below 1, at most 50."""
