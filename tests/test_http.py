@@ -177,3 +177,46 @@ def test_bad_requests_get_their_status_and_the_door_stays_up(serving, model):
     status, body = get(srv.url("/healthz"))
     assert status == 200 and json.loads(body)["status"] == "ok"
     assert total(metric_samples(srv), "mailsift_errors_total", kind="bad_request") >= 9
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(scoring_service):
+    """curl sends ``Expect: 100-continue`` for bodies over 1 MiB and holds
+    the body back until the server says 100 (or a second passes): without
+    the interim answer every large message costs a second.  A request
+    refused on its head (413 here) gets the refusal instead of 100."""
+    import asyncio
+
+    from mailsift.config import Config
+    from mailsift.serve.http import HttpDoor
+
+    config = Config()
+    config.proxy.max_message_size = 4 << 20
+    service = scoring_service(config)
+    body = b"From: a@example.org\r\nSubject: big\r\n\r\n" + b"x" * (1100 * 1024) + b"\r\n"
+
+    async def ask(length: int) -> tuple[bytes, bytes]:
+        door = HttpDoor(service, "127.0.0.1", 0)
+        await door.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", door.port)
+            writer.write(
+                f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                "Expect: 100-continue\r\n\r\n".encode()
+            )
+            await writer.drain()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # before any body
+            if interim.startswith(b"HTTP/1.1 100 "):
+                writer.write(body)
+                writer.write_eof()
+            final = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+            return interim, final
+        finally:
+            door.close()
+            await door.stop(5)
+
+    interim, final = asyncio.run(ask(len(body)))
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n") and b'"action": ' in final
+    interim, _ = asyncio.run(ask(8 << 20))
+    assert interim.startswith(b"HTTP/1.1 413 ")
