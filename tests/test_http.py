@@ -220,3 +220,23 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(scoring_service
     assert final.startswith(b"HTTP/1.1 200 OK\r\n") and b'"action": ' in final
     interim, _ = asyncio.run(ask(8 << 20))
     assert interim.startswith(b"HTTP/1.1 413 ")
+
+
+def test_every_error_kind_is_exported_at_zero_before_the_first_error():
+    """An alert on ``increase(mailsift_errors_total{kind="scoring_failed"}[5m])``
+    never fires on the first failure if the series only appears with it
+    (Prometheus sees 1 as the start value): every kind the help text names
+    is there, at 0, from start."""
+    from mailsift.serve.metrics import ERROR_KINDS, Metrics
+
+    metrics = Metrics()
+    samples = {
+        s.labels["kind"]: s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+        if s.name == "mailsift_errors_total"
+    }
+    assert samples == {kind: 0.0 for kind in ERROR_KINDS}
+    assert {"scoring_failed", "scoring_timeout", "dns_deadline", "next_hop_down"} <= set(ERROR_KINDS)
+    metrics.error("scoring_failed")
+    assert 'mailsift_errors_total{kind="scoring_failed"} 1.0' in metrics.render().decode()
