@@ -134,12 +134,33 @@ def test_beyond_loopback_learning_is_refused_without_a_token():
     from mailsift.config import Config
     from mailsift.serve.http import HttpDoor, HttpError
 
-    door = HttpDoor.__new__(HttpDoor)  # not started: only the rule is under test
-    door.service = type("S", (), {"config": Config()})()
-    door.needs_token = True
+    service = type("S", (), {"config": Config()})()
+    door = HttpDoor(service, "0.0.0.0", 0)  # not started: only the rule is under test
     with pytest.raises(HttpError) as err:
         door._authorise({})
     assert err.value.status == 403
+    HttpDoor(service, "127.0.0.1", 0)._authorise({})  # loopback, no token set: allowed
+
+
+def test_a_token_set_or_removed_by_a_reload_applies_at_once():
+    """SIGHUP re-reads the config (Service.reload replaces service.config):
+    a token added on a loopback door is asked for from the next request;
+    one removed from a loopback door is no longer asked for."""
+    from mailsift.config import Config
+    from mailsift.serve.http import HttpDoor, HttpError
+
+    service = type("S", (), {"config": Config()})()
+    door = HttpDoor(service, "127.0.0.1", 0)
+    door._authorise({})
+    with_token = Config()
+    with_token.serve.http_token = "s3cret"
+    service.config = with_token  # the reload
+    with pytest.raises(HttpError) as err:
+        door._authorise({})
+    assert err.value.status == 401
+    door._authorise({"authorization": "Bearer s3cret"})
+    service.config = Config()  # token removed again
+    door._authorise({})
 
 
 def _raw_http(port: int, request: bytes) -> bytes:

@@ -58,8 +58,12 @@ class HttpDoor:
         self.host, self.port = host, port
         self.server: asyncio.base_events.Server | None = None
         self.active = 0
-        #: beyond loopback, learning needs the token
-        self.needs_token = not is_loopback(host) or bool(service.config.serve.http_token)
+
+    @property
+    def needs_token(self) -> bool:
+        """Beyond loopback learning needs the token, and wherever one is set;
+        read at each request, so a reload that sets or drops it applies."""
+        return not is_loopback(self.host) or bool(self.service.config.serve.http_token)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._session, self.host, self.port, limit=_MAX_LINE * 2)
