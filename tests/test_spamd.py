@@ -160,6 +160,7 @@ def test_protocol_abuse_gets_an_error_answer_and_the_door_stays_up(spamd, trec_t
         b"FROB SPAMC/1.5\r\nContent-length: 0\r\n\r\n": b" 76 ",
         b"CHECK SPAMC/1.5\r\nContent-length: x\r\n\r\n": b" 76 ",
         b"CHECK SPAMC/1.5\r\nContent-length: 999999999999\r\n\r\n": b" 98 ",
+        b"CHECK SPAMC/1.5\r\nContent-length: 500\r\n\r\nshort": b" 76 ",
         _request("CHECK", bomb, "Compress: zlib"): b" 98 ",
         _request("CHECK", b"not zlib", "Compress: zlib"): b" 65 ",
         _request("TELL", raw, "Message-class: spam"): b" 76 ",

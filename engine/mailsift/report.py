@@ -176,6 +176,15 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
     return new + b"".join(kept) + body
 
 
+def add_headers_after_from_line(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """:func:`add_headers` for a message a delivery agent hands over (the
+    pipe filter, spamc under procmail): an mbox ``From `` line stays first,
+    as SpamAssassin keeps it; above it, ours would leave it a stray line in
+    the header block.  (Mail from an MTA over SMTP or milter has none.)"""
+    from_line = raw[: raw.find(b"\n") + 1] if raw.startswith(b"From ") and b"\n" in raw else b""
+    return from_line + add_headers(raw[len(from_line) :], headers)
+
+
 def _header_end(raw: bytes) -> int:
     """Offset where the header block ends (at its blank line), or the end."""
     ends = [i + len(sep) // 2 for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
