@@ -134,12 +134,33 @@ def test_beyond_loopback_learning_is_refused_without_a_token():
     from mailsift.config import Config
     from mailsift.serve.http import HttpDoor, HttpError
 
-    door = HttpDoor.__new__(HttpDoor)  # not started: only the rule is under test
-    door.service = type("S", (), {"config": Config()})()
-    door.needs_token = True
+    service = type("S", (), {"config": Config()})()
+    door = HttpDoor(service, "0.0.0.0", 0)  # not started: only the rule is under test
     with pytest.raises(HttpError) as err:
         door._authorise({})
     assert err.value.status == 403
+    HttpDoor(service, "127.0.0.1", 0)._authorise({})  # loopback, no token set: allowed
+
+
+def test_a_token_set_or_removed_by_a_reload_applies_at_once():
+    """SIGHUP re-reads the config (Service.reload replaces service.config):
+    a token added on a loopback door is asked for from the next request;
+    one removed from a loopback door is no longer asked for."""
+    from mailsift.config import Config
+    from mailsift.serve.http import HttpDoor, HttpError
+
+    service = type("S", (), {"config": Config()})()
+    door = HttpDoor(service, "127.0.0.1", 0)
+    door._authorise({})
+    with_token = Config()
+    with_token.serve.http_token = "s3cret"
+    service.config = with_token  # the reload
+    with pytest.raises(HttpError) as err:
+        door._authorise({})
+    assert err.value.status == 401
+    door._authorise({"authorization": "Bearer s3cret"})
+    service.config = Config()  # token removed again
+    door._authorise({})
 
 
 def _raw_http(port: int, request: bytes) -> bytes:
@@ -177,3 +198,66 @@ def test_bad_requests_get_their_status_and_the_door_stays_up(serving, model):
     status, body = get(srv.url("/healthz"))
     assert status == 200 and json.loads(body)["status"] == "ok"
     assert total(metric_samples(srv), "mailsift_errors_total", kind="bad_request") >= 9
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(scoring_service):
+    """curl sends ``Expect: 100-continue`` for bodies over 1 MiB and holds
+    the body back until the server says 100 (or a second passes): without
+    the interim answer every large message costs a second.  A request
+    refused on its head (413 here) gets the refusal instead of 100."""
+    import asyncio
+
+    from mailsift.config import Config
+    from mailsift.serve.http import HttpDoor
+
+    config = Config()
+    config.proxy.max_message_size = 4 << 20
+    service = scoring_service(config)
+    body = b"From: a@example.org\r\nSubject: big\r\n\r\n" + b"x" * (1100 * 1024) + b"\r\n"
+
+    async def ask(length: int) -> tuple[bytes, bytes]:
+        door = HttpDoor(service, "127.0.0.1", 0)
+        await door.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", door.port)
+            writer.write(
+                f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                "Expect: 100-continue\r\n\r\n".encode()
+            )
+            await writer.drain()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # before any body
+            if interim.startswith(b"HTTP/1.1 100 "):
+                writer.write(body)
+                writer.write_eof()
+            final = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+            return interim, final
+        finally:
+            door.close()
+            await door.stop(5)
+
+    interim, final = asyncio.run(ask(len(body)))
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n") and b'"action": ' in final
+    interim, _ = asyncio.run(ask(8 << 20))
+    assert interim.startswith(b"HTTP/1.1 413 ")
+
+
+def test_every_error_kind_is_exported_at_zero_before_the_first_error():
+    """An alert on ``increase(mailsift_errors_total{kind="scoring_failed"}[5m])``
+    never fires on the first failure if the series only appears with it
+    (Prometheus sees 1 as the start value): every kind the help text names
+    is there, at 0, from start."""
+    from mailsift.serve.metrics import ERROR_KINDS, Metrics
+
+    metrics = Metrics()
+    samples = {
+        s.labels["kind"]: s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+        if s.name == "mailsift_errors_total"
+    }
+    assert samples == {kind: 0.0 for kind in ERROR_KINDS}
+    assert {"scoring_failed", "scoring_timeout", "dns_deadline", "next_hop_down"} <= set(ERROR_KINDS)
+    metrics.error("scoring_failed")
+    assert 'mailsift_errors_total{kind="scoring_failed"} 1.0' in metrics.render().decode()

@@ -193,6 +193,28 @@ def test_milter_passes_ham_with_spam_headers_and_deletes_forged_ones(scoring_ser
     assert all(cmd != b"m" for cmd, _ in replies[replies.index(next(r for r in replies if r[0] == b"h")) :])
 
 
+def test_milter_deletes_every_incoming_x_spam_header_not_only_ours(scoring_service):
+    """As the SMTP and spamd doors do (report.add_headers): another filter's
+    X-Spam-Report or X-Spam-Checker-Version, or a forged X-Spam-Virus, must
+    not reach the mailbox beside our verdict."""
+    forged = (
+        b"X-Spam-Report: forged\r\nX-Spam-Checker-Version: SpamAssassin 9.9\r\n"
+        b"X-Spam-Virus: No\r\nX-Mailsift-Report: forged\r\nX-Spamless: kept\r\nX-Spam: kept\r\n"
+    )
+
+    async def test(port):
+        c = await MilterClient.open(port)
+        await c.session()
+        replies = await c.message(forged + HAM)
+        c.close()
+        return replies
+
+    deleted = headers_deleted(run_with(scoring_service(), test))
+    assert sorted(deleted) == [
+        ("X-Mailsift-Report", 1), ("X-Spam-Checker-Version", 1), ("X-Spam-Report", 1), ("X-Spam-Virus", 1),
+    ]  # fmt: skip
+
+
 def test_milter_rebuilds_the_message_and_feeds_the_session_to_the_rules(scoring_service):
     service = RecordingService(scoring_service())
     body = b"line one\r\n" + b"x" * 200_000 + b"\r\nend\r\n"  # several body chunks

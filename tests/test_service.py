@@ -198,6 +198,48 @@ def test_mailsift_learn_hands_off_to_the_running_service_else_writes_the_file(
     assert LinearModel.load(model).ledger.digests[message_digest(raw.read_bytes())][0] == 0
 
 
+@pytest.mark.parametrize("named", ["--service", "serve.http"])
+def test_mailsift_learn_says_clearly_when_what_answers_is_not_a_mailsift_service(tmp_path, named):
+    """Failure injection: the port answers, but not HTTP (the spamd door,
+    or any other daemon, given by mistake): a clear error naming the URL,
+    no traceback, and nothing written behind the service's back."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_garbage():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SPAMD/1.1 76 EX_PROTOCOL bad request line\r\n\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    model = tmp_path / "model.npz"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[model]\npath = "{model}"\n'
+        + (f'[serve]\nhttp = "127.0.0.1:{port}"\n' if named != "--service" else "")
+    )
+    args = ["--service", url] if named == "--service" else []
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "mailsift.cli", "--config", str(cfg), "learn", "--spam", *args, "-"],
+            input=HAM, capture_output=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        listener.close()
+    assert out.returncode == os.EX_UNAVAILABLE, out
+    assert b"Traceback" not in out.stderr and f"{url}: not a mailsift service".encode() in out.stderr
+    assert not model.exists()
+
+
 def test_service_learns_and_cli_learns_into_the_same_file_lose_nothing(serving, model, trec_test_sample):
     """The service's learner takes the model's flock (MODEL.lock) like
     ``mailsift learn --model``: 4 learns through the HTTP door and 4 straight

@@ -64,6 +64,20 @@ def test_plain_spamc_returns_the_whole_message_with_x_spam_status(spamd, trec_te
         assert line in out.stdout  # every original header line kept
 
 
+def test_plain_spamc_keeps_the_mbox_from_line_first(spamd, trec_test_sample):
+    """procmail hands a filter (``:0fw | spamc``) the message with its mbox
+    From_ line, as SpamAssassin's spamd keeps it: our headers go below it,
+    or the mailbox gets a message whose header block starts with X-Spam-*
+    and has a stray "From " line in it."""
+    raw = trec_test_sample[1][0].read_bytes()
+    from_line = raw.partition(b"\n")[0] + b"\n"
+    assert from_line.startswith(b"From ")  # trec07p keeps the mbox separator
+    for args in ((), ("--headers",)):
+        out = spamc(spamd.port, *args, data=raw).stdout
+        assert out.startswith(from_line) and out.count(b"\nFrom ") == raw.count(b"\nFrom "), args
+        assert out[len(from_line) :].startswith(b"X-Spam-"), args
+
+
 def test_spamc_headers_symbols_and_report(spamd, trec_test_sample):
     raw = trec_test_sample[0][0].read_bytes()
     headers = spamc(spamd.port, "--headers", data=raw)
@@ -146,6 +160,7 @@ def test_protocol_abuse_gets_an_error_answer_and_the_door_stays_up(spamd, trec_t
         b"FROB SPAMC/1.5\r\nContent-length: 0\r\n\r\n": b" 76 ",
         b"CHECK SPAMC/1.5\r\nContent-length: x\r\n\r\n": b" 76 ",
         b"CHECK SPAMC/1.5\r\nContent-length: 999999999999\r\n\r\n": b" 98 ",
+        b"CHECK SPAMC/1.5\r\nContent-length: 500\r\n\r\nshort": b" 76 ",
         _request("CHECK", bomb, "Compress: zlib"): b" 98 ",
         _request("CHECK", b"not zlib", "Compress: zlib"): b" 65 ",
         _request("TELL", raw, "Message-class: spam"): b" 76 ",

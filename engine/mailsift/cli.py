@@ -247,6 +247,7 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
     """Hand the message to the running service (its learner is the only
     writer of the model, and its filter learns at once).  None: no service
     is configured, or the configured one is not running: learn into the file."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -276,7 +277,8 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
             ) from None
         print(f"mailsift: no service at {url} (serve.http); learning into the model file", file=sys.stderr)
         return None
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError, http.client.HTTPException):
+        # something answers there, but not our HTTP door (the spamd port, another daemon)
         raise CliError(f"{url}: not a mailsift service (unexpected answer)", EX_UNAVAILABLE) from None
     return _print_outcome(args.file, outcome, args.spam, unlearn, f" (through the service at {url})")
 

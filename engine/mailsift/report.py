@@ -32,6 +32,13 @@ _MAX_REPORT = 900
 MAX_STARS = 50
 
 
+def replaced_on_scan(name: str) -> bool:
+    """True for a header name every door removes from incoming mail before
+    adding its verdict (any ``X-Spam-*``, ``X-Mailsift-Report``): the one
+    rule for add_headers and for the milter, which deletes by name."""
+    return bool(_OURS_RE.match(name.encode("latin-1", "replace") + b":"))
+
+
 def spam_level(score: float) -> str:
     """SpamAssassin's ``X-Spam-Level`` value: one ``*`` per whole point
     (truncated, so 4.9 is ``****``), none below 1, at most 50."""
@@ -216,6 +223,15 @@ def _strip_ours(head: bytes) -> bytes:
         return head  # the common case, and a flood of other headers: C-speed literal searches only
     out = _OURS_RUN_RE.sub(rb"\1", b"\n" + head)
     return head if len(out) == len(head) + 1 else out[1:]
+
+
+def add_headers_after_from_line(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """:func:`add_headers` for a message a delivery agent hands over (the
+    pipe filter, spamc under procmail): an mbox ``From `` line stays first,
+    as SpamAssassin keeps it; above it, ours would leave it a stray line in
+    the header block.  (Mail from an MTA over SMTP or milter has none.)"""
+    from_line = raw[: raw.find(b"\n") + 1] if raw.startswith(b"From ") and b"\n" in raw else b""
+    return from_line + add_headers(raw[len(from_line) :], headers)
 
 
 def _header_end(raw: bytes) -> int:

@@ -13,7 +13,8 @@
 
 A small server on asyncio streams rather than aiohttp: five routes, one
 request per connection, bodies bounded by ``proxy.max_message_size`` (413
-above), no chunked uploads (411); a framework would add a large dependency
+above), no chunked uploads (411), ``Expect: 100-continue`` answered once the
+head is accepted; a framework would add a large dependency
 to the lean daemon for none of its features.  Learn endpoints need
 ``Authorization: Bearer <serve.http_token>`` when the door listens beyond
 loopback (and whenever a token is configured).  Every error is a JSON answer
@@ -57,8 +58,12 @@ class HttpDoor:
         self.host, self.port = host, port
         self.server: asyncio.base_events.Server | None = None
         self.active = 0
-        #: beyond loopback, learning needs the token
-        self.needs_token = not is_loopback(host) or bool(service.config.serve.http_token)
+
+    @property
+    def needs_token(self) -> bool:
+        """Beyond loopback learning needs the token, and wherever one is set;
+        read at each request, so a reload that sets or drops it applies."""
+        return not is_loopback(self.host) or bool(self.service.config.serve.http_token)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._session, self.host, self.port, limit=_MAX_LINE * 2)
@@ -91,7 +96,7 @@ class HttpDoor:
                     raise HttpError(503, "too many connections, try again later")
                 timeout = self.service.config.serve.request_timeout
                 method, target, headers = await asyncio.wait_for(_read_head(reader), timeout)
-                status, ctype, body = await self._route(reader, method, target, headers, timeout)
+                status, ctype, body = await self._route(reader, writer, method, target, headers, timeout)
             except HttpError as exc:
                 # 5xx: scoring failed, and the service counted it; refused learns are not errors
                 if exc.status < 500 and exc.status not in (401, 403, 404, 405):
@@ -120,7 +125,7 @@ class HttpDoor:
             except (ConnectionError, OSError):
                 pass
 
-    async def _route(self, reader, method: str, target: str, headers: dict, timeout: float):
+    async def _route(self, reader, writer, method: str, target: str, headers: dict, timeout: float):
         url = urlsplit(target)
         path = url.path
         if path not in _ROUTES:
@@ -136,7 +141,7 @@ class HttpDoor:
             return 200, "application/json", _json({"status": "ok", "model": str(self.service.model_file)})
         if path in ("/learn", "/unlearn"):
             self._authorise(headers)  # before reading a body from someone who may not learn
-        body = await asyncio.wait_for(self._body(reader, headers), timeout)
+        body = await asyncio.wait_for(self._body(reader, writer, headers), timeout)
         if path == "/score":
             context = Context(
                 client_ip=query.get("ip", ""),
@@ -172,7 +177,7 @@ class HttpDoor:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise HttpError(401, "learning needs Authorization: Bearer <serve.http_token>")
 
-    async def _body(self, reader, headers: dict) -> bytes:
+    async def _body(self, reader, writer, headers: dict) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             raise HttpError(411, "send a Content-Length (chunked uploads are not accepted)")
         if "content-length" not in headers:
@@ -186,6 +191,10 @@ class HttpDoor:
         limit = self.service.config.proxy.max_message_size
         if length > limit:
             raise HttpError(413, f"message over {limit} bytes (proxy.max_message_size)")
+        if headers.get("expect", "").lower() == "100-continue" and length:
+            # curl holds a body over 1 MiB back until this (or for a second)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
         try:
             return await reader.readexactly(length)
         except asyncio.IncompleteReadError:

@@ -16,6 +16,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..pool import PoolStats
 from ..score import Verdict
 
+#: every ``mailsift_errors_total`` kind a part of the service counts; each is
+#: exported at 0 from start, so rate()/increase() see the first failure
+ERROR_KINDS = (
+    "scoring_failed", "scoring_timeout", "dns_deadline", "next_hop_down", "bad_request", "learn_failed",
+    "internal",
+)  # fmt: skip
+
 #: scoring takes milliseconds; a DNS deadline or an overloaded pool, seconds
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -83,11 +90,12 @@ class Metrics:
         )
         self.errors = Counter(
             "mailsift_errors",
-            "Failures by kind: scoring_failed, scoring_timeout, dns_deadline, next_hop_down, "
-            "bad_request, learn_failed, internal",
+            "Failures by kind: " + ", ".join(ERROR_KINDS),
             ["kind"],
             registry=r,
         )
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind=kind)
         self.model_info = Gauge(
             "mailsift_model_info", "The model in use (value 1)", ["path", "trained", "messages"], registry=r
         )

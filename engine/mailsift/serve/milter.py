@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import Config, MilterConfig
-from ..report import OUR_HEADERS, spam_headers
+from ..report import replaced_on_scan, spam_headers
 from ..rules import Context
 from ..score import REJECT, Verdict
 
@@ -97,8 +97,6 @@ MAX_PACKET = 1024 * 1024
 #: commands that each get one "continue"
 _CONTINUE = {SMFIC_CONNECT, SMFIC_HELO, SMFIC_MAIL, SMFIC_RCPT, SMFIC_DATA, SMFIC_HEADER, SMFIC_EOH}
 _CONTINUE |= {SMFIC_BODY, SMFIC_UNKNOWN}
-
-_OURS = frozenset(OUR_HEADERS)
 
 
 class Service(Protocol):
@@ -302,7 +300,7 @@ class MilterSession:
         key = name.decode("latin-1").lower()
         m = self.msg
         m.counts[key] = m.counts.get(key, 0) + 1
-        if key in _OURS:
+        if replaced_on_scan(key):
             m.ours.append((name.decode("latin-1"), m.counts[key]))
         self._keep(name + b": " + value + b"\r\n", m.head)
 

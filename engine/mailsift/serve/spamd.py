@@ -32,7 +32,7 @@ import logging
 import zlib
 
 from ..config import is_loopback
-from ..report import add_headers, spam_headers
+from ..report import add_headers_after_from_line, spam_headers
 from ..score import Verdict, explain
 from .service import LearnRefused, NotMail, Service
 
@@ -150,7 +150,10 @@ class SpamdDoor:
                 raise ProtocolError(EX_PROTOCOL, "bad Content-length")
             if length > limit:
                 raise ProtocolError(EX_TOOBIG, f"message over {limit} bytes")
-            body = await reader.readexactly(length)
+            try:
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                raise ProtocolError(EX_PROTOCOL, "message shorter than its Content-length") from None
         else:  # old clients: the message runs to the end of the stream
             body = await reader.read(limit + 1)
             if len(body) > limit:
@@ -194,7 +197,7 @@ class SpamdDoor:
         elif method == "REPORT_IFSPAM":
             out = b""
         else:
-            out = add_headers(body, spam_headers(verdict))
+            out = add_headers_after_from_line(body, spam_headers(verdict))  # procmail's From_ stays first
             if method == "HEADERS":
                 out = out[: _header_end(out)]
         await self._answer(writer, EX_OK, "EX_OK", extra, out)
