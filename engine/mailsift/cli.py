@@ -24,11 +24,10 @@ from .datasets import ORDERS, build_index, ordered, split_index, write_index
 from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
 from .filter import DEFAULT_MODEL, Filter, resolve_model_path
 from .model import LinearModel, ModelError
-from .parse import parse
 from .report import strip_verdict_headers
 from .rules import Context
 from .score import explain
-from .tokens import extract
+from .tokens import extract_bytes
 from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest, progress
 
 # sysexits(3)
@@ -267,7 +266,7 @@ def _learn_locked(args, raw: bytes, path: Path, unlearn: bool) -> int:
     model = LinearModel.load(path)
     if model.info.get("generic") and not args.model:
         _refuse_default(path)
-    vec = extract(parse(raw), model.settings).vec
+    vec = extract_bytes(raw, model.settings).vec
     digest = message_digest(raw)
     spam = args.spam
     if unlearn:

@@ -16,7 +16,7 @@ from .parse import ParsedMessage, parse
 from .report import strip_verdict_headers
 from .rules import Context, NetworkRules, headers, tld
 from .score import Evidence, Verdict, action_for, model_points
-from .tokens import Features, extract
+from .tokens import Features, extract_bytes
 
 #: the model that ships with mailsift (see models/default/README.md)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default-model.npz"
@@ -78,8 +78,9 @@ class Filter:
         envelope sender) for the network rules.  Filters' verdict headers
         are removed first: a score never reads a verdict (forged or ours);
         DKIM still verifies the message as it was handed over."""
-        msg = parse(strip_verdict_headers(raw))
-        return self.verdict(msg, extract(msg, self.model.settings), evidence, context, raw=raw)
+        clean = strip_verdict_headers(raw)
+        msg = parse(clean)
+        return self.verdict(msg, extract_bytes(clean, self.model.settings), evidence, context, raw=raw)
 
     def verdict(
         self,
