@@ -179,7 +179,9 @@ def test_learn_detects_repeats_and_unlearn_reverses(split_model, sa_test, tmp_pa
 
 
 def test_learn_refuses_to_modify_the_shipped_default(sa_test, isolated_env):
-    r = run("learn", "--spam", _pick(sa_test, True)[0], env=isolated_env)
+    from mailsift.filter import DEFAULT_MODEL
+
+    r = run("learn", "--spam", "--model", DEFAULT_MODEL, _pick(sa_test, True)[0], env=isolated_env)
     assert r.returncode == 64 and b"shipped default model" in r.stderr
 
 

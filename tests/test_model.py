@@ -25,7 +25,7 @@ def _vec(text: str, settings=SMALL):
 def toy_model():
     spam = [_vec(f"cheap pills buy now offer {i} viagra casino winner") for i in range(30)]
     ham = [_vec(f"meeting notes for the kernel patch review number {i}") for i in range(30)]
-    model = LinearModel(SMALL, TrainParams(epochs=3, shuffles=1)).fit(spam + ham, [True] * 30 + [False] * 30)
+    model = LinearModel(SMALL, TrainParams(epochs=3)).fit(spam + ham, [True] * 30 + [False] * 30)
     model.platt = fit_platt(model.decision_function(spam + ham), np.array([True] * 30 + [False] * 30))
     return model
 
@@ -37,16 +37,66 @@ def test_fit_separates_and_predict_proba_is_two_columns(toy_model):
     assert p[0, 1] > 0.5 > p[1, 1]
 
 
-def test_partial_fit_steps_at_online_lr_and_learn_one_at_lr():
+def _stream(n=40):
+    texts = [f"cheap pills offer {i} casino" if i % 3 else f"kernel patch review {i} notes" for i in range(n)]
+    return [_vec(t) for t in texts], [i % 3 != 0 for i in range(n)]
+
+
+def test_learn_one_partial_fit_and_online_eval_take_the_same_step(tmp_path):
+    """What eval --online measures is what a click does: the same weights
+    after the same messages, whichever entry point taught them."""
+    X, y = _stream()
+    online = LinearModel(SMALL).partial_fit(X, y)
+    clicked = LinearModel(SMALL)
+    for i, (x, spam) in enumerate(zip(X, y)):
+        clicked.learn_one(x, spam, f"d{i}".encode().ljust(16, b"\0"))
+    stepped = LinearModel(SMALL)
+    for x, spam in zip(X, y):
+        stepped.step(x, spam)
+    assert np.count_nonzero(online.w) > 0
+    assert np.array_equal(online.w, clicked.w) and np.array_equal(online.acc, clicked.acc)
+    assert np.array_equal(online.w, stepped.w)
+    assert (clicked.n_spam, clicked.n_ham) == (online.n_spam, online.n_ham) == (sum(y), len(y) - sum(y))
+
+
+def test_online_eval_runs_the_models_step(tmp_path, message_bytes):
+    """score_online's learning is LinearModel.step: the same weights as
+    partial_fit on the same messages."""
+    from mailsift import Filter
+    from mailsift.config import Config
+    from mailsift.corpus import read_index
+    from mailsift.evaluate import score_online
+    from mailsift.tokens import extract_bytes
+
+    lines = []
+    raws = []
+    for i in range(12):
+        spam = i % 2 == 0
+        raw = message_bytes(body=("win cash now casino " if spam else "minutes of the meeting ") + str(i))
+        (tmp_path / f"m{i}").write_bytes(raw)
+        raws.append((raw, spam))
+        lines.append(f"{'spam' if spam else 'ham'} m{i}\n")
+    (tmp_path / "all.index").write_text("".join(lines))
+    config = Config()
+    config.dnsbl = []
+    config.auth.enabled = False
+    flt = Filter(config, model=LinearModel(SMALL))
+    score_online(flt, read_index(tmp_path / "all.index"))
+    reference = LinearModel(SMALL).partial_fit(
+        [extract_bytes(r, SMALL).vec for r, _ in raws], [s for _, s in raws]
+    )
+    assert np.array_equal(flt.model.w, reference.w)
+
+
+def test_adagrad_steps_shrink_for_features_seen_often():
     x = _vec("cheap pills buy now")
-    online = [
-        LinearModel(SMALL, TrainParams(lr=40.0, online_lr=r)).partial_fit([x], [True]) for r in (5.0, 10.0)
-    ]
-    assert np.count_nonzero(online[0].w) > 0
-    assert np.allclose(online[1].w, 2 * online[0].w)  # from zero the step is proportional to its rate
-    learned = LinearModel(SMALL, TrainParams(lr=40.0, online_lr=10.0))
-    learned.learn_one(x, True, b"digest")
-    assert np.allclose(learned.w, 4 * online[1].w)  # mailsift learn keeps fit's step
+    model = LinearModel(SMALL)
+    moves = []
+    for _ in range(3):
+        before = model.margin(x)
+        model.step(x, True, margin=0.0)  # same gradient each time: only the AdaGrad sums differ
+        moves.append(model.margin(x) - before)
+    assert moves[0] > moves[1] > moves[2] > 0
 
 
 def test_save_load_round_trip_scores_identically(tmp_path, toy_model):
@@ -54,8 +104,9 @@ def test_save_load_round_trip_scores_identically(tmp_path, toy_model):
     toy_model.save(path)
     loaded = LinearModel.load(path)
     xs = [_vec("buy cheap pills"), _vec("patch review"), _vec("")]
-    # weights are stored as float16: identical to within that precision
-    assert np.allclose(loaded.decision_function(xs), toy_model.decision_function(xs), atol=1e-2)
+    # weights and AdaGrad sums are stored as float32: exactly what was in memory
+    assert np.array_equal(loaded.decision_function(xs), toy_model.decision_function(xs))
+    assert np.array_equal(loaded.w, toy_model.w) and np.array_equal(loaded.acc, toy_model.acc)
     assert loaded.settings == toy_model.settings
     assert loaded.platt == toy_model.platt
     assert (loaded.n_ham, loaded.n_spam) == (30, 30)
@@ -182,17 +233,74 @@ def test_missing_model_file_says_not_found(tmp_path):
         LinearModel.load(tmp_path / "none.npz")
 
 
-def test_learn_then_unlearn_restores_the_weights_exactly(toy_model):
+def test_learn_then_unlearn_gives_every_probability_back(toy_model, tmp_path):
     raw = b"Subject: odd\n\nan unusual message about gardening and tomatoes\n"
     vec = extract(parse(raw), SMALL).vec
     digest = message_digest(raw)
-    w0, b0 = toy_model.w.copy(), toy_model.b
+    probes = [
+        _vec(t) for t in ("buy cheap pills", "patch review", "tomatoes gardening", "an unusual message")
+    ]
+    p0 = toy_model.predict_proba(probes)[:, 1]
+    w0 = toy_model.w.copy()
     assert toy_model.learn_one(vec, True, digest)[0] == "learned"
     assert not np.array_equal(toy_model.w, w0)
     assert toy_model.learn_one(vec, True, digest)[0] == "already-learned"
-    assert toy_model.unlearn_one(vec, digest) == ("unlearned", 1)
-    assert np.allclose(toy_model.w, w0, atol=1e-6) and abs(toy_model.b - b0) < 1e-9
-    assert toy_model.unlearn_one(vec, digest)[0] == "not-learned"
+    # through a save and load, as two mailsift learn / unlearn runs do
+    toy_model.save(tmp_path / "m.npz")
+    loaded = LinearModel.load(tmp_path / "m.npz")
+    assert loaded.unlearn_one(vec, digest) == ("unlearned", 1)
+    assert np.abs(loaded.predict_proba(probes)[:, 1] - p0).max() < 1e-4
+    assert np.allclose(loaded.w, w0, atol=1e-6)
+    assert loaded.unlearn_one(vec, digest)[0] == "not-learned"
+
+
+def test_format_1_model_files_still_load_and_score(tmp_path):
+    """A model written by mailsift before format 2 (float16 weights, v1
+    features, a bias) loads and scores with its own feature extraction."""
+    from mailsift.tokens import FeatureSettings as FS
+
+    settings = FS(scheme="v1", n_bits=16, ngram_bytes=2000)
+    x = extract(parse(b"Subject: s\n\ncheap pills\n"), settings).vec
+    assert abs(float(np.dot(x[1], x[1])) - 1.0) < 1e-5  # v1 features are L2-normalised
+    feats = {
+        k: v for k, v in settings.to_dict().items() if k not in ("scheme", "raw_tokens", "receiver_headers")
+    }
+    meta = {
+        "format": "mailsift-model",
+        "format_version": 1,
+        "kind": "logistic-regression",
+        "features": feats,
+        "train": {
+            "lr": 40.0,
+            "thick": 4.0,
+            "epochs": 5,
+            "shuffles": 4,
+            "seed": 0,
+            "ham_weight": 2.0,
+            "online_lr": 10.0,
+        },
+        "platt": [0.5, -1.0],
+        "n_ham": 3,
+        "n_spam": 4,
+        "trained_at": "",
+        "info": {"generic": True},
+    }
+    slots = x[0].astype(np.uint32)
+    path = tmp_path / "v1.npz"
+    np.savez_compressed(
+        path,
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        slots=slots,
+        weights=np.full(len(slots), 2.0, dtype=np.float16),
+        bias=np.array([0.25]),
+        ledger_digest=np.zeros(0, dtype="S16"),
+        ledger_label=np.zeros(0, dtype=np.int8),
+        ledger_step=np.zeros(0, dtype=np.float32),
+    )
+    model = LinearModel.load(path)
+    assert model.settings.scheme == "v1" and model.info["generic"]
+    assert model.margin(x) == pytest.approx(2.0 * float(x[1].sum()) + 0.25, rel=1e-5)
+    assert model.info["format_1_train"]["lr"] == 40.0
 
 
 def test_relearning_with_the_other_label_replaces_the_first_step(toy_model):

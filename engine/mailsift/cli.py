@@ -23,13 +23,12 @@ from .config import ConfigError, load_config, split_hostport, user_model_path
 from .corpus import CorpusError, Labelled, mail_problem, read_index
 from .datasets import ORDERS, build_index, ordered, split_index, write_index
 from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
-from .filter import DEFAULT_MODEL, Filter, resolve_model_path
+from .filter import DEFAULT_MODEL, Filter, start_from_default
 from .model import LinearModel, ModelError, model_lock
-from .parse import parse
 from .report import strip_verdict_headers
 from .rules import Context
 from .score import explain
-from .tokens import extract
+from .tokens import extract_bytes
 from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest, progress
 
 # sysexits(3)
@@ -132,6 +131,8 @@ def cmd_score(args) -> int:
             f"{flt.model_weight:g}; train your own with 'mailsift train'",
             file=sys.stderr,
         )
+    elif flt.base is not None and not args.json:
+        print(f"note: {verdict.standing()}", file=sys.stderr)
     return 1 if verdict.is_spam else 0
 
 
@@ -213,7 +214,30 @@ def _print_skipped(ts) -> None:
 
 # -- learn / unlearn -----------------------------------------------------
 def _own_model_path(args) -> Path:
-    return Path(args.model) if args.model else resolve_model_path(load_config(args.config))
+    """The model ``learn``/``unlearn`` change: --model, the config's
+    model.path, or the user's own model (which may not exist yet).  The
+    shipped file itself is never written."""
+    if args.model:
+        path = Path(args.model).expanduser()
+    else:
+        config = load_config(args.config)
+        path = Path(config.model.path).expanduser() if config.model.path else user_model_path()
+    if path.resolve() == DEFAULT_MODEL.resolve():
+        raise CliError(
+            f"{path}: is the shipped default model, which is never changed; leave out --model "
+            f"(and model.path) to learn into your own model at {user_model_path()}",
+            EX_USAGE,
+        )
+    return path
+
+
+def _load_own(args, path: Path, create: bool) -> LinearModel | None:
+    """The model at ``path``; with no own model there yet, ``learn``
+    (``create``) starts one from the shipped default, to be written at that
+    path, and ``unlearn`` gets None (nothing was learned)."""
+    if path.exists() or args.model:
+        return LinearModel.load(path)
+    return start_from_default() if create else None
 
 
 @contextmanager
@@ -320,26 +344,24 @@ def cmd_learn(args, unlearn: bool = False) -> int:
         if handed is not None:
             return handed
     path = _own_model_path(args)
-    if path == DEFAULT_MODEL:
-        _refuse_default(path)  # before the lock: no lock file next to the shipped model
+    if not path.exists() and not args.model:
+        if unlearn:
+            print(f"{args.file}: was never learned (there is no model of your own at {path}); nothing to do")
+            return 0
+        path.parent.mkdir(parents=True, exist_ok=True)  # for the lock file beside the new model
     with _model_lock(path):
         return _learn_locked(args, raw, path, unlearn)
 
 
-def _refuse_default(path: Path):
-    raise CliError(
-        f"{path}: is the shipped default model; train your own with 'mailsift train' "
-        "(or name a model with --model) before learning single messages",
-        EX_USAGE,
-    )
-
-
 def _learn_locked(args, raw: bytes, path: Path, unlearn: bool) -> int:
-    """The read-modify-write of ``learn``/``unlearn``; the caller holds the lock."""
-    model = LinearModel.load(path)
-    if model.info.get("generic") and not args.model:
-        _refuse_default(path)
-    vec = extract(parse(raw), model.settings).vec
+    """The read-modify-write of ``learn``/``unlearn``; the caller holds the
+    lock, so the model is read here, after it was taken."""
+    model = _load_own(args, path, create=not unlearn)
+    if model is None:  # the own model was removed between the check and the lock
+        print(f"{args.file}: was never learned (there is no model of your own at {path}); nothing to do")
+        return 0
+    created = not path.exists()
+    vec = extract_bytes(raw, model.settings).vec
     digest = message_digest(raw)
     spam = args.spam
     if unlearn:
@@ -368,6 +390,8 @@ def _learn_locked(args, raw: bytes, path: Path, unlearn: bool) -> int:
             return 0
         note = " (was learned as the other class before)" if status == "relabelled" else ""
         print(f"{args.file}: learned as {what}{note}")
+        if created:
+            print(f"{path}: your own model, started from the shipped default (which is not changed)")
     try:
         model.save(path)
     except OSError as exc:

@@ -45,6 +45,10 @@ class ModelConfig:
     #: its points are clipped to +/- this: it may mark mail as spam, but never
     #: reject on its own, nor outvote strong rule evidence
     default_cap: float = field(default=7.5, metadata=positive())
+    #: a model of your own gets the shipped default's points added until it
+    #: has learned this many messages of each class: the default's share falls
+    #: linearly from 1 to 0 (see models/default/README.md); 0 = never blend
+    blend_until: int = field(default=200, metadata=at_least(0))
 
 
 @dataclass

@@ -1,5 +1,11 @@
 """The one object every entry point uses: config + model, and the single
 path raw bytes -> parse -> features -> model (+ rules) -> Verdict.
+
+A model trained on a little of the user's mail is blended with the shipped
+default until it has learned enough: model points = own points + share x
+the default's points (see :func:`default_share`, and models/default/README.md
+for the measurements behind the rule), so a user who has trained a little is
+not left with a model that knows less than the default did.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ from .parse import MAX_PARSE_BYTES, ParsedMessage, parse
 from .report import strip_verdict_headers
 from .rules import Context, NetworkRules, headers, tld
 from .score import Evidence, Verdict, action_for, model_points
-from .tokens import Features, extract
+from .tokens import Features, extract, extract_bytes
 
 #: the model that ships with mailsift (see models/default/README.md)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default-model.npz"
+
+#: ``info["started_from"]`` of a user's model that ``learn`` created as a copy
+#: of the shipped default
+FROM_DEFAULT = "default"
 
 
 def resolve_model_path(config: Config, explicit: str | None = None) -> Path:
@@ -33,6 +43,35 @@ def resolve_model_path(config: Config, explicit: str | None = None) -> Path:
     return own if own.is_file() else DEFAULT_MODEL
 
 
+def default_share(n_ham: int, n_spam: int, full_at: int) -> float:
+    """Share of the shipped default's points added to the points of a model
+    that has learned ``n_ham`` ham and ``n_spam`` spam: it falls linearly with
+    the smaller class, from 1 (nothing learned) to 0 at ``full_at`` messages
+    of each class; the smaller class decides because a model that has seen
+    one class only has learned the class balance, not what separates the two.
+    ``full_at`` 0 turns blending off."""
+    if full_at <= 0:
+        return 0.0
+    return max(0.0, 1.0 - min(n_ham, n_spam) / full_at)
+
+
+def start_from_default(default_path: Path = DEFAULT_MODEL) -> LinearModel:
+    """A new own model for a user who has not trained one: the shipped
+    default's weights, with nothing learned from this user yet (counts and
+    ledger empty; the default's own counts are kept in ``info``).  Learning
+    then moves this copy; the shipped file is only read."""
+    model = LinearModel.load(default_path)
+    model.info = {
+        "generic": False,
+        "started_from": FROM_DEFAULT,
+        "default_counts": {"n_ham": model.n_ham, "n_spam": model.n_spam},
+        "default_trained_at": model.trained_at,
+    }
+    model.n_ham = model.n_spam = 0
+    model.ledger.digests.clear()
+    return model
+
+
 class Filter:
     """Scores messages.  Load once, call :meth:`score` many times.
 
@@ -41,7 +80,11 @@ class Filter:
     'accept'
 
     ``model`` may be given as an object (evaluation does), else it is loaded
-    from ``model_path`` / the config / the default locations.
+    from ``model_path`` / the config / the default locations.  A model loaded
+    from a file is blended with the shipped default while it has learned
+    fewer than ``model.blend_until`` messages of a class; a model given as an
+    object is used alone (evaluation measures the learner) unless ``base``
+    names the model to blend it with.
     """
 
     def __init__(
@@ -49,6 +92,7 @@ class Filter:
         config: Config | None = None,
         model_path: str | None = None,
         model: LinearModel | None = None,
+        base: LinearModel | None = None,
     ):
         self.config = config or Config()
         if model is not None:
@@ -56,6 +100,16 @@ class Filter:
         else:
             self.model_path = resolve_model_path(self.config, model_path)
             self.model = LinearModel.load(self.model_path)
+        #: the shipped default this model is blended with, and its share
+        self.base: LinearModel | None = None
+        self.base_path: Path | None = None
+        self.base_share = 0.0
+        if not self.uses_default_scale:
+            share = default_share(self.model.n_ham, self.model.n_spam, self.config.model.blend_until)
+            if share > 0 and (base is not None or model is None):
+                self.base = base if base is not None else LinearModel.load(DEFAULT_MODEL)
+                self.base_path = Path("(in memory)") if base is not None else DEFAULT_MODEL
+                self.base_share = share
         dns = self.config.dns
         self.network = NetworkRules(
             self.config.dnsbl, dns.servers, dns.timeout, dns.deadline, self.config.auth, self.config.network
@@ -67,9 +121,20 @@ class Filter:
         return bool(self.model.info.get("generic", False))
 
     @property
+    def started_from_default(self) -> bool:
+        """True for a user's model that ``learn`` began as a copy of the default."""
+        return self.model.info.get("started_from") == FROM_DEFAULT
+
+    @property
+    def uses_default_scale(self) -> bool:
+        """The default, or a copy of it the user's clicks have moved: scored at
+        the default's weight and cap, and never blended (it is the default)."""
+        return self.is_generic or self.started_from_default
+
+    @property
     def model_weight(self) -> float:
         m = self.config.model
-        return m.default_weight if self.is_generic else m.weight
+        return m.default_weight if self.uses_default_scale else m.weight
 
     def score(self, raw: bytes, evidence: int = 6, context: Context | None = None) -> Verdict:
         """Verdict for one raw message; ``evidence`` strongest features are
@@ -83,7 +148,7 @@ class Filter:
         if len(raw) > MAX_PARSE_BYTES and len(kept) <= MAX_PARSE_BYTES:
             # the size is still what the sender sent: say so, as parse would have
             msg.defects.append(f"truncated: {len(raw)} bytes, {len(kept)} left without verdict headers")
-        return self.verdict(msg, extract(msg, self.model.settings), evidence, context, raw=raw)
+        return self.verdict(msg, extract_bytes(kept, self.model.settings), evidence, context, raw=raw)
 
     def verdict(
         self,
@@ -104,10 +169,31 @@ class Filter:
             weights = self.config.rule_weights
             hits = [replace(h, score=weights[h.name]) if h.name in weights else h for h in hits]
         log_odds = self.model.log_odds(self.model.margin(feats.vec))
-        probability = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
         weight = self.model_weight
-        cap = self.config.model.default_cap if self.is_generic else None
+        m = self.config.model
+        cap = m.default_cap if self.uses_default_scale else None
         points = model_points(log_odds, weight, cap)
+        named = self._evidence(self.model, feats, evidence, 1.0) if evidence else []
+        share = self.base_share
+        if self.base is not None and share > 0:
+            # the default reads its own features (its profile may differ)
+            bs = self.base.settings
+            if bs == self.model.settings:
+                base_feats = feats
+            elif bs.scheme == "raw":  # the message as parsed (verdict headers already cut)
+                base_feats = extract_bytes(msg.raw, bs)
+            else:
+                base_feats = extract(msg, bs)
+            base_log_odds = self.base.log_odds(self.base.margin(base_feats.vec))
+            base_points = model_points(base_log_odds, m.default_weight, m.default_cap)
+            # added, not averaged: the own model keeps its full say and the
+            # default's evidence counts for its share on top (measured better
+            # than a weighted average at every size: models/default/README.md)
+            points = share * base_points + points
+            log_odds = share * base_log_odds + log_odds
+            if evidence:
+                named = self._merge(named + self._evidence(self.base, base_feats, evidence, share), evidence)
+        probability = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
         total = points + sum(h.score for h in hits)
         th = self.config.thresholds
         return Verdict(
@@ -121,21 +207,35 @@ class Filter:
             model_name=str(self.model_path),
             default_model=self.is_generic,
             model_cap=cap,
-            evidence=self._evidence(feats, evidence) if evidence else [],
+            evidence=named,
             hits=hits,
             defects=list(msg.defects),
+            n_ham=self.model.n_ham,
+            n_spam=self.model.n_spam,
+            started_from_default=self.started_from_default,
+            default_share=1.0 if self.is_generic else round(share, 4),
+            blended_with=str(self.base_path) if self.base is not None else "",
+            blend_until=m.blend_until,
         )
 
-    def _evidence(self, feats: Features, n: int) -> list[Evidence]:
-        """The n features pushing hardest each way, in calibrated log-odds."""
+    @staticmethod
+    def _merge(evidence: list[Evidence], n: int) -> list[Evidence]:
+        spam = sorted((e for e in evidence if e.weight > 0), key=lambda e: -e.weight)[:n]
+        ham = sorted((e for e in evidence if e.weight < 0), key=lambda e: e.weight)[:n]
+        return spam + ham
+
+    @staticmethod
+    def _evidence(model: LinearModel, feats: Features, n: int, share: float) -> list[Evidence]:
+        """The n features pushing hardest each way, in calibrated log-odds
+        (times ``share``, the model's part in a blend)."""
         if not len(feats.indices):
             return []
-        contrib = self.model.contributions(feats.vec)
+        contrib = model.contributions(feats.vec)
         order = np.argsort(contrib)
         top = [i for i in order[::-1][:n] if contrib[i] > 0]
         bottom = [i for i in order[:n] if contrib[i] < 0]
         names = feats.names(feats.indices[top + bottom])
-        slope = self.model.platt[0]
+        slope = model.platt[0] * share
         return [
             Evidence(names[int(feats.indices[i])], round(float(contrib[i]) * slope, 4)) for i in top + bottom
         ]

@@ -59,6 +59,19 @@ class Verdict:
     evidence: list[Evidence] = field(default_factory=list)
     hits: list[RuleHit] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    #: messages of each class the model has learned from this user's mail
+    #: (the shipped default: what it was trained on)
+    n_ham: int = 0
+    n_spam: int = 0
+    #: a user's model that ``learn`` began as a copy of the shipped default
+    started_from_default: bool = False
+    #: share of the shipped default's points added to your model's in
+    #: ``model_points`` (1 for the default itself, 0 for your model alone)
+    default_share: float = 0.0
+    #: the default model blended in ("" when none)
+    blended_with: str = ""
+    #: messages per class at which a model of your own stops being blended
+    blend_until: int = 0
 
     @property
     def is_spam(self) -> bool:
@@ -76,8 +89,28 @@ class Verdict:
         label = "spam" if self.is_spam else "ham"
         return (
             f"{label} score={self.score:.2f} required={self.required:g} "
-            f"p={self.probability:.4f} action={self.action} model={self.model_name}"
+            f"p={self.probability:.4f} action={self.action} model={self.model_name} "
+            f"learned_ham={self.n_ham} learned_spam={self.n_spam} default_share={self.default_share:.2f}"
         )
+
+    def standing(self) -> str:
+        """Where the model stands, in words: what it learned, and how much of
+        the shipped default is in the score."""
+        counts = f"{self.n_ham} ham + {self.n_spam} spam"
+        if self.default_model:
+            return f"shipped default model (trained on {counts}, not your mail), weight {self.model_weight:g}"
+        if self.started_from_default:
+            return (
+                f"your model, started from the shipped default: {counts} of yours learned "
+                f"since; scored like the default, weight {self.model_weight:g}"
+            )
+        if self.blended_with:
+            return (
+                f"your model: {counts} learned; blended with the shipped default "
+                f"({self.blended_with}), whose points are added at {self.default_share:.0%} "
+                f"until {self.blend_until} of each class are learned"
+            )
+        return f"your model: {counts} learned; weight {self.model_weight:g}, the default is not blended in"
 
 
 def model_points(log_odds: float, weight: float, cap: float | None = None) -> float:
@@ -101,11 +134,13 @@ def action_for(score: float, add_header: float, reject: float) -> str:
 def explain(verdict: Verdict) -> str:
     """The whole arithmetic of a verdict, for ``mailsift score --explain``."""
     lines = [verdict.summary(), ""]
-    kind = "shipped default model (not trained on your mail)" if verdict.default_model else "your model"
-    lines.append(f"model   {verdict.model_name}: {kind}, weight {verdict.model_weight:g}")
+    lines.append(f"model   {verdict.model_name}: {verdict.standing()}")
     formula = f"{verdict.model_weight:g} x {POINTS_PER_DECADE:g} x log10 odds"
     if verdict.model_cap is not None:
         formula = f"{verdict.model_cap:g} x tanh({formula} / {verdict.model_cap:g})"
+    if verdict.blended_with:
+        s = verdict.default_share
+        formula = f"{formula} of your model + {s:.2f} x the default's points"
     lines.append(
         f"        p(spam) = {verdict.probability:.6f} -> {verdict.model_points:+.2f} points (= {formula})"
     )

@@ -15,17 +15,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .corpus import CorpusError, Labelled, iter_source, mail_problem
 from .evaluate import metrics
 from .model import LinearModel, TrainParams, Vec, fit_platt
-from .parse import parse
 from .report import strip_verdict_headers
 from .score import model_points
-from .tokens import FeatureSettings, extract
+from .tokens import FeatureSettings, extract_bytes
 
 #: fewer messages than this in either class and ``train`` refuses to write a model
 MIN_PER_CLASS = 50
@@ -39,18 +38,15 @@ class Profile:
     params: TrainParams
 
 
-#: "full" reads the raw message (headers included): the most accurate for a
-#: model trained on the user's own mail.  "portable" reads only what the sender
-#: wrote (sender headers and decoded text), so a model carries over to other
-#: people's mailboxes and other years: the shipped default.  Its gentler steps
-#: (lr 20, thick 2, ham and spam mistakes alike) ranked 2019-2026 mail better
-#: (1-AUC% 0.21-0.31 against 0.67-1.34 with the full profile's settings).
+#: "full" reads the first 6,000 raw bytes, headers included (the TREC 2007
+#: recipe; every setting chosen on trec07p-dev/train.index, see
+#: models/default/README.md).  "portable" is the same with the headers the
+#: receiving side writes (Received, Delivered-To, list headers ...) cut, so a
+#: model carries over to other people's mailboxes: for the shipped default.
+#: Both learn with the one update rule of :class:`~mailsift.model.LinearModel`.
 PROFILES = {
-    "full": Profile(FeatureSettings(ngram_view="raw", ngram_bytes=16384, raw_osb=True), TrainParams()),
-    "portable": Profile(
-        FeatureSettings(ngram_view="content", ngram_bytes=16384, header_words="sender"),
-        TrainParams(lr=20.0, thick=2.0, ham_weight=1.0),
-    ),
+    "full": Profile(FeatureSettings(), TrainParams()),
+    "portable": Profile(FeatureSettings(receiver_headers=False), TrainParams()),
 }
 
 _BODY_SPLIT = re.compile(rb"\r?\n\r?\n")
@@ -159,7 +155,7 @@ def collect(
             ts.duplicates += 1
             continue
         seen.add(digest)
-        ts.X.append(extract(parse(raw), settings).vec)
+        ts.X.append(extract_bytes(raw, settings).vec)
         ts.y.append(spam)
         ts.digests.append(digest)
     ts.seconds = time.perf_counter() - start
@@ -211,8 +207,7 @@ def fit_model(
     weight the model will be used at."""
     start = time.perf_counter()
     y = np.asarray(ts.y, dtype=bool)
-    cv_params = replace(params, shuffles=1)  # one shuffle is enough to calibrate
-    oof = cross_val_margins(ts, settings, cv_params, folds)
+    oof = cross_val_margins(ts, settings, params, folds)
     model = LinearModel(settings, params).fit(ts.X, y)
     a, c = fit_platt(oof, y)
     model.platt = (a, c)
