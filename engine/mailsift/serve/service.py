@@ -40,7 +40,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -108,7 +108,19 @@ class Service:
         self._model_stamp: tuple = ()
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
-        self._show_model(LinearModel.load(self.model_file))
+        model = LinearModel.load(self.model_file)
+        self._show_model(model)
+        log.info("model %s", self.describe_model(model))
+
+    def describe_model(self, model: LinearModel | None = None) -> str:
+        """``PATH (trained WHEN, N messages)``: which model the doors score with."""
+        if model is None:
+            try:
+                model = LinearModel.load(self.model_file)
+            except Exception as exc:  # the pool loaded it a moment ago; say so rather than fail
+                return f"{self.model_file} (cannot read it again: {exc})"
+        trained = model.trained_at or "unknown"
+        return f"{self.model_file} (trained {trained}, {model.n_ham + model.n_spam} messages)"
 
     @property
     def stats(self) -> PoolStats:
@@ -383,6 +395,29 @@ def door_class(name: str) -> type:
     raise ConfigError(f"unknown door {name!r}")
 
 
+def door_changes(old, new, named: dict[str, str | None] | None = None) -> list[str]:
+    """``[serve]`` door addresses that differ between two configs (a door
+    given on the command line keeps its flag's address: not a change)."""
+    named = named or {}
+    return [
+        f"{d} ({getattr(old, d) or 'off'} -> {getattr(new, d) or 'off'})"
+        for d in DOORS
+        if not named.get(d) and getattr(old, d) != getattr(new, d)
+    ]
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """``section.key`` names whose value differs (values not shown: one may be a token)."""
+    out = []
+    for f in fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if is_dataclass(a) and is_dataclass(b):
+            out += [f"{f.name}.{g.name}" for g in fields(a) if getattr(a, g.name) != getattr(b, g.name)]
+        elif a != b:
+            out.append(f.name)
+    return out
+
+
 def door_addresses(config: Config, named: dict[str, str | None] | None = None) -> dict[str, str]:
     """Door -> HOST:PORT for the doors that listen, in :data:`DOORS` order:
     the command line's (``named``), else ``[serve]``'s.  With no door named
@@ -435,16 +470,36 @@ async def run(
         raise
 
     config_mtime = _mtime(config_path) if config_path else 0.0
+    last_reload = [float("-inf")]  # monotonic time of the last reload
 
-    def reload() -> None:
+    def reload(why: str = "SIGHUP") -> None:
         nonlocal config_mtime
-        new = service.config
+        old = service.config
+        new = old
+        model_stamp = _stamp(service.model_file)
+        config_stamp = _mtime(config_path) if config_path else 0.0
+        if (
+            why == "SIGHUP"
+            and time.monotonic() - last_reload[0] < max(2 * watch_every, 5.0)
+            and _mtime(service.scorer.model_file) == service.scorer.model_mtime
+            and config_stamp == config_mtime
+        ):
+            # the file watcher reloaded these very files a moment ago: once is enough
+            log.info("SIGHUP: model and config unchanged since the reload %.1f s ago; nothing to reload",
+                     time.monotonic() - last_reload[0])  # fmt: skip
+            return
+        model_changed = _mtime(service.scorer.model_file) != service.scorer.model_mtime
         if config_path:
-            config_mtime = _mtime(config_path)  # a bad file is not retried every tick
+            config_mtime = config_stamp  # a bad file is not retried every tick
             try:
                 new = load_config(config_path)
                 new.proxy = replace(new.proxy, **(overrides or {}))
-                new.serve = service.config.serve  # door addresses: read only at start
+                moved = door_changes(old.serve, new.serve, named)
+                if moved:
+                    log.warning("[serve] %s changed in %s: door addresses are read only at start; "
+                                "restart mailsift serve to apply", ", ".join(moved), config_path)  # fmt: skip
+                # door addresses stay as they were; the token and timeouts apply now
+                new.serve = replace(new.serve, **{d: getattr(old.serve, d) for d in DOORS})
                 validate(new)
             except ConfigError as exc:
                 log.error("reload refused, keeping the current config: %s", exc)
@@ -452,15 +507,25 @@ async def run(
         if not service.reload(new):
             service.scorer.model_mtime = _mtime(service.scorer.model_file)
             return
+        last_reload[0] = time.monotonic()
         for door in doors:
             if hasattr(door, "reconfigure"):
                 door.reconfigure(service.config)
+        changed = config_changes(old, new)
+        model_text = service.describe_model()
+        model_note = "new file" if model_changed or _stamp(service.model_file) != model_stamp else "unchanged"
+        config_text = (
+            f"; config {config_path} ({'changed: ' + ', '.join(changed[:8]) if changed else 'unchanged'})"
+            if config_path
+            else ""
+        )
+        log.info("reloaded: model %s (%s)%s [%s]", model_text, model_note, config_text, why)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, reload, "SIGHUP")
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), watch_every)
@@ -468,8 +533,8 @@ async def run(
             model_changed = _mtime(service.scorer.model_file) != service.scorer.model_mtime
             config_changed = bool(config_path) and _mtime(config_path) != config_mtime
             if model_changed or config_changed:
-                log.info("model or config changed on disk: reloading")
-                reload()
+                what = " and ".join(w for w, c in (("model", model_changed), ("config", config_changed)) if c)
+                reload(f"{what} changed on disk")
     log.info("stopping: no new connections; finishing sessions in flight")
     for door in doors:  # every listening socket closed before any door drains
         door.close()
