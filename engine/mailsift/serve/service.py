@@ -45,7 +45,17 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import logs
-from ..config import DOORS, Config, ConfigError, load_config, split_hostport, validate
+from ..config import (
+    DOORS,
+    Config,
+    ConfigError,
+    check_distinct,
+    is_loopback,
+    load_config,
+    loopback_refusal,
+    split_hostport,
+    validate,
+)
 from ..corpus import mail_problem
 from ..filter import DEFAULT_MODEL
 from ..model import LinearModel, model_lock
@@ -422,15 +432,28 @@ def door_addresses(config: Config, named: dict[str, str | None] | None = None) -
     """Door -> HOST:PORT for the doors that listen, in :data:`DOORS` order:
     the command line's (``named``), else ``[serve]``'s.  With no door named
     anywhere, the SMTP door listens on ``[proxy] listen``, as mailsift always
-    did.  Every address passes the loopback rule (``config.check_listening``)."""
-    named = named or {}
-    serve = replace(config.serve, **{d: a for d, a in named.items() if a})
+    did.  Every address passes the loopback rule (``config.check_listening``),
+    and no two doors share one (``config.check_distinct``); an error names the
+    flag (``--http``) for an address from the command line, else the key."""
+    named = {d: a for d, a in (named or {}).items() if a}
+    serve = replace(config.serve, **named)
     doors = {d: getattr(serve, d) for d in DOORS}
+    labels = {d: FLAGS[d] if d in named else f"serve.{d}" for d in DOORS}
     if not any(doors.values()):
-        doors["smtp"] = config.proxy.listen
-    checked = replace(config, serve=replace(serve, **{d: a for d, a in doors.items() if a}))
-    validate(checked)  # the loopback rule, and HOST:PORT, for the addresses that will listen
-    return {d: a for d, a in doors.items() if a}
+        doors["smtp"], labels["smtp"] = config.proxy.listen, "proxy.listen"
+    listening = {d: a for d, a in doors.items() if a}
+    for door, address in listening.items():
+        host, _ = split_hostport(address, labels[door])
+        if not config.proxy.allow_non_loopback and not is_loopback(host):
+            raise ConfigError(loopback_refusal(labels[door], address))
+    check_distinct({labels[d]: a for d, a in listening.items()})
+    checked = replace(config, serve=replace(serve, **listening))
+    validate(checked)  # the rest of the config with these addresses in it
+    return listening
+
+
+#: the command-line flag of each door
+FLAGS = {"smtp": "--listen", "milter": "--milter", "spamd": "--spamd", "http": "--http"}
 
 
 # -- running -----------------------------------------------------------------
