@@ -355,3 +355,24 @@ def test_start_up_and_reload_lines_say_which_model_and_what_changed_once(serving
         "(new file)"
         in text.splitlines()[[i for i, x in enumerate(text.splitlines()) if "reloaded: " in x][1]]
     )
+
+
+def test_a_learn_that_does_not_wait_is_queued_applied_in_turn_and_not_lost_at_close(
+    scoring_service, small_model, tmp_path
+):
+    model = tmp_path / "model.npz"
+    shutil.copy(small_model, model)
+    service = scoring_service(model_path=str(model))
+    raws = [
+        f"From: a@example.org\r\nTo: b@example.net\r\nSubject: q{i}\r\n\r\nqueued {i}\r\n".encode()
+        for i in range(5)
+    ]
+
+    async def go():
+        queued = [await service.learn(raw, True, wait=False) for raw in raws]
+        await service.close()  # every queued click is applied before the learner stops
+        return queued
+
+    assert asyncio.run(go()) == ["queued"] * 5
+    ledger = LinearModel.load(model).ledger.digests
+    assert all(ledger[message_digest(raw)][0] == 1 for raw in raws)

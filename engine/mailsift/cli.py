@@ -271,6 +271,8 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
         return None
     what = "spam" if args.spam else "ham"
     endpoint = f"{url}/{'unlearn' if unlearn else 'learn'}?class={what}"
+    if getattr(args, "no_wait", False):
+        endpoint += "&wait=0"
     request = urllib.request.Request(endpoint, data=raw, method="POST")
     request.add_header("Content-Type", "message/rfc822")
     token = _service_token(args, config)
@@ -323,6 +325,8 @@ def _print_outcome(name: str, outcome: str, spam: bool, unlearn: bool, where: st
         print(f"{name}: unlearned as {what}{where}")
     elif outcome == "already-learned":
         print(f"{name}: already learned as {what}; nothing changed{where}")
+    elif outcome == "queued":
+        print(f"{name}: queued to be {'un' if unlearn else ''}learned as {what}{where}")
     elif outcome in ("learned", "relabelled"):
         note = " (was learned as the other class before)" if outcome == "relabelled" else ""
         print(f"{name}: learned as {what}{note}{where}")
@@ -907,6 +911,12 @@ def build_parser() -> argparse.ArgumentParser:
             "http://127.0.0.1:8025), so clicks are serialised and the filter learns at once. "
             "Default: the [serve] http door of the config if set (the model file if it is not running), "
             "else the model file",
+        )
+        lp.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="through the service: return once the message is queued for the learner (prints "
+            "'queued'; the outcome goes to the service's log) instead of after the model is written",
         )
         lp.add_argument(
             "--token-file",

@@ -6,7 +6,9 @@
                             Optional query: ``ip``, ``helo``, ``mail_from``.
 ``POST /learn?class=spam``  learn it (``class=spam|ham``); answer
                             ``{"outcome": "learned", "class": "spam"}``
-``POST /unlearn``           take it back (``?class=`` optional)
+``POST /unlearn``           take it back (``?class=`` optional); both take
+                            ``?wait=0``: 202 ``queued`` once in the learner's
+                            queue, without waiting for the model write
 ``GET /metrics``            Prometheus text format
 ``GET /healthz``            ``{"status": "ok", ...}``
 ==========================  =================================================
@@ -38,8 +40,8 @@ log = logging.getLogger("mailsift.http")
 
 _MAX_LINE = 8192
 _MAX_HEADERS = 100
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}  # fmt: skip
 _ROUTES = {"/score": "POST", "/learn": "POST", "/unlearn": "POST", "/metrics": "GET", "/healthz": "GET"}
@@ -189,12 +191,15 @@ class HttpDoor:
         spam = None if not cls else cls == "spam"
         req["class"] = cls or None
         try:
-            outcome = await self.service.learn(body, spam, forget=path == "/unlearn")
+            wait = query.get("wait", "1") not in ("0", "no", "false")
+            outcome = await self.service.learn(body, spam, forget=path == "/unlearn", wait=wait)
         except LearnRefused as exc:
             raise HttpError(403, f"learning refused: {exc}") from None
         except NotMail as exc:
             raise HttpError(400, f"not a message: {exc}") from None
         req["outcome"] = outcome
+        if outcome == "queued":  # ?wait=0: accepted, applied in turn (logged then)
+            return 202, "application/json", _json({"outcome": outcome, "class": cls or None})
         return 200, "application/json", _json({"outcome": outcome, "class": cls or None})
 
     def _authorise(self, headers: dict) -> None:

@@ -75,6 +75,20 @@ log = logging.getLogger("mailsift.serve")
 LEARNED, ALREADY, RELABELLED = "learned", "already-learned", "relabelled"
 UNLEARNED, NOT_LEARNED, FORGOTTEN, OTHER_CLASS = "unlearned", "not-learned", "forgotten", "other-class"
 LEARN_OUTCOMES = (LEARNED, ALREADY, RELABELLED, UNLEARNED, NOT_LEARNED, FORGOTTEN, OTHER_CLASS)
+#: what :meth:`Service.learn` answers with ``wait=False``: in the queue, applied in turn
+QUEUED = "queued"
+
+
+def _log_queued_outcome(future: asyncio.Future) -> None:
+    """The outcome of a click nobody waits for (``learn(wait=False)``)."""
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
+        log.warning("queued learn failed: %s", exc)
+    else:
+        log.info("queued learn applied: %s", future.result())
+
 
 #: clicks applied per model write at most (the rest wait for the next batch)
 _MAX_BATCH = 256
@@ -118,6 +132,7 @@ class Service:
         self._model_stamp: tuple = ()
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
+        self._busy = False  # a batch is being applied
         model = LinearModel.load(self.model_file)
         self._show_model(model)
         log.info("model %s", self.describe_model(model))
@@ -166,7 +181,7 @@ class Service:
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._learner(), name="mailsift-learner")
 
-    async def learn(self, raw: bytes, spam: bool | None, forget: bool = False) -> str:
+    async def learn(self, raw: bytes, spam: bool | None, forget: bool = False, wait: bool = True) -> str:
         """Learn ``raw`` as spam (True) or ham (False), or with ``forget``
         take an earlier learn back (``spam`` None: whichever class it was).
 
@@ -175,7 +190,12 @@ class Service:
         the next train) or other-class (forget of a class it was not learned
         as; nothing changed), once the scoring pool uses the result.  Filters'
         verdict headers are removed first (a message is the same message with
-        or without them).  Raises NotMail or LearnRefused."""
+        or without them).  Raises NotMail or LearnRefused.
+
+        ``wait=False`` answers ``queued`` as soon as the click is in the
+        learner's queue (an IMAPSieve move need not wait for the model write);
+        its outcome is logged when applied, and :meth:`close` applies every
+        queued click before stopping, so none is lost."""
         if spam is None and not forget:
             raise ValueError("learning needs a class: spam=True or spam=False")
         problem = mail_problem(raw)
@@ -185,6 +205,9 @@ class Service:
         assert self._queue is not None
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(strip_verdict_headers(raw), spam, forget, future))
+        if not wait:
+            future.add_done_callback(_log_queued_outcome)
+            return QUEUED
         return await future
 
     async def _learner(self) -> None:
@@ -193,24 +216,32 @@ class Service:
             jobs = [await self._queue.get()]
             while not self._queue.empty() and len(jobs) < _MAX_BATCH:
                 jobs.append(self._queue.get_nowait())
+            self._busy = True
             try:
-                outcomes, changed = await asyncio.to_thread(self._apply, jobs)
-                # on the loop's thread: the watch for files changed on disk reloads there too
-                if changed and not self.scorer.reload(self.config):
-                    raise LearnRefused(f"{self.model_file}: written, but the scoring pool cannot reload it")
-            except Exception as exc:
-                if not isinstance(exc, LearnRefused):
-                    log.exception("learning failed")
-                for job in jobs:
-                    self.metrics.learned(job.spam, "error")
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                self.metrics.error("learn_failed")
-                continue
-            for job, outcome in zip(jobs, outcomes):
-                self.metrics.learned(job.spam, outcome)
+                await self._batch(jobs)
+            finally:
+                self._busy = False
+
+    async def _batch(self, jobs: list[_Job]) -> None:
+        """One batch: applied, the pool reloaded, then every click answered."""
+        try:
+            outcomes, changed = await asyncio.to_thread(self._apply, jobs)
+            # on the loop's thread: the watch for files changed on disk reloads there too
+            if changed and not self.scorer.reload(self.config):
+                raise LearnRefused(f"{self.model_file}: written, but the scoring pool cannot reload it")
+        except Exception as exc:
+            if not isinstance(exc, LearnRefused):
+                log.exception("learning failed")
+            for job in jobs:
+                self.metrics.learned(job.spam, "error")
                 if not job.future.done():
-                    job.future.set_result(outcome)
+                    job.future.set_exception(exc)
+            self.metrics.error("learn_failed")
+            return
+        for job, outcome in zip(jobs, outcomes):
+            self.metrics.learned(job.spam, outcome)
+            if not job.future.done():
+                job.future.set_result(outcome)
 
     def _apply(self, jobs: list[_Job]) -> tuple[list[str], bool]:
         """One batch, in a thread (the learner's only), under the model's
@@ -290,8 +321,16 @@ class Service:
             log.warning("model info not updated: %s", exc)
         return True
 
-    async def close(self) -> None:
-        """Stop the learner (clicks still queued are refused) and the pool."""
+    async def close(self, drain: float = 120.0) -> None:
+        """Apply the clicks still queued (for up to ``drain`` seconds: the
+        ones answered ``queued`` must not be lost), then stop the learner
+        (anything left is refused) and the pool."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + drain
+        while self._task is not None and self._queue is not None and loop.time() < until:
+            if self._queue.empty() and not self._busy:
+                break
+            await asyncio.sleep(0.05)
         if self._task is not None:
             self._task.cancel()
             try:
