@@ -261,3 +261,73 @@ def test_every_error_kind_is_exported_at_zero_before_the_first_error():
     assert {"scoring_failed", "scoring_timeout", "dns_deadline", "next_hop_down"} <= set(ERROR_KINDS)
     metrics.error("scoring_failed")
     assert 'mailsift_errors_total{kind="scoring_failed"} 1.0' in metrics.render().decode()
+
+
+def test_learn_through_a_service_needing_a_token_says_how_to_give_it(
+    serving, model, trec_test_sample, tmp_path
+):
+    srv = serving(model, ("http",), config='[serve]\nhttp_token = "s3cret"\n')
+    msg = trec_test_sample[0][5]
+    env = {**srv.env}
+    env.pop("MAILSIFT_TOKEN", None)
+
+    def learn(*extra: str, **more: str) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "mailsift.cli",
+            "learn",
+            "--service",
+            srv.url(""),
+            *extra,
+            "--spam",
+            str(msg),
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, env={**env, **more}, timeout=120)
+
+    refused = learn()
+    assert refused.returncode == 77, refused.stderr  # EX_NOPERM
+    assert "[serve] http_token" in refused.stderr and "--config" in refused.stderr, refused.stderr
+    assert "--token-file" in refused.stderr and "MAILSIFT_TOKEN" in refused.stderr
+    wrong = learn(MAILSIFT_TOKEN="nope")
+    assert wrong.returncode == 77 and "token given was refused" in wrong.stderr, wrong.stderr
+    assert learn(MAILSIFT_TOKEN="s3cret").returncode == 0
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    again = learn("--token-file", str(token))
+    assert again.returncode == 0 and "already" in again.stdout, again.stdout + again.stderr
+
+
+def test_learn_with_wait_0_answers_202_queued_and_the_click_is_applied(
+    scoring_service, small_model, tmp_path
+):
+    import asyncio
+
+    from mailsift.model import LinearModel
+    from mailsift.serve.http import HttpDoor
+    from mailsift.train import message_digest
+
+    model = tmp_path / "model.npz"
+    shutil.copy(small_model, model)
+    service = scoring_service(model_path=str(model))
+    raw = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: later\r\n\r\nqueued click\r\n"
+
+    async def go() -> bytes:
+        door = HttpDoor(service, "127.0.0.1", 0)
+        await door.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", door.port)
+            writer.write(
+                f"POST /learn?class=spam&wait=0 HTTP/1.1\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw
+            )
+            answer = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+        finally:
+            door.close()
+            await door.stop(5)
+        await service.close()  # applies what is queued
+        return answer
+
+    answer = asyncio.run(go())
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n") and b'"outcome": "queued"' in answer
+    assert LinearModel.load(model).ledger.digests[message_digest(raw)][0] == 1

@@ -193,6 +193,23 @@ def test_milter_passes_ham_with_spam_headers_and_deletes_forged_ones(scoring_ser
     assert all(cmd != b"m" for cmd, _ in replies[replies.index(next(r for r in replies if r[0] == b"h")) :])
 
 
+def test_milter_message_line_carries_the_smtp_doors_structured_fields(scoring_service, caplog):
+    async def test(port):
+        c = await MilterClient.open(port)
+        await c.session()
+        replies = await c.message(HAM)
+        c.close()
+        return replies
+
+    with caplog.at_level(logging.INFO, logger="mailsift.milter"):
+        run_with(scoring_service(), test)
+    (rec,) = [r for r in caplog.records if getattr(r, "mailsift", {}).get("event") == "message"]
+    fields = rec.mailsift
+    assert fields["door"] == "milter" and fields["outcome"] == "accept"
+    assert fields["score"] is not None and fields["action"] == "accept" and fields["size"] > 0
+    assert {"client", "helo", "from", "to", "hits", "ms", "queue_id"} <= set(fields)
+
+
 def test_milter_deletes_every_incoming_x_spam_header_not_only_ours(scoring_service):
     """As the SMTP and spamd doors do (report.add_headers): another filter's
     X-Spam-Report or X-Spam-Checker-Version, or a forged X-Spam-Virus, must

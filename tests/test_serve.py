@@ -307,7 +307,8 @@ def test_one_log_line_per_message_and_one_per_failure(served, sink):
     assert len(_message_lines(srv.log_text())) == 10
     down = [line for line in lines if "next hop" in line and "unavailable" in line]
     assert len(down) == 1
-    assert len(lines) == 1 + 10 + 1, "\n".join(lines)  # "listening on" + messages + the failure
+    assert lines[0].split(": ", 1)[1].startswith(f"model {DEFAULT_MODEL} (trained ")  # which model
+    assert len(lines) == 2 + 10 + 1, "\n".join(lines)  # model, "listening on", messages, the failure
 
 
 def test_json_log_format_is_pure_json(served, sink):
@@ -393,3 +394,24 @@ def test_fatal_start_up_errors_in_text_mode_are_one_log_line(tmp_path):
     assert out.returncode == 66
     [line] = out.stderr.splitlines()
     assert "mailsift[" in line and "model file not found" in line
+
+
+@pytest.mark.parametrize(
+    "args, config, says",
+    [
+        (("--http", "127.0.0.1:99999"), "", "--http 127.0.0.1:99999: port 99999 is out of range (0-65535)"),
+        (("--http", "0.0.0.0:8025"), "", "--http 0.0.0.0:8025 is not a loopback address"),
+        (("--http", "127.0.0.1:18025", "--spamd", "localhost:18025"), "", "--spamd and --http are both"),
+        ((), '[serve]\nspamd = "127.0.0.1:18783"\nhttp = "127.0.0.1:18783"\n', "serve.spamd and serve.http"),
+        (
+            ("--milter", "127.0.0.1:18783"),
+            '[serve]\nspamd = "127.0.0.1:18783"\n',
+            "--milter and serve.spamd are both",
+        ),
+    ],
+)
+def test_bad_door_addresses_are_refused_naming_the_flag_or_key(tmp_path, args, config, says):
+    out = _serve_fails(tmp_path, *args, config=config)
+    assert out.returncode == 78, out.stderr  # EX_CONFIG, before anything listens
+    assert says in out.stderr, out.stderr
+    assert "listening on" not in out.stderr

@@ -7,9 +7,12 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -301,3 +304,75 @@ def test_sigterm_closes_every_door_at_once_and_the_smtp_session_in_flight_finish
     stop = [line for line in srv.log_text().splitlines() if "stopped: " in line]
     assert len(stop) == 1 and "stopped: 1 messages, 1 relayed" in stop[0], srv.log_text()
     assert "milter door: 0 messages, spamd door: 0 messages, http door: 0 messages" in stop[0]
+
+
+def _wait_log(srv, text: str, count: int = 1, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while srv.log_text().count(text) < count:
+        assert srv.proc.poll() is None and time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.1)
+    return srv.log_text()
+
+
+def test_start_up_and_reload_lines_say_which_model_and_what_changed_once(serving, small_model, tmp_path):
+    """Start-up names the model (path, trained, messages); SIGHUP says what
+    reloaded and warns that a changed door address needs a restart; a SIGHUP
+    right after the file watcher reloaded the same files does not reload again."""
+    model = tmp_path / "model.npz"
+    shutil.copy(small_model, model)
+    a, b = free_port(), free_port()
+    srv = serving(model, ("http",), f'[serve]\nspamd = "127.0.0.1:{a}"\n')
+    trained = LinearModel.load(model)
+    text = _wait_log(
+        srv, f"model {model} (trained {trained.trained_at}, {trained.n_ham + trained.n_spam} messages)"
+    )
+    srv.config.write_text(
+        f'[thresholds]\nadd_header = 4.5\n[serve]\nspamd = "127.0.0.1:{b}"\nhttp_token = "t"\n'
+    )
+    srv.proc.send_signal(signal.SIGHUP)
+    text = _wait_log(srv, "reloaded: ")
+    line = next(x for x in text.splitlines() if "reloaded: " in x)
+    assert f"model {model} (trained" in line and "(unchanged)" in line, line
+    assert "changed: thresholds.add_header, serve.http_token" in line and (
+        "[SIGHUP]" in line or "[config changed on disk]" in line
+    ), line
+    assert f"spamd (127.0.0.1:{a} -> 127.0.0.1:{b})" in text and "restart mailsift serve" in text
+    # the token from the reloaded file applies at once (door addresses do not)
+    req = urllib.request.Request(srv.url("/learn?class=spam"), data=b"Subject: x\r\n\r\nx\r\n", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=60)
+    assert err.value.code == 401
+    # the watcher notices a new model file; a SIGHUP just after it reloads nothing more
+    fresh = tmp_path / "fresh.npz"
+    shutil.copy(small_model, fresh)
+    fresh.replace(model)
+    text = _wait_log(srv, "[model changed on disk]")
+    quiet = text.count("nothing to reload")  # 1 if the watcher won the race to the config above
+    srv.proc.send_signal(signal.SIGHUP)
+    text = _wait_log(srv, "nothing to reload", quiet + 1)
+    assert text.count("reloaded: ") == 2, text
+    assert (
+        "(new file)"
+        in text.splitlines()[[i for i, x in enumerate(text.splitlines()) if "reloaded: " in x][1]]
+    )
+
+
+def test_a_learn_that_does_not_wait_is_queued_applied_in_turn_and_not_lost_at_close(
+    scoring_service, small_model, tmp_path
+):
+    model = tmp_path / "model.npz"
+    shutil.copy(small_model, model)
+    service = scoring_service(model_path=str(model))
+    raws = [
+        f"From: a@example.org\r\nTo: b@example.net\r\nSubject: q{i}\r\n\r\nqueued {i}\r\n".encode()
+        for i in range(5)
+    ]
+
+    async def go():
+        queued = [await service.learn(raw, True, wait=False) for raw in raws]
+        await service.close()  # every queued click is applied before the learner stops
+        return queued
+
+    assert asyncio.run(go()) == ["queued"] * 5
+    ledger = LinearModel.load(model).ledger.digests
+    assert all(ledger[message_digest(raw)][0] == 1 for raw in raws)

@@ -14,5 +14,7 @@ env_file="$(dirname "$0")/mailsift-learn.env"
 if [ -r "$env_file" ]; then
   . "$env_file"
 fi
+# MAILSIFT_LEARN_OPTS=--no-wait (in the .env): through the service, return once
+# the click is queued rather than after the model is written (README, Dovecot)
 # shellcheck disable=SC2086  # MAILSIFT may be a command with arguments
-exec ${MAILSIFT:-mailsift} learn "--$class" -
+exec ${MAILSIFT:-mailsift} learn ${MAILSIFT_LEARN_OPTS:-} "--$class" -

@@ -35,6 +35,7 @@ from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream,
 EX_USAGE, EX_DATAERR, EX_NOINPUT = os.EX_USAGE, os.EX_DATAERR, os.EX_NOINPUT
 EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG = os.EX_UNAVAILABLE, os.EX_CANTCREAT, os.EX_CONFIG
 EX_IOERR, EX_SOFTWARE, EX_OSERR = os.EX_IOERR, os.EX_SOFTWARE, os.EX_OSERR
+EX_NOPERM = os.EX_NOPERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -267,6 +268,19 @@ def _service_url(args, config) -> tuple[str | None, bool]:
     return None, False
 
 
+def _service_token(args, config) -> str:
+    """The HTTP learn token: --token-file, else $MAILSIFT_TOKEN, else the
+    config's [serve] http_token.  A file rather than a flag with the token
+    itself, so it never shows in ps or shell history."""
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise CliError(f"{path}: cannot read the token ({exc.strerror})", EX_NOINPUT) from None
+    return os.environ.get("MAILSIFT_TOKEN", "").strip() or config.serve.http_token
+
+
 def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
     """Hand the message to the running service (its learner is the only
     writer of the model, and its filter learns at once).  None: no service
@@ -281,10 +295,13 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
         return None
     what = "spam" if args.spam else "ham"
     endpoint = f"{url}/{'unlearn' if unlearn else 'learn'}?class={what}"
+    if getattr(args, "no_wait", False):
+        endpoint += "&wait=0"
     request = urllib.request.Request(endpoint, data=raw, method="POST")
     request.add_header("Content-Type", "message/rfc822")
-    if config.serve.http_token:
-        request.add_header("Authorization", f"Bearer {config.serve.http_token}")
+    token = _service_token(args, config)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=120) as resp:
             outcome = json.loads(resp.read())["outcome"]
@@ -293,6 +310,14 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
             error = json.loads(exc.read()).get("error", exc.reason)
         except ValueError:
             error = exc.reason
+        if exc.code in (401, 403):
+            hint = (
+                "the token given was refused"
+                if token
+                else "no token was given: put [serve] http_token in the file --config names, "
+                "or pass --token-file FILE or MAILSIFT_TOKEN"
+            )
+            raise CliError(f"{url}: {error} ({hint})", EX_NOPERM) from None
         raise CliError(f"{url}: {error}", EX_UNAVAILABLE) from None
     except (urllib.error.URLError, OSError) as exc:
         if explicit:
@@ -324,6 +349,8 @@ def _print_outcome(name: str, outcome: str, spam: bool, unlearn: bool, where: st
         print(f"{name}: unlearned as {what}{where}")
     elif outcome == "already-learned":
         print(f"{name}: already learned as {what}; nothing changed{where}")
+    elif outcome == "queued":
+        print(f"{name}: queued to be {'un' if unlearn else ''}learned as {what}{where}")
     elif outcome in ("learned", "relabelled"):
         note = " (was learned as the other class before)" if outcome == "relabelled" else ""
         print(f"{name}: learned as {what}{note}{where}")
@@ -908,6 +935,18 @@ def build_parser() -> argparse.ArgumentParser:
             "http://127.0.0.1:8025), so clicks are serialised and the filter learns at once. "
             "Default: the [serve] http door of the config if set (the model file if it is not running), "
             "else the model file",
+        )
+        lp.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="through the service: return once the message is queued for the learner (prints "
+            "'queued'; the outcome goes to the service's log) instead of after the model is written",
+        )
+        lp.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="file holding the service's learn token ([serve] http_token); default: $MAILSIFT_TOKEN, "
+            "else http_token from the config",
         )
         model_opt(
             lp,

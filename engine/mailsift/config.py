@@ -284,6 +284,7 @@ def validate(config: Config) -> None:
     if split_hostport(p.relay, "proxy.relay")[1] == 0:
         raise ConfigError(f"proxy.relay needs a port to connect to (1-65535), got {p.relay!r}")
     check_listening(config)
+    check_distinct({f"serve.{d}": getattr(config.serve, d) for d in DOORS if getattr(config.serve, d)})
     for server in config.dns.servers:
         port_given = ":" in server and not server.startswith("[")
         if port_given and split_hostport(server, "dns.servers entry")[1] == 0:
@@ -385,8 +386,27 @@ def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
     free port (for tests)."""
     parsed = bounds.split_address(value)
     if parsed is None:
+        host, sep, port = value.rpartition(":")
+        if sep and host and port.isdigit():
+            raise ConfigError(f"{what} {value}: port {int(port)} is out of range (0-65535)")
         raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
     return parsed
+
+
+def check_distinct(addresses: dict[str, str]) -> None:
+    """Each door on its own address: a second door on one already taken
+    would fail to bind after the first had started (or, with SO_REUSEPORT
+    semantics elsewhere, share its connections).  ``addresses``: the key or
+    flag naming it -> HOST:PORT.  Port 0 (any free port, tests) is never a clash."""
+    seen: dict[tuple[str, int], str] = {}
+    for key, value in addresses.items():
+        host, port = split_hostport(value, key)
+        if port == 0:
+            continue
+        spot = ("127.0.0.1" if host.lower() == "localhost" else host.lower(), port)
+        if spot in seen:
+            raise ConfigError(f"{seen[spot]} and {key} are both {value}: give each door its own address")
+        seen[spot] = key
 
 
 def _zone(table: object, where: str):

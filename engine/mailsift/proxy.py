@@ -121,7 +121,7 @@ class Scorer:
             log.error("reload refused, keeping the current model: %s", exc)
             return False
         old.retire()
-        log.info("reloaded: model %s", self.model_file)
+        log.debug("reloaded: model %s", self.model_file)  # mailsift.serve says what reloaded
         return True
 
     async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:

@@ -6,7 +6,9 @@
                             Optional query: ``ip``, ``helo``, ``mail_from``.
 ``POST /learn?class=spam``  learn it (``class=spam|ham``); answer
                             ``{"outcome": "learned", "class": "spam"}``
-``POST /unlearn``           take it back (``?class=`` optional)
+``POST /unlearn``           take it back (``?class=`` optional); both take
+                            ``?wait=0``: 202 ``queued`` once in the learner's
+                            queue, without waiting for the model write
 ``GET /metrics``            Prometheus text format
 ``GET /healthz``            ``{"status": "ok", ...}``
 ==========================  =================================================
@@ -31,14 +33,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..config import is_loopback
 from ..rules import Context
+from . import doorlog
 from .service import LearnRefused, NotMail, Service
 
 log = logging.getLogger("mailsift.http")
 
 _MAX_LINE = 8192
 _MAX_HEADERS = 100
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}  # fmt: skip
 _ROUTES = {"/score": "POST", "/learn": "POST", "/unlearn": "POST", "/metrics": "GET", "/healthz": "GET"}
@@ -90,28 +93,38 @@ class HttpDoor:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        peer = writer.get_extra_info("peername")
+        req: dict = {"client": peer[0] if isinstance(peer, tuple) and peer else "", "path": ""}
+        error = ""
         try:
             try:
                 if self.active > self.service.config.proxy.max_sessions:
                     raise HttpError(503, "too many connections, try again later")
                 timeout = self.service.config.serve.request_timeout
                 method, target, headers = await asyncio.wait_for(_read_head(reader), timeout)
-                status, ctype, body = await self._route(reader, writer, method, target, headers, timeout)
+                req["path"] = urlsplit(target).path[:60]
+                status, ctype, body = await self._route(reader, writer, method, target, headers, timeout, req)
             except HttpError as exc:
+                error = str(exc)
                 # 5xx: scoring failed, and the service counted it; refused learns are not errors
                 if exc.status < 500 and exc.status not in (401, 403, 404, 405):
                     self.service.metrics.error("bad_request")
                 status, ctype, body = exc.status, "application/json", _json({"error": str(exc)})
             except TimeoutError:
                 self.service.metrics.error("bad_request")
-                status, ctype, body = 408, "application/json", _json({"error": "request timed out"})
+                error = "request timed out"
+                status, ctype, body = 408, "application/json", _json({"error": error})
             except (ConnectionError, asyncio.IncompleteReadError):
                 return  # the client went away
             except Exception as exc:
                 log.exception("http request failed")
                 self.service.metrics.error("internal")
-                status = 500
+                status, error = 500, f"internal error ({type(exc).__name__})"
                 ctype, body = "application/json", _json({"error": f"internal error ({type(exc).__name__})"})
+            if req["path"] in ("/score", "/learn", "/unlearn") or status == 401:
+                self._log(req, status, error, loop.time() - started)
             await _respond(writer, status, ctype, body)
             # FIN now, even if a scoring worker forked meanwhile holds a copy of this socket
             if writer.can_write_eof():
@@ -125,7 +138,22 @@ class HttpDoor:
             except (ConnectionError, OSError):
                 pass
 
-    async def _route(self, reader, writer, method: str, target: str, headers: dict, timeout: float):
+    def _log(self, req: dict, status: int, error: str, seconds: float) -> None:
+        """The one line per request that scores or learns (or is refused 401)."""
+        fields = {k: v for k, v in req.items() if k != "verdict"}
+        if "verdict" in req:
+            fields.update(doorlog.verdict_fields(req["verdict"]))
+        event = "message" if req["path"] == "/score" else "learn"
+        if status >= 500:
+            event = "error"
+        elif status >= 400:
+            event = "refused"
+        fields.update(status=status, ms=round(seconds * 1000, 1))
+        if error:
+            fields["error"] = error[:200]
+        doorlog.request(log, logging.INFO if status < 400 else logging.WARNING, "http", event, **fields)
+
+    async def _route(self, reader, writer, method: str, target: str, headers: dict, timeout: float, req):
         url = urlsplit(target)
         path = url.path
         if path not in _ROUTES:
@@ -142,6 +170,7 @@ class HttpDoor:
         if path in ("/learn", "/unlearn"):
             self._authorise(headers)  # before reading a body from someone who may not learn
         body = await asyncio.wait_for(self._body(reader, writer, headers), timeout)
+        req["size"] = len(body)
         if path == "/score":
             context = Context(
                 client_ip=query.get("ip", ""),
@@ -154,17 +183,23 @@ class HttpDoor:
                 raise HttpError(503, "scoring took too long; try again") from None
             except Exception as exc:
                 raise HttpError(503, f"scoring failed ({type(exc).__name__})") from None
+            req["verdict"], req["outcome"] = verdict, "answered"
             return 200, "application/json", _json(verdict.to_dict())
         cls = query.get("class", "")
         if cls not in ("spam", "ham") and (path == "/learn" or cls):
             raise HttpError(400, "class must be spam or ham")
         spam = None if not cls else cls == "spam"
+        req["class"] = cls or None
         try:
-            outcome = await self.service.learn(body, spam, forget=path == "/unlearn")
+            wait = query.get("wait", "1") not in ("0", "no", "false")
+            outcome = await self.service.learn(body, spam, forget=path == "/unlearn", wait=wait)
         except LearnRefused as exc:
             raise HttpError(403, f"learning refused: {exc}") from None
         except NotMail as exc:
             raise HttpError(400, f"not a message: {exc}") from None
+        req["outcome"] = outcome
+        if outcome == "queued":  # ?wait=0: accepted, applied in turn (logged then)
+            return 202, "application/json", _json({"outcome": outcome, "class": cls or None})
         return 200, "application/json", _json({"outcome": outcome, "class": cls or None})
 
     def _authorise(self, headers: dict) -> None:

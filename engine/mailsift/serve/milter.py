@@ -49,6 +49,7 @@ from ..config import Config, MilterConfig
 from ..report import replaced_on_scan, spam_headers
 from ..rules import Context
 from ..score import REJECT, Verdict
+from . import doorlog
 
 log = logging.getLogger("mailsift.milter")
 
@@ -369,9 +370,19 @@ class MilterSession:
         return b"".join(out) + packet(SMFIR_ACCEPT)
 
     def _log(self, context: Context, verdict: Verdict | None, outcome: str, note: str = "") -> None:
-        """The one line per message (WARNING when scoring failed or it was oversize)."""
+        """The one line per message (WARNING when scoring failed or it was oversize);
+        in JSON mode the same fields as the SMTP door's line (:mod:`.doorlog`)."""
         m = self.msg
         macros = {**self.conn_macros, **m.macros}
+        ms = (time.perf_counter() - m.started) * 1000
+        record = {
+            "event": "message", "door": DOOR, "queue_id": macros.get("i", ""),
+            "client": context.client_ip, "helo": context.helo, "from": m.mail_from, "to": list(m.rcpts),
+            "auth": bool(context.authenticated), "size": m.size, **doorlog.verdict_fields(verdict),
+            "outcome": outcome, "ms": round(ms, 1),
+        }  # fmt: skip
+        if note:
+            record["error" if verdict is None else "note"] = note[:300]
         log.log(
             logging.WARNING if note and verdict is None else logging.INFO,
             "%s milter client=%s helo=%s from=<%s> to=%s auth=%s size=%d score=%s action=%s "
@@ -379,7 +390,8 @@ class MilterSession:
             macros.get("i", "-"), context.client_ip or "-", context.helo or "-", m.mail_from,
             ",".join(m.rcpts), "yes" if context.authenticated else "no", m.size,
             f"{verdict.score:.2f}" if verdict else None, verdict.action if verdict else "unknown",
-            outcome, (time.perf_counter() - m.started) * 1000, f" ({note})" if note else "",
+            outcome, ms, f" ({note})" if note else "",
+            extra={"mailsift": record},
         )  # fmt: skip
 
 

@@ -40,12 +40,22 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from .. import logs
-from ..config import DOORS, Config, ConfigError, load_config, split_hostport, validate
+from ..config import (
+    DOORS,
+    Config,
+    ConfigError,
+    check_distinct,
+    is_loopback,
+    load_config,
+    loopback_refusal,
+    split_hostport,
+    validate,
+)
 from ..corpus import mail_problem
 from ..filter import DEFAULT_MODEL
 from ..model import LinearModel, model_lock
@@ -65,6 +75,20 @@ log = logging.getLogger("mailsift.serve")
 LEARNED, ALREADY, RELABELLED = "learned", "already-learned", "relabelled"
 UNLEARNED, NOT_LEARNED, FORGOTTEN, OTHER_CLASS = "unlearned", "not-learned", "forgotten", "other-class"
 LEARN_OUTCOMES = (LEARNED, ALREADY, RELABELLED, UNLEARNED, NOT_LEARNED, FORGOTTEN, OTHER_CLASS)
+#: what :meth:`Service.learn` answers with ``wait=False``: in the queue, applied in turn
+QUEUED = "queued"
+
+
+def _log_queued_outcome(future: asyncio.Future) -> None:
+    """The outcome of a click nobody waits for (``learn(wait=False)``)."""
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
+        log.warning("queued learn failed: %s", exc)
+    else:
+        log.info("queued learn applied: %s", future.result())
+
 
 #: clicks applied per model write at most (the rest wait for the next batch)
 _MAX_BATCH = 256
@@ -108,7 +132,20 @@ class Service:
         self._model_stamp: tuple = ()
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
-        self._show_model(LinearModel.load(self.model_file))
+        self._busy = False  # a batch is being applied
+        model = LinearModel.load(self.model_file)
+        self._show_model(model)
+        log.info("model %s", self.describe_model(model))
+
+    def describe_model(self, model: LinearModel | None = None) -> str:
+        """``PATH (trained WHEN, N messages)``: which model the doors score with."""
+        if model is None:
+            try:
+                model = LinearModel.load(self.model_file)
+            except Exception as exc:  # the pool loaded it a moment ago; say so rather than fail
+                return f"{self.model_file} (cannot read it again: {exc})"
+        trained = model.trained_at or "unknown"
+        return f"{self.model_file} (trained {trained}, {model.n_ham + model.n_spam} messages)"
 
     @property
     def stats(self) -> PoolStats:
@@ -144,7 +181,7 @@ class Service:
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._learner(), name="mailsift-learner")
 
-    async def learn(self, raw: bytes, spam: bool | None, forget: bool = False) -> str:
+    async def learn(self, raw: bytes, spam: bool | None, forget: bool = False, wait: bool = True) -> str:
         """Learn ``raw`` as spam (True) or ham (False), or with ``forget``
         take an earlier learn back (``spam`` None: whichever class it was).
 
@@ -153,7 +190,12 @@ class Service:
         the next train) or other-class (forget of a class it was not learned
         as; nothing changed), once the scoring pool uses the result.  Filters'
         verdict headers are removed first (a message is the same message with
-        or without them).  Raises NotMail or LearnRefused."""
+        or without them).  Raises NotMail or LearnRefused.
+
+        ``wait=False`` answers ``queued`` as soon as the click is in the
+        learner's queue (an IMAPSieve move need not wait for the model write);
+        its outcome is logged when applied, and :meth:`close` applies every
+        queued click before stopping, so none is lost."""
         if spam is None and not forget:
             raise ValueError("learning needs a class: spam=True or spam=False")
         problem = mail_problem(raw)
@@ -163,6 +205,9 @@ class Service:
         assert self._queue is not None
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(strip_verdict_headers(raw), spam, forget, future))
+        if not wait:
+            future.add_done_callback(_log_queued_outcome)
+            return QUEUED
         return await future
 
     async def _learner(self) -> None:
@@ -171,24 +216,32 @@ class Service:
             jobs = [await self._queue.get()]
             while not self._queue.empty() and len(jobs) < _MAX_BATCH:
                 jobs.append(self._queue.get_nowait())
+            self._busy = True
             try:
-                outcomes, changed = await asyncio.to_thread(self._apply, jobs)
-                # on the loop's thread: the watch for files changed on disk reloads there too
-                if changed and not self.scorer.reload(self.config):
-                    raise LearnRefused(f"{self.model_file}: written, but the scoring pool cannot reload it")
-            except Exception as exc:
-                if not isinstance(exc, LearnRefused):
-                    log.exception("learning failed")
-                for job in jobs:
-                    self.metrics.learned(job.spam, "error")
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                self.metrics.error("learn_failed")
-                continue
-            for job, outcome in zip(jobs, outcomes):
-                self.metrics.learned(job.spam, outcome)
+                await self._batch(jobs)
+            finally:
+                self._busy = False
+
+    async def _batch(self, jobs: list[_Job]) -> None:
+        """One batch: applied, the pool reloaded, then every click answered."""
+        try:
+            outcomes, changed = await asyncio.to_thread(self._apply, jobs)
+            # on the loop's thread: the watch for files changed on disk reloads there too
+            if changed and not self.scorer.reload(self.config):
+                raise LearnRefused(f"{self.model_file}: written, but the scoring pool cannot reload it")
+        except Exception as exc:
+            if not isinstance(exc, LearnRefused):
+                log.exception("learning failed")
+            for job in jobs:
+                self.metrics.learned(job.spam, "error")
                 if not job.future.done():
-                    job.future.set_result(outcome)
+                    job.future.set_exception(exc)
+            self.metrics.error("learn_failed")
+            return
+        for job, outcome in zip(jobs, outcomes):
+            self.metrics.learned(job.spam, outcome)
+            if not job.future.done():
+                job.future.set_result(outcome)
 
     def _apply(self, jobs: list[_Job]) -> tuple[list[str], bool]:
         """One batch, in a thread (the learner's only), under the model's
@@ -268,8 +321,16 @@ class Service:
             log.warning("model info not updated: %s", exc)
         return True
 
-    async def close(self) -> None:
-        """Stop the learner (clicks still queued are refused) and the pool."""
+    async def close(self, drain: float = 120.0) -> None:
+        """Apply the clicks still queued (for up to ``drain`` seconds: the
+        ones answered ``queued`` must not be lost), then stop the learner
+        (anything left is refused) and the pool."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + drain
+        while self._task is not None and self._queue is not None and loop.time() < until:
+            if self._queue.empty() and not self._busy:
+                break
+            await asyncio.sleep(0.05)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -383,19 +444,55 @@ def door_class(name: str) -> type:
     raise ConfigError(f"unknown door {name!r}")
 
 
+def door_changes(old, new, named: dict[str, str | None] | None = None) -> list[str]:
+    """``[serve]`` door addresses that differ between two configs (a door
+    given on the command line keeps its flag's address: not a change)."""
+    named = named or {}
+    return [
+        f"{d} ({getattr(old, d) or 'off'} -> {getattr(new, d) or 'off'})"
+        for d in DOORS
+        if not named.get(d) and getattr(old, d) != getattr(new, d)
+    ]
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """``section.key`` names whose value differs (values not shown: one may be a token)."""
+    out = []
+    for f in fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if is_dataclass(a) and is_dataclass(b):
+            out += [f"{f.name}.{g.name}" for g in fields(a) if getattr(a, g.name) != getattr(b, g.name)]
+        elif a != b:
+            out.append(f.name)
+    return out
+
+
 def door_addresses(config: Config, named: dict[str, str | None] | None = None) -> dict[str, str]:
     """Door -> HOST:PORT for the doors that listen, in :data:`DOORS` order:
     the command line's (``named``), else ``[serve]``'s.  With no door named
     anywhere, the SMTP door listens on ``[proxy] listen``, as mailsift always
-    did.  Every address passes the loopback rule (``config.check_listening``)."""
-    named = named or {}
-    serve = replace(config.serve, **{d: a for d, a in named.items() if a})
+    did.  Every address passes the loopback rule (``config.check_listening``),
+    and no two doors share one (``config.check_distinct``); an error names the
+    flag (``--http``) for an address from the command line, else the key."""
+    named = {d: a for d, a in (named or {}).items() if a}
+    serve = replace(config.serve, **named)
     doors = {d: getattr(serve, d) for d in DOORS}
+    labels = {d: FLAGS[d] if d in named else f"serve.{d}" for d in DOORS}
     if not any(doors.values()):
-        doors["smtp"] = config.proxy.listen
-    checked = replace(config, serve=replace(serve, **{d: a for d, a in doors.items() if a}))
-    validate(checked)  # the loopback rule, and HOST:PORT, for the addresses that will listen
-    return {d: a for d, a in doors.items() if a}
+        doors["smtp"], labels["smtp"] = config.proxy.listen, "proxy.listen"
+    listening = {d: a for d, a in doors.items() if a}
+    for door, address in listening.items():
+        host, _ = split_hostport(address, labels[door])
+        if not config.proxy.allow_non_loopback and not is_loopback(host):
+            raise ConfigError(loopback_refusal(labels[door], address))
+    check_distinct({labels[d]: a for d, a in listening.items()})
+    checked = replace(config, serve=replace(serve, **listening))
+    validate(checked)  # the rest of the config with these addresses in it
+    return listening
+
+
+#: the command-line flag of each door
+FLAGS = {"smtp": "--listen", "milter": "--milter", "spamd": "--spamd", "http": "--http"}
 
 
 # -- running -----------------------------------------------------------------
@@ -435,16 +532,36 @@ async def run(
         raise
 
     config_mtime = _mtime(config_path) if config_path else 0.0
+    last_reload = [float("-inf")]  # monotonic time of the last reload
 
-    def reload() -> None:
+    def reload(why: str = "SIGHUP") -> None:
         nonlocal config_mtime
-        new = service.config
+        old = service.config
+        new = old
+        model_stamp = _stamp(service.model_file)
+        config_stamp = _mtime(config_path) if config_path else 0.0
+        if (
+            why == "SIGHUP"
+            and time.monotonic() - last_reload[0] < max(2 * watch_every, 5.0)
+            and _mtime(service.scorer.model_file) == service.scorer.model_mtime
+            and config_stamp == config_mtime
+        ):
+            # the file watcher reloaded these very files a moment ago: once is enough
+            log.info("SIGHUP: model and config unchanged since the reload %.1f s ago; nothing to reload",
+                     time.monotonic() - last_reload[0])  # fmt: skip
+            return
+        model_changed = _mtime(service.scorer.model_file) != service.scorer.model_mtime
         if config_path:
-            config_mtime = _mtime(config_path)  # a bad file is not retried every tick
+            config_mtime = config_stamp  # a bad file is not retried every tick
             try:
                 new = load_config(config_path)
                 new.proxy = replace(new.proxy, **(overrides or {}))
-                new.serve = service.config.serve  # door addresses: read only at start
+                moved = door_changes(old.serve, new.serve, named)
+                if moved:
+                    log.warning("[serve] %s changed in %s: door addresses are read only at start; "
+                                "restart mailsift serve to apply", ", ".join(moved), config_path)  # fmt: skip
+                # door addresses stay as they were; the token and timeouts apply now
+                new.serve = replace(new.serve, **{d: getattr(old.serve, d) for d in DOORS})
                 validate(new)
             except ConfigError as exc:
                 log.error("reload refused, keeping the current config: %s", exc)
@@ -452,15 +569,25 @@ async def run(
         if not service.reload(new):
             service.scorer.model_mtime = _mtime(service.scorer.model_file)
             return
+        last_reload[0] = time.monotonic()
         for door in doors:
             if hasattr(door, "reconfigure"):
                 door.reconfigure(service.config)
+        changed = config_changes(old, new)
+        model_text = service.describe_model()
+        model_note = "new file" if model_changed or _stamp(service.model_file) != model_stamp else "unchanged"
+        config_text = (
+            f"; config {config_path} ({'changed: ' + ', '.join(changed[:8]) if changed else 'unchanged'})"
+            if config_path
+            else ""
+        )
+        log.info("reloaded: model %s (%s)%s [%s]", model_text, model_note, config_text, why)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, reload, "SIGHUP")
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), watch_every)
@@ -468,8 +595,8 @@ async def run(
             model_changed = _mtime(service.scorer.model_file) != service.scorer.model_mtime
             config_changed = bool(config_path) and _mtime(config_path) != config_mtime
             if model_changed or config_changed:
-                log.info("model or config changed on disk: reloading")
-                reload()
+                what = " and ".join(w for w, c in (("model", model_changed), ("config", config_changed)) if c)
+                reload(f"{what} changed on disk")
     log.info("stopping: no new connections; finishing sessions in flight")
     for door in doors:  # every listening socket closed before any door drains
         door.close()

@@ -34,6 +34,7 @@ import zlib
 from ..config import is_loopback
 from ..report import add_headers_after_from_line, spam_headers
 from ..score import Verdict, explain
+from . import doorlog
 from .service import LearnRefused, NotMail, Service
 
 log = logging.getLogger("mailsift.spamd")
@@ -89,19 +90,26 @@ class SpamdDoor:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
+        loop_time = asyncio.get_running_loop().time()
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if isinstance(peer, tuple) and peer else ""
+        req = {"client": client, "method": "", "user": ""}
         try:
             if self.active > self.service.config.proxy.max_sessions:
+                self._refused(req, EX_TEMPFAIL, "too many connections", loop_time)
                 await self._answer(writer, EX_TEMPFAIL, "too many connections, try again later")
                 return
             try:
                 timeout = self.service.config.serve.request_timeout
-                method, version, headers, body = await asyncio.wait_for(self._read(reader), timeout)
-                await self._handle(writer, method, version, headers, body)
+                method, version, headers, body = await asyncio.wait_for(self._read(reader, req), timeout)
+                await self._handle(writer, method, version, headers, body, req, loop_time)
             except ProtocolError as exc:
                 self.service.metrics.error("bad_request")
+                self._refused(req, exc.code, str(exc), loop_time)
                 await self._answer(writer, exc.code, str(exc))
             except TimeoutError:
                 self.service.metrics.error("bad_request")
+                self._refused(req, EX_PROTOCOL, "timed out reading the request", loop_time)
                 await self._answer(writer, EX_PROTOCOL, "timed out reading the request")
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client went away; nothing to answer
@@ -121,12 +129,19 @@ class SpamdDoor:
             except (ConnectionError, OSError):
                 pass
 
-    async def _read(self, reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    def _refused(self, req: dict, code: int, reason: str, started: float, event: str = "refused") -> None:
+        """The one line for a request refused (or failed: ``event="error"``)."""
+        ms = (asyncio.get_running_loop().time() - started) * 1000
+        doorlog.request(log, logging.WARNING, "spamd", event, **req, code=_NAMES.get(code, str(code)),
+                        error=" ".join(reason.split())[:200], ms=round(ms, 1))  # fmt: skip
+
+    async def _read(self, reader: asyncio.StreamReader, req: dict) -> tuple[str, str, dict[str, str], bytes]:
         line = await _line(reader)
         parts = line.split()
         if len(parts) != 2 or not parts[1].startswith("SPAMC/"):
             raise ProtocolError(EX_PROTOCOL, "bad request line")
         method, version = parts[0].upper(), parts[1][6:]
+        req["method"] = method[:20]
         headers: dict[str, str] = {}
         for n in range(_MAX_HEADERS + 1):
             line = await _line(reader)
@@ -138,6 +153,7 @@ class SpamdDoor:
             if not sep:
                 raise ProtocolError(EX_PROTOCOL, "bad header line")
             headers[name.strip().lower()] = value.strip()
+        req["user"] = headers.get("user", "")[:64]
         if method in ("PING", "SKIP"):
             return method, version, headers, b""
         limit = self.service.config.proxy.max_message_size
@@ -165,7 +181,9 @@ class SpamdDoor:
             body = _inflate(body, limit)
         return method, version, headers, body
 
-    async def _handle(self, writer, method: str, version: str, headers: dict[str, str], body: bytes) -> None:
+    async def _handle(
+        self, writer, method: str, version: str, headers: dict[str, str], body: bytes, req: dict, started
+    ) -> None:
         if method == "SKIP":
             return
         if method == "PING":
@@ -173,19 +191,20 @@ class SpamdDoor:
             await writer.drain()
             return
         if method == "TELL":
-            await self._tell(writer, headers, body)
+            await self._tell(writer, headers, body, req, started)
             return
         if method not in SCORING:
             raise ProtocolError(EX_PROTOCOL, f"unknown method {method[:20]}")
         try:
             verdict = await self.service.score(body, door="spamd")
         except Exception as exc:
-            log.warning("spamd: scoring failed (%s): the client passes the message unscanned", exc)
+            self._refused(req, EX_TEMPFAIL, f"scoring failed ({type(exc).__name__}: {exc}): the client "
+                          "passes the message unscanned", started, event="error")  # fmt: skip
             await self._answer(writer, EX_TEMPFAIL, "scoring failed, try again later")
             return
-        user = headers.get("user", "")
-        log.info("spamd %s user=%s size=%d score=%.2f action=%s", method, user or "-", len(body),
-                 verdict.score, verdict.action)  # fmt: skip
+        ms = (asyncio.get_running_loop().time() - started) * 1000
+        doorlog.request(log, logging.INFO, "spamd", "message", **req, size=len(body),
+                        **doorlog.verdict_fields(verdict), outcome="answered", ms=round(ms, 1))  # fmt: skip
         extra: list[tuple[str, str]] = [("Spam", _spam_value(verdict))]
         if method == "CHECK":
             await self._answer(writer, EX_OK, "EX_OK", extra)
@@ -202,13 +221,12 @@ class SpamdDoor:
                 out = out[: _header_end(out)]
         await self._answer(writer, EX_OK, "EX_OK", extra, out)
 
-    async def _tell(self, writer, headers: dict[str, str], body: bytes) -> None:
-        peer = writer.get_extra_info("peername")
-        host = peer[0] if isinstance(peer, tuple) and peer else ""
+    async def _tell(self, writer, headers: dict[str, str], body: bytes, req: dict, started: float) -> None:
+        host = req["client"]
         if not is_loopback(host):
             # spamc has no credentials: beyond loopback anyone could teach the model
             # (spamd itself refuses TELL unless started --allow-tell); HTTP learns with a token
-            log.warning("spamd TELL from %s refused: learning is accepted from loopback only", host or "?")
+            self._refused(req, EX_NOPERM, "learning is accepted from loopback only", started)
             await self._answer(writer, EX_NOPERM, "TELL (learning) is accepted from loopback only")
             return
         cls = headers.get("message-class", "").lower()
@@ -235,15 +253,17 @@ class SpamdDoor:
             else:
                 outcome = "nothing (remote only)"
         except LearnRefused as exc:
-            log.warning("spamd TELL refused: %s", exc)
+            self._refused(req, EX_UNAVAILABLE, f"learning refused: {exc}", started)
             await self._answer(writer, EX_UNAVAILABLE, f"learning refused: {exc}")
             return
         except NotMail as exc:
             self.service.metrics.error("bad_request")
+            self._refused(req, EX_DATAERR, f"not a message: {exc}", started)
             await self._answer(writer, EX_DATAERR, f"not a message: {exc}")
             return
-        log.info("spamd TELL user=%s class=%s %s -> %s", headers.get("user", "-"), cls or "-",
-                 "set" if want_set else "remove", outcome)  # fmt: skip
+        ms = (asyncio.get_running_loop().time() - started) * 1000
+        doorlog.request(log, logging.INFO, "spamd", "learn", **req, size=len(body), **{"class": cls or None},
+                        op="set" if want_set else "remove", outcome=outcome, ms=round(ms, 1))  # fmt: skip
         await self._answer(writer, EX_OK, "EX_OK", extra, b"")
 
     async def _answer(self, writer, code: int, message: str, headers=(), body: bytes | None = None) -> None:
