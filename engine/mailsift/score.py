@@ -59,6 +59,14 @@ class Verdict:
     evidence: list[Evidence] = field(default_factory=list)
     hits: list[RuleHit] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    #: whose model scored it ("" the site's alone), that user's share of
+    #: ``log_odds``, the messages they have learned, and whether the shared
+    #: store was down (their share then comes from the last known values)
+    user: str = ""
+    user_log_odds: float = 0.0
+    user_spam: int = 0
+    user_ham: int = 0
+    user_stale: bool = False
 
     @property
     def is_spam(self) -> bool:
@@ -106,6 +114,12 @@ def explain(verdict: Verdict) -> str:
     formula = f"{verdict.model_weight:g} x {POINTS_PER_DECADE:g} x log10 odds"
     if verdict.model_cap is not None:
         formula = f"{verdict.model_cap:g} x tanh({formula} / {verdict.model_cap:g})"
+    if verdict.user:
+        stale = "; the store is down: last known values" if verdict.user_stale else ""
+        lines.append(
+            f"user    {verdict.user}: {verdict.user_log_odds:+.3f} log-odds from what they learned "
+            f"({verdict.user_spam} spam, {verdict.user_ham} ham){stale}"
+        )
     lines.append(
         f"        p(spam) = {verdict.probability:.6f} -> {verdict.model_points:+.2f} points (= {formula})"
     )
