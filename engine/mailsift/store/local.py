@@ -102,6 +102,7 @@ class LocalStore:
     def _write(path: Path, write) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".mailsift-", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, _file_mode(path))
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 fh.flush()
@@ -227,3 +228,15 @@ class LocalStore:
 
     def close(self) -> None:
         pass
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced; a new file gets 0666 less the
+    umask (mkstemp's 0600 would hide a user's state from a service running
+    as another user than the ``mailsift learn`` that wrote it)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
