@@ -118,7 +118,6 @@ def _connect(url: str, timeout: float):
             username=parts.username,
             password=parts.password,
             ssl=base == "rediss",
-            cluster_error_retry_attempts=0,
             **common,
         )
     if scheme not in ("redis", "rediss", "unix"):
