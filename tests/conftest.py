@@ -259,6 +259,7 @@ def cluster_port() -> int:
             continue
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
+
 class RedisProc:
     """A real redis-server on a free loopback port, in its own folder, with
     no persistence of its own (``--save '' --appendonly no``); ``stop(save=

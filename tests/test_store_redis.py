@@ -135,11 +135,12 @@ def test_a_users_keys_share_one_cluster_slot_and_a_message_costs_one_round_trip(
     server.cli("CONFIG", "RESETSTAT")
     assert a.learn_user(mail[1][1], True, "alice") == "learned"
     stats = _commandstats(server)
-    # sent by the client: the read (two HMGET and the ledger's HGET in one pipeline), then the
-    # script; INFO also counts the script's own HGET/HSET per slot, which cost no round trip
+    # sent by the client: the read (two HMGET and the ledger's HGET, written together), then the
+    # script; INFO also counts the script's own HGET of the ledger entry and HMGET/HSET per
+    # 1,000 slots, which cost no round trip
     assert stats.pop("evalsha", 0) + stats.pop("eval", 0) == 1
-    assert stats.pop("hmget") == 2
-    assert set(stats) <= {"hget", "hset", "hdel", "hincrby"}, stats
+    assert stats.pop("hget") == 2 and stats.pop("hmget") >= 2
+    assert set(stats) <= {"hset", "hdel", "hincrby"}, stats
 
 
 def _commandstats(server: RedisProc) -> dict[str, int]:

@@ -12,13 +12,17 @@ so they live on one node, a message's read is one pipeline to that node and
 a learn is one Lua script over keys of one slot (which Cluster requires).
 Users spread over the nodes by their names.
 
-Per message scored: one round trip (a pipeline of HMGET on the message's
-slots and HMGET of the lists and counts).  Per learn: two (that read, with
-the ledger entry, then the script).  The script applies the change only if
-the ledger entry is still the one the read saw (compare-and-set, retried by
-the caller) and adds the increments inside Redis, so two nodes learning at
-once never lose an update and the same message clicked on two nodes is
-learned once.
+Per message scored: one round trip (HMGET of the message's slots, HMGET of
+the lists and counts, written together).  Per learn: two (that read, with
+the ledger entry, then the learn script).  The read is plain HMGET rather
+than a script because Redis is what all nodes share, and HMGET is the
+cheaper for it: 1.1 ms of Redis CPU for a 2,000-slot message against 7.9
+ms for a Lua loop doing the same.  Its fields are laid out by numpy
+(:func:`_hmget_command`), not one by one by redis-py, and hiredis parses
+the reply.  The learn script applies the change only if the ledger entry is
+still the one the read saw (compare-and-set, retried by the caller) and adds
+the increments inside Redis, so two nodes learning at once never lose an
+update and the same message clicked on two nodes is learned once.
 
 Outages: every command has ``[store] timeout`` (default 0.25 s, at most 0.3)
 for connecting and for each reply, and no retries; after a failure the store
@@ -55,20 +59,29 @@ local cur = redis.call('HGET', KEYS[2], ARGV[1])
 if not cur then cur = '' end
 if cur ~= ARGV[2] then return {{0, cur}} end
 local slots, ds, da = ARGV[4], ARGV[5], ARGV[6]
-for i = 0, #slots / 4 - 1 do
-  local f = string.sub(slots, i * 4 + 1, i * 4 + 4)
-  local dsi = struct.unpack('<d', ds, i * 8 + 1)
-  local dai = struct.unpack('<d', da, i * 8 + 1)
-  local v = redis.call('HGET', KEYS[1], f)
-  local s, a = 0, 0
-  if v then s, a = struct.unpack('<dd', v) end
-  s = s + dsi
-  a = a + dai
-  if a < {EMPTY!r} and math.abs(s) < {EMPTY!r} then
-    redis.call('HDEL', KEYS[1], f)
-  else
-    redis.call('HSET', KEYS[1], f, struct.pack('<dd', s, a))
+local n = #slots / 4
+local i = 0
+while i < n do
+  local j = math.min(i + 1000, n)
+  local fields = {{}}
+  for k = i, j - 1 do fields[#fields + 1] = string.sub(slots, k * 4 + 1, k * 4 + 4) end
+  local got = redis.call('HMGET', KEYS[1], unpack(fields))
+  local set, del = {{}}, {{}}
+  for k = 1, #fields do
+    local s, a = 0, 0
+    if got[k] then s, a = struct.unpack('<dd', got[k]) end
+    s = s + struct.unpack('<d', ds, (i + k - 1) * 8 + 1)
+    a = a + struct.unpack('<d', da, (i + k - 1) * 8 + 1)
+    if a < {EMPTY!r} and math.abs(s) < {EMPTY!r} then
+      if got[k] then del[#del + 1] = fields[k] end
+    else
+      set[#set + 1] = fields[k]
+      set[#set + 1] = struct.pack('<dd', s, a)
+    end
   end
+  if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
+  if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
+  i = j
 end
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -167,6 +180,9 @@ class RedisStore:
         self._cache: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._cached_slots = 0
         self._errors = _errors()
+        import redis.exceptions
+
+        self._refused = redis.exceptions.RedisError
 
     # -- connection and outages ----------------------------------------------
     def _call(self, fn):
@@ -180,12 +196,17 @@ class RedisStore:
         try:
             if self._client is None:
                 client = _connect(self.url, self.timeout)
-                script = client.register_script(_LEARN)
-                self._client, self._script = client, script
+                self._script = client.register_script(_LEARN)
+                self._client = client
             result = fn(self._client)
         except self._errors as exc:
             self._failed(exc)
             raise StoreUnavailable(f"redis {self._status.where}: {type(exc).__name__}: {exc}") from None
+        except self._refused as exc:  # answered, but refused (permissions, a key of another type)
+            with self._lock:
+                self._status.errors += 1
+                self._status.last_error = f"{type(exc).__name__}: {exc}"
+            raise StoreError(f"redis {self._status.where} refused: {exc}") from None
         recovered = False
         with self._lock:
             if self._status.outage:
@@ -233,65 +254,71 @@ class RedisStore:
     def read(self, user: str, space: str, slots: np.ndarray, digest: bytes | None = None) -> UserRead:
         dkey, lkey, mkey = self._keys(user, space)
         want = np.asarray(slots, dtype="<u4")
-        raw = want.tobytes()
-        fields = [raw[i : i + 4] for i in range(0, len(raw), 4)]
         meta_fields = ["allow", "block", f"n_spam:{space}", f"n_ham:{space}"]
-
-        def run(client):
-            pipe = client.pipeline(transaction=False)
-            if fields:
-                pipe.hmget(dkey, fields)
-            pipe.hmget(mkey, meta_fields)
-            if digest is not None:
-                pipe.hget(lkey, digest)
-            return pipe.execute()
-
         try:
-            replies = self._call(run)
+            replies = self._call(lambda c: _read(c, dkey, mkey, lkey, want, meta_fields, digest))
         except StoreUnavailable:
             if digest is not None:
                 raise  # a learn must see the real ledger
             return self._stale(user, space, want)
-        values = replies.pop(0) if fields else []
-        meta = replies.pop(0)
-        entry = Entry.decode(replies.pop(0)) if digest is not None else None
-        sa = np.frombuffer(b"".join(v if v else _ZERO for v in values), dtype="<f8").reshape(-1, 2)
-        lists = AddressLists.of(_json_list(meta[0]), _json_list(meta[1]))
-        n_spam, n_ham = int(meta[2] or 0), int(meta[3] or 0)
+        values, (allow, block, n_spam, n_ham), entry = replies
+        sa = np.frombuffer(b"".join(v or _ZERO for v in values), dtype="<f8").reshape(-1, 2)
+        lists = AddressLists.of(_json_list(allow), _json_list(block))
+        n_spam, n_ham = int(n_spam or 0), int(n_ham or 0)
         self._remember(user, space, want, sa, lists, n_spam, n_ham)
-        s = sa[:, 0].astype(np.float64) if len(sa) else np.zeros(0)
-        a = sa[:, 1].astype(np.float64) if len(sa) else np.zeros(0)
-        return UserRead(s, a, lists, n_spam, n_ham, entry)
+        return UserRead(
+            sa[:, 0].astype(np.float64),
+            sa[:, 1].astype(np.float64),
+            lists,
+            n_spam,
+            n_ham,
+            Entry.decode(entry) if digest is not None else None,
+        )
 
     def _remember(self, user, space, slots, sa, lists, n_spam, n_ham) -> None:
+        """Keep this read for an outage.  Reads are kept whole (the arrays,
+        no per-slot work on the way: this runs for every message), newest
+        last, at most ``cache_slots`` slots over all users; :meth:`_stale`
+        looks a slot up newest-first."""
         if self.cache_slots <= 0:
             return
         with self._lock:
             key = (user, space)
-            item = self._cache.pop(key, None) or {"slots": {}, "lists": lists, "n": (0, 0)}
-            known = item["slots"]
-            before = len(known)
-            for slot, (s, a) in zip(slots.tolist(), sa.tolist()):
-                if s or a:
-                    known[slot] = (s, a)
-                else:
-                    known.pop(slot, None)
+            item = self._cache.pop(key, None) or {"reads": [], "size": 0}
+            item["reads"].append((slots, sa))
+            item["size"] += len(slots)
             item["lists"], item["n"] = lists, (n_spam, n_ham)
-            self._cached_slots += len(known) - before
+            self._cached_slots += len(slots)
             self._cache[key] = item
-            while self._cached_slots > self.cache_slots and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached_slots -= len(old["slots"])
+            while self._cached_slots > self.cache_slots:
+                oldest_key = next(iter(self._cache))
+                oldest = self._cache[oldest_key]
+                if len(oldest["reads"]) > 1 or oldest_key != key:
+                    dropped, _ = oldest["reads"].pop(0)
+                    oldest["size"] -= len(dropped)
+                    self._cached_slots -= len(dropped)
+                    if not oldest["reads"]:
+                        del self._cache[oldest_key]
+                else:
+                    break
 
     def _stale(self, user: str, space: str, slots: np.ndarray) -> UserRead:
         with self._lock:
             self._status.stale_reads += 1
             item = self._cache.get((user, space))
-            if item is None:
-                return UserRead(np.zeros(len(slots)), np.zeros(len(slots)), stale=True)
-            known = item["slots"]
-            sa = np.array([known.get(int(x), (0.0, 0.0)) for x in slots], dtype=np.float64).reshape(-1, 2)
-            return UserRead(sa[:, 0], sa[:, 1], item["lists"], *item["n"], stale=True)
+            reads = list(item["reads"]) if item else []
+        s, a = np.zeros(len(slots)), np.zeros(len(slots))
+        found = np.zeros(len(slots), dtype=bool)
+        for known, sa in reversed(reads):
+            if found.all() or not len(known):
+                break
+            pos = np.minimum(np.searchsorted(known, slots), len(known) - 1)
+            hit = (known[pos] == slots) & ~found
+            s[hit], a[hit] = sa[pos[hit], 0], sa[pos[hit], 1]
+            found |= hit
+        if item is None:
+            return UserRead(s, a, stale=True)
+        return UserRead(s, a, item["lists"], *item["n"], stale=True)
 
     # -- writing -------------------------------------------------------------
     def apply(self, user: str, space: str, change: Change) -> bool:
@@ -332,6 +359,70 @@ class RedisStore:
             except Exception:  # closing a dead connection: nothing left to release
                 pass
             self._client = None
+
+
+def _hmget_command(key: str, slots: np.ndarray) -> bytes:
+    """HMGET KEY FIELD... in RESP, with every 4-byte field laid out by
+    numpy: redis-py encodes each argument in Python (5 ms for a message's
+    2,000 slots, measured), which would cost more than Redis does."""
+    k = key.encode()
+    n = len(slots)
+    head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n" % (n + 2, len(k), k)
+    body = np.empty((n, 10), dtype=np.uint8)
+    body[:, :4] = np.frombuffer(b"$4\r\n", dtype=np.uint8)
+    body[:, 4:8] = np.frombuffer(np.asarray(slots, dtype="<u4").tobytes(), dtype=np.uint8).reshape(n, 4)
+    body[:, 8:] = np.frombuffer(b"\r\n", dtype=np.uint8)
+    return head + body.tobytes()
+
+
+def _read(client, dkey: str, mkey: str, lkey: str, slots: np.ndarray, meta_fields: list[str], digest):
+    """One round trip to the node holding the user's keys: HMGET of the
+    slots (packed by :func:`_hmget_command`), HMGET of the lists and counts,
+    HGET of the ledger entry; written together, read in order.  A Cluster
+    redirection (the slot moved) falls back to redis-py's pipeline, which
+    follows it."""
+    import redis.exceptions
+
+    node_client = client
+    if hasattr(client, "get_node_from_key"):  # RedisCluster: the node serving the user's slot
+        node_client = client.get_node_from_key(dkey).redis_connection
+        if node_client is None:
+            return _read_pipeline(client, dkey, mkey, lkey, slots, meta_fields, digest)
+    pool = node_client.connection_pool
+    conn = pool.get_connection()
+    try:
+        commands = [_hmget_command(dkey, slots)] if len(slots) else []
+        commands += conn.pack_commands(
+            [("HMGET", mkey, *meta_fields)] + ([("HGET", lkey, digest)] if digest else [])
+        )
+        conn.send_packed_command(commands)
+        values = conn.read_response() if len(slots) else []
+        meta = conn.read_response()
+        entry = conn.read_response() if digest else None
+    except redis.exceptions.ResponseError:
+        pool.release(conn)
+        conn = None
+        return _read_pipeline(client, dkey, mkey, lkey, slots, meta_fields, digest)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never reuse this connection
+        raise
+    finally:
+        if conn is not None:
+            pool.release(conn)
+    return values, meta, entry
+
+
+def _read_pipeline(client, dkey, mkey, lkey, slots, meta_fields, digest):
+    raw = np.asarray(slots, dtype="<u4").tobytes()
+    pipe = client.pipeline(transaction=False)
+    if len(slots):
+        pipe.hmget(dkey, [raw[i : i + 4] for i in range(0, len(raw), 4)])
+    pipe.hmget(mkey, meta_fields)
+    if digest:
+        pipe.hget(lkey, digest)
+    replies = pipe.execute()
+    values = replies.pop(0) if len(slots) else []
+    return values, replies.pop(0), replies.pop(0) if digest else None
 
 
 def _json_list(value) -> list[str]:
