@@ -58,10 +58,18 @@ def run(params, xs, site, labels, protocol, weight, cap, threshold):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trec", default="/var/tmp/trec07p", help="unpacked trec07p-dev")
+    ap.add_argument("--index", help="another index file as the user's mailbox (instead of trec07p-dev's)")
+    ap.add_argument(
+        "--shuffle", type=int, metavar="SEED", help="shuffle the mailbox (for an index not in date order)"
+    )
     ap.add_argument("--messages", type=int, default=4000)
     ap.add_argument("--rates", default="1,2,4,8")
     args = ap.parse_args()
-    items = read_index(Path(args.trec) / "all.index")[: args.messages]
+    items = read_index(Path(args.index) if args.index else Path(args.trec) / "all.index")
+    if args.shuffle is not None:
+        order = np.random.default_rng(args.shuffle).permutation(len(items))
+        items = [items[i] for i in order]
+    items = items[: args.messages]
     flt = Filter(Config())
     t = time.perf_counter()
     xs, site, labels = [], [], []
