@@ -242,3 +242,26 @@ def test_a_hung_redis_holds_scoring_up_for_at_most_the_timeout(shared, tmp_path,
         server.resume()
     _wait(lambda: b.score(ham, user="alice") is not None and b.users.status().queued == 0, timeout=10.0)
     assert b.learn_user(mail[0][3], True, "alice") == "already-learned"
+
+
+def test_with_no_redis_at_all_learns_queue_up_to_the_bound_and_then_refuse(tmp_path, mail, capsys):
+    from conftest import free_port
+
+    from mailsift.cli import main
+    from mailsift.store.redis import redact
+
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[store]\nurl = "{url}"\nqueue = "{tmp_path / "q.jsonl"}"\nqueue_max = 1\n')
+    first, second = tmp_path / "1.eml", tmp_path / "2.eml"
+    first.write_bytes(mail[1][0])
+    second.write_bytes(mail[1][1])
+    assert main(["learn", "--config", str(cfg), "--spam", "--user", "alice", str(first)]) == 0
+    assert "queued as spam for alice" in capsys.readouterr().out
+    assert main(["learn", "--config", str(cfg), "--spam", "--user", "alice", str(second)]) == 75
+    err = capsys.readouterr().err
+    assert "store.queue_max" in err and "s3cret" not in err
+    assert len((tmp_path / "q.jsonl").read_text().splitlines()) == 1
+    assert main(["score", "--config", str(cfg), "--user", "alice", str(first)]) in (0, 1)  # scored anyway
+    assert "s3cret" not in capsys.readouterr().err
+    assert redact(url) == url.replace("s3cret", "***")
