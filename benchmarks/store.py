@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "engine"))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -50,15 +52,28 @@ def pct(values, q):
 
 
 def commandstats(servers) -> dict[str, int]:
+    """Commands counted by the servers since the last reset (a script's own
+    commands included)."""
     total: dict[str, int] = {}
     for server in servers:
         for line in server.cli("INFO", "commandstats").splitlines():
             if line.startswith("cmdstat_"):
                 name, _, rest = line.partition(":")
                 name = name.removeprefix("cmdstat_")
-                if name.startswith(("info", "config", "cluster", "command", "memory", "ping")):
+                if name.startswith(("info", "config", "cluster", "command", "memory", "ping", "hello")):
                     continue
                 total[name] = total.get(name, 0) + int(rest.split(",")[0].split("=")[1])
+    return total
+
+
+def cpu(servers) -> float:
+    """Seconds of CPU the servers have used (user + system): what Redis
+    spends on everything, networking and parsing included."""
+    total = 0.0
+    for server in servers:
+        for line in server.cli("INFO", "cpu").splitlines():
+            if line.startswith(("used_cpu_user:", "used_cpu_sys:")):
+                total += float(line.split(":")[1])
     return total
 
 
@@ -88,6 +103,7 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
 
     # learns: one user clicks `learns` messages
     reset(servers)
+    cpu0 = cpu(servers)
     trips0 = getattr(store, "trips", 0)
     times = []
     for k in range(learns):
@@ -100,11 +116,13 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
     out["learns_per_s"] = learns / sum(times)
     if servers:
         out["learn_trips"] = (store.trips - trips0) / learns
+        out["learn_redis_cpu_ms"] = (cpu(servers) - cpu0) / learns * 1e3
         stats = commandstats(servers)
         out["learn_commands"] = {k: round(v / learns, 1) for k, v in sorted(stats.items())}
 
     # the per-message read of the user's share
     reset(servers)
+    cpu0 = cpu(servers)
     trips0 = getattr(store, "trips", 0)
     times = []
     for f in feats:
@@ -116,6 +134,7 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
     out["reads_per_s"] = len(feats) / sum(times)
     if servers:
         out["read_trips"] = (store.trips - trips0) / len(feats)
+        out["read_redis_cpu_ms"] = (cpu(servers) - cpu0) / len(feats) * 1e3
         stats = commandstats(servers)
         out["read_commands"] = {k: round(v / len(feats), 2) for k, v in sorted(stats.items())}
 
@@ -147,6 +166,7 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
         out["delta_slots"] = len(store._state("alice", space).slots)
     out["bytes_per_slot"] = out["delta_bytes"] / max(out["delta_slots"], 1)
     out["bytes_per_learn"] = (out["delta_bytes"] + out["ledger_bytes"]) / learns
+    out["slots_per_message"] = float(np.mean([len(f.indices) for f in feats]))
     users.close()
     return out
 

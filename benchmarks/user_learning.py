@@ -64,6 +64,7 @@ def main() -> int:
     )
     ap.add_argument("--messages", type=int, default=4000)
     ap.add_argument("--rates", default="1,2,4,8")
+    ap.add_argument("--samples", default="1", help="UserParams.sample values to try")
     args = ap.parse_args()
     items = read_index(Path(args.index) if args.index else Path(args.trec) / "all.index")
     if args.shuffle is not None:
@@ -75,7 +76,7 @@ def main() -> int:
     xs, site, labels = [], [], []
     for it in items:
         _, feats = flt.features(it.path.read_bytes())
-        xs.append(UnitVec.of(feats.vec))
+        xs.append(feats.vec)
         site.append(flt.site_log_odds(feats))
         labels.append(it.spam)
     print(f"{len(items)} messages read in {time.perf_counter() - t:.0f} s ({sum(labels)} spam)")
@@ -83,14 +84,18 @@ def main() -> int:
     threshold = flt.config.thresholds.add_header
     base = np.array([model_points(lo, weight, cap) for lo in site])
     rows = [("site model alone", "-", 0, metrics(labels, base, threshold))]
-    for protocol in ("mistakes", "all"):
-        for rate in (float(r) for r in args.rates.split(",")):
-            pts, clicks = run(UserParams(rate=rate), xs, site, labels, protocol, weight, cap, threshold)
-            rows.append((f"+ user, {protocol}", f"{rate:g}", clicks, metrics(labels, pts, threshold)))
-    print(f"{'run':22} {'rate':>5} {'clicks':>7} {'(1-AUC)%':>9} {'FPR%':>6} {'FNR%':>6} {'caught@0.1%':>11}")
+    for sample in (int(x) for x in args.samples.split(",")):
+        units = [UnitVec.of(v, sample) for v in xs]
+        for protocol in ("mistakes", "all"):
+            for rate in (float(r) for r in args.rates.split(",")):
+                params = UserParams(rate=rate, sample=sample)
+                pts, clicks = run(params, units, site, labels, protocol, weight, cap, threshold)
+                name = f"+ user, {protocol}" + (f", 1/{sample}" if sample > 1 else "")
+                rows.append((name, f"{rate:g}", clicks, metrics(labels, pts, threshold)))
+    print(f"{'run':28} {'rate':>5} {'clicks':>7} {'(1-AUC)%':>9} {'FPR%':>6} {'FNR%':>6} {'caught@0.1%':>11}")
     for name, rate, clicks, m in rows:
         print(
-            f"{name:22} {rate:>5} {clicks:>7} {m['one_minus_auc_pct']:>9.3f} {m['fpr_pct']:>6.2f} "
+            f"{name:28} {rate:>5} {clicks:>7} {m['one_minus_auc_pct']:>9.3f} {m['fpr_pct']:>6.2f} "
             f"{m['fnr_pct']:>6.2f} {m['spam_caught_pct_at_fpr_0_1']:>11.2f}"
         )
     return 0

@@ -348,8 +348,10 @@ class RedisCluster:
     def __init__(self, folder: Path):
         import subprocess
 
-        self.nodes = [RedisProc(folder / f"node{i}", cluster=True) for i in range(3)]
+        self.nodes: list[RedisProc] = []
         try:
+            for i in range(3):  # one by one: a node that fails to start leaves the others closed
+                self.nodes.append(RedisProc(folder / f"node{i}", cluster=True))
             hosts = [f"127.0.0.1:{n.port}" for n in self.nodes]
             r = subprocess.run(
                 ["redis-cli", "--cluster", "create", *hosts, "--cluster-replicas", "0", "--cluster-yes"],

@@ -81,8 +81,8 @@ class Users:
         """``user``'s share of the verdict for a message with features
         ``vec`` (sorted unique slots, values)."""
         name = user_name(user)
-        x = UnitVec.of(vec)
-        got = self.store.read(name, space, x.slots)
+        x = UnitVec.of(vec, self.params.sample)
+        got = self.store.read(name, self._space(space), x.slots)
         return UserView(
             name,
             usermodel.adjustment(self.params, x, got.s, got.a),
@@ -131,10 +131,16 @@ class Users:
             self.queue.put(item)
             return QUEUED
 
+    def _space(self, space: str) -> str:
+        """The store's name for the sums: the site model's feature space,
+        and the sampling, which changes which slots hold sums."""
+        return space if self.params.sample == 1 else f"{space}s{self.params.sample}"
+
     def _learn(self, item: QueuedLearn) -> str:
-        x = UnitVec.of((item.slots, item.values))
+        x = UnitVec.of((item.slots, item.values), self.params.sample)
+        space = self._space(item.space)
         for _ in range(MAX_ATTEMPTS):
-            got = self.store.read(item.user, item.space, x.slots, item.digest)
+            got = self.store.read(item.user, space, x.slots, item.digest)
             outcome, change = usermodel.plan(
                 self.params,
                 x,
@@ -146,7 +152,7 @@ class Users:
                 item.spam,
                 item.forget,
             )
-            if change is None or self.store.apply(item.user, item.space, change):
+            if change is None or self.store.apply(item.user, space, change):
                 return outcome
         raise StoreError(f"user {item.user}: the ledger entry kept changing under {MAX_ATTEMPTS} attempts")
 
