@@ -43,6 +43,7 @@ from mailsift.store.local import LocalStore  # noqa: E402
 from mailsift.store.queue import LearnQueue  # noqa: E402
 from mailsift.store.redis import RedisStore  # noqa: E402
 from mailsift.train import message_digest  # noqa: E402
+from mailsift.usermodel import UnitVec  # noqa: E402
 from mailsift.users import Users  # noqa: E402
 
 
@@ -153,6 +154,7 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
     out["score_site_msgs_per_s"] = len(msgs) / sum(without)
 
     # memory of the user's state after the learns
+    space = users._space(space)  # the store's name: feature space and sampling
     if servers:
         client = store._client
         keys = [f"mailsift:{{alice}}:d:{space}", f"mailsift:{{alice}}:l:{space}", "mailsift:{alice}:m"]
@@ -167,6 +169,9 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
     out["bytes_per_slot"] = out["delta_bytes"] / max(out["delta_slots"], 1)
     out["bytes_per_learn"] = (out["delta_bytes"] + out["ledger_bytes"]) / learns
     out["slots_per_message"] = float(np.mean([len(f.indices) for f in feats]))
+    out["slots_read_per_message"] = float(
+        np.mean([len(UnitVec.of(f.vec, users.params.sample).slots) for f in feats])
+    )
     users.close()
     return out
 
