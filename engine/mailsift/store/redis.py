@@ -27,7 +27,10 @@ update and the same message clicked on two nodes is learned once.
 Outages: every command has ``[store] timeout`` (default 0.25 s, at most 0.3)
 for connecting and for each reply, and no retries; after a failure the store
 is marked down and not asked again for ``retry_every`` seconds (each message
-then costs nothing waiting).  While down, scores use the last values read
+then costs nothing waiting).  A Cluster client is built afresh after a
+failure (its view of the nodes may be stale), so the one message that probes
+a hung Cluster may wait one timeout per startup node it tries plus one for
+the command.  While down, scores use the last values read
 for the user's slots (a bounded in-process cache); learns raise
 StoreUnavailable so the caller queues them (``store.queue``).  The outage is
 logged once when it starts and once when it ends, and counted
@@ -400,6 +403,9 @@ def _read(client, dkey: str, mkey: str, lkey: str, slots: np.ndarray, meta_field
         meta = conn.read_response()
         entry = conn.read_response() if digest else None
     except redis.exceptions.ResponseError:
+        # an error reply (a MOVED redirection, say): the replies after it are still unread,
+        # so this connection is closed, not reused; redis-py's pipeline follows redirections
+        conn.disconnect()
         pool.release(conn)
         conn = None
         return _read_pipeline(client, dkey, mkey, lkey, slots, meta_fields, digest)
