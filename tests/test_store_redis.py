@@ -265,3 +265,22 @@ def test_with_no_redis_at_all_learns_queue_up_to_the_bound_and_then_refuse(tmp_p
     assert main(["score", "--config", str(cfg), "--user", "alice", str(first)]) in (0, 1)  # scored anyway
     assert "s3cret" not in capsys.readouterr().err
     assert redact(url) == url.replace("s3cret", "***")
+
+
+def test_learns_queued_by_a_process_that_is_gone_are_replayed_by_any_node_once_and_only_once(
+    redis_server, tmp_path, mail
+):
+    shared = Shared(redis_server.url, "redis", [redis_server])
+    queue = tmp_path / "shared-queue.jsonl"
+    config = _config(shared, tmp_path, "a")
+    config.store = replace(config.store, queue=str(queue))
+    redis_server.stop(save=True)
+    gone = Filter(config, users=Users.open(config))
+    assert gone.learn_user(mail[1][2], True, "alice") == QUEUED
+    del gone  # the process that queued it ends before Redis is back
+    redis_server.start()
+    other = Filter(config, users=Users.open(config))  # a new process, same queue file
+    _wait(lambda: other.score(mail[1][2], user="alice").user_spam == 1, timeout=10.0)
+    _wait(lambda: not queue.read_text().strip(), timeout=5.0)
+    assert other.learn_user(mail[1][2], True, "alice") == "already-learned"
+    assert other.users.replay() == 0

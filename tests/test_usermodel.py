@@ -190,3 +190,13 @@ def test_bad_store_config_is_refused(tmp_path, text, words):
     cfg.write_text(text)
     with pytest.raises(ConfigError, match=words):
         load_config(str(cfg))
+
+
+def test_smtp_doors_score_with_the_recipients_model_only_when_there_is_exactly_one():
+    from mailsift.users import user_for_recipients
+
+    assert user_for_recipients(["<Alice@Example.org>"]) == "alice@example.org"
+    assert user_for_recipients(["alice@example.org", "ALICE@example.org"]) == "alice@example.org"
+    assert user_for_recipients(["alice@example.org", "bob@example.org"]) is None
+    assert user_for_recipients([]) is None and user_for_recipients(["<>"]) is None
+    assert user_for_recipients(["a b@example.org"]) is None  # not a user name: the site model

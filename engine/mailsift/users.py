@@ -83,6 +83,11 @@ class Users:
         name = user_name(user)
         x = UnitVec.of(vec, self.params.sample)
         got = self.store.read(name, self._space(space), x.slots)
+        if not got.stale and self.queue is not None and self.queue.waiting():
+            # the store answers and learns wait (queued by this process or another one that
+            # is gone): replay them in the background; replaying twice is harmless, the
+            # ledger says already-learned
+            self._recovered()
         return UserView(
             name,
             usermodel.adjustment(self.params, x, got.s, got.a),
@@ -122,7 +127,7 @@ class Users:
             forget,
             digest,
         )
-        if self.queue is not None and len(self.queue):
+        if self.queue is not None and self.queue.waiting():
             self.replay()  # older clicks first, if the store is back
         try:
             return self._learn(item)
@@ -171,7 +176,7 @@ class Users:
         return n
 
     def _recovered(self) -> None:
-        if self.queue is not None and len(self.queue):
+        if self.queue is not None and self.queue.waiting() and not self._replaying.locked():
             threading.Thread(target=self.replay, name="mailsift-replay", daemon=True).start()
 
     # -- lists ---------------------------------------------------------------
@@ -192,3 +197,18 @@ class Users:
 
     def close(self) -> None:
         self.store.close()
+
+
+def user_for_recipients(recipients: list[str]) -> str | None:
+    """Whose model scores a message that arrived over SMTP or the milter:
+    its recipient when it has exactly one (as Rspamd does), else None (the
+    site model: one verdict is written into one copy for all of them).  An
+    address that is not a usable user name gives None too, never an error
+    that would cost the message."""
+    addrs = {r.strip().strip("<>").lower() for r in recipients if r and r.strip("<> ")}
+    if len(addrs) != 1:
+        return None
+    try:
+        return user_name(addrs.pop())
+    except StoreError:
+        return None

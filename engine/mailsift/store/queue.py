@@ -113,6 +113,13 @@ class LearnQueue:
         except FileNotFoundError:
             return 0
 
+    def waiting(self) -> bool:
+        """Whether any learn waits (one stat, cheap enough for every message)."""
+        try:
+            return os.stat(self.path).st_size > 0
+        except FileNotFoundError:
+            return False
+
     def put(self, item: QueuedLearn) -> bool:
         """Append ``item``; False if the same learn is already waiting.
         Raises StoreError when the queue is full."""
