@@ -27,11 +27,12 @@ update and the same message clicked on two nodes is learned once.
 Outages: every command has ``[store] timeout`` (default 0.25 s, at most 0.3)
 for connecting and for each reply, and no retries; after a failure the store
 is marked down and not asked again for ``retry_every`` seconds (each message
-then costs nothing waiting).  A Cluster client is built afresh after a
-failure (its view of the nodes may be stale), so the one message that probes
-a hung Cluster may wait one timeout per startup node it tries plus one for
-the command.  While down, scores use the last values read
-for the user's slots (a bounded in-process cache); learns raise
+then costs nothing waiting): with a hung Redis or Cluster node, one message
+per ``retry_every`` waits one timeout (measured 0.253 s at 0.25), the others
+none.  Only before the first connection ever succeeds does a Cluster probe
+cost one timeout per hung startup node (redis-py asks them in turn).  While
+down, scores use the last values read for the user's slots (a bounded
+in-process cache); learns raise
 StoreUnavailable so the caller queues them (``store.queue``).  The outage is
 logged once when it starts and once when it ends, and counted
 (:meth:`status`).
@@ -238,13 +239,6 @@ class RedisStore:
                     self._status.where,
                     self._status.last_error,
                 )
-        if self._client is not None and "Cluster" in type(self._client).__name__:
-            # a cluster client keeps its view of the nodes: start over next time
-            try:
-                self._client.close()
-            except Exception:  # closing a broken client may fail too; it is dropped anyway
-                pass
-            self._client = None
 
     # -- keys ----------------------------------------------------------------
     def _keys(self, user: str, space: str) -> tuple[str, str, str]:
