@@ -287,3 +287,22 @@ def test_learns_queued_by_a_process_that_is_gone_are_replayed_by_any_node_once_a
     _wait(lambda: not queue.read_text().strip(), timeout=5.0)
     assert other.learn_user(mail[1][2], True, "alice") == "already-learned"
     assert other.users.replay() == 0
+
+
+def test_a_redis_on_a_unix_socket(tmp_path, mail):
+    sock = tmp_path / "redis.sock"
+    args = ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait(sock.exists, timeout=10.0)
+        config = Config()
+        config.store = replace(config.store, url=f"unix://{sock}", queue=str(tmp_path / "q.jsonl"))
+        flt = Filter(config, users=Users.open(config))
+        assert flt.learn_user(mail[1][0], True, "alice") == "learned"
+        assert flt.score(mail[1][0], user="alice").user_spam == 1
+        assert not flt.users.status().outage
+    finally:
+        proc.kill()
+        proc.wait(10)
