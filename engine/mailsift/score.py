@@ -82,9 +82,10 @@ class Verdict:
     def summary(self) -> str:
         """The one line ``mailsift score`` prints."""
         label = "spam" if self.is_spam else "ham"
+        user = f" user={self.user}" if self.user else ""
         return (
             f"{label} score={self.score:.2f} required={self.required:g} "
-            f"p={self.probability:.4f} action={self.action} model={self.model_name}"
+            f"p={self.probability:.4f} action={self.action} model={self.model_name}{user}"
         )
 
 
