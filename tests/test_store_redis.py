@@ -306,3 +306,30 @@ def test_a_redis_on_a_unix_socket(tmp_path, mail):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_the_scoring_pool_scores_with_a_users_model_from_its_own_store_client(redis_server, tmp_path, mail):
+    import asyncio
+
+    from mailsift.proxy import Scorer
+
+    shared = Shared(redis_server.url, "redis", [redis_server])
+    config = _config(shared, tmp_path, "pool")
+    learner = _node(shared, tmp_path, "learner")
+    ham = mail[0][0]
+    assert learner.learn_user(ham, True, "alice") == "learned"
+    scorer = Scorer(config, None, workers=1)  # a real worker process (forkserver)
+    try:
+
+        async def both():
+            return (
+                await scorer.score(ham, 20.0, None, "alice"),
+                await scorer.score(ham, 20.0, None, "bob"),
+                await scorer.score(ham, 20.0),
+            )
+
+        alice, bob, site = asyncio.run(both())
+    finally:
+        scorer.close()
+    assert alice.user == "alice" and alice.user_spam == 1 and alice.log_odds > site.log_odds + 1.0
+    assert bob.log_odds == site.log_odds and bob.user == "bob" and site.user == ""

@@ -158,8 +158,9 @@ def _where(exc: BaseException) -> str:
 
 def worker_main(conn, config: Config, model_name: str, log_format: str, parent: int) -> None:
     """A scoring worker: read the model's bytes from the pipe, load them,
-    say ready, then answer (raw, context) with ("ok", Verdict) or ("error",
-    text) until the pipe closes."""
+    say ready, then answer (raw, context, user) with ("ok", Verdict) or
+    ("error", text) until the pipe closes; ``user`` (None: the site model's
+    alone) is scored with the worker's own store client (``[store]``)."""
     _drop_inherited_sockets(conn.fileno())
     _detach_from_filter(parent)
     logs.configure(log_format)
@@ -185,9 +186,9 @@ def _serve(conn, config: Config, model_bytes: bytes, model_name: str) -> None:
     del model_bytes
     conn.send(("ready", os.getpid()))
     while True:
-        raw, context = conn.recv()
+        raw, context, user = conn.recv()
         try:
-            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context))
+            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context, user=user))
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}")
         conn.send(reply)
@@ -410,10 +411,10 @@ class WorkerPool:
 
     # -- scoring
     @staticmethod
-    def _round_trip(worker: _Worker, raw: bytes, context: Context) -> tuple:
+    def _round_trip(worker: _Worker, raw: bytes, context: Context, user: str | None = None) -> tuple:
         """In a thread: send one message, wait for its answer."""
         try:
-            worker.conn.send((raw, context))
+            worker.conn.send((raw, context, user))
             while True:
                 reply = worker.conn.recv()
                 if reply[0] == "ready":
@@ -425,9 +426,10 @@ class WorkerPool:
             worker.process.join(2)
             raise WorkerDied(f"{type(exc).__name__}") from None
 
-    async def run(self, raw: bytes, context: Context, deadline: float) -> Verdict:
-        """Score ``raw`` within ``deadline`` seconds (waiting for a free
-        worker included); a worker that dies meanwhile costs one retry."""
+    async def run(self, raw: bytes, context: Context, deadline: float, user: str | None = None) -> Verdict:
+        """Score ``raw`` (with ``user``'s model and lists, None: the site's)
+        within ``deadline`` seconds (waiting for a free worker included); a
+        worker that dies meanwhile costs one retry."""
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         for attempt in (1, 2):
@@ -436,7 +438,7 @@ class WorkerPool:
             except TimeoutError:
                 raise ScoringTimeout(f"no scoring worker free within {deadline:.3g} s") from None
             worker.busy = True
-            future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context)
+            future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context, user)
             future.add_done_callback(_consume)
             future.add_done_callback(lambda f, w=worker: _round_trip_done(w))
             try:

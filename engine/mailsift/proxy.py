@@ -115,10 +115,13 @@ class Scorer:
         log.info("reloaded: model %s", self.model_file)
         return True
 
-    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
+    async def score(
+        self, raw: bytes, deadline: float, context: Context | None = None, user: str | None = None
+    ) -> Verdict:
         """The verdict for ``raw`` (the whole message, up to
         ``max_message_size``: DKIM needs all of it) within ``deadline``
-        seconds.  Raises :class:`ScoringTimeout` (a ``TimeoutError``),
+        seconds, with ``user``'s model and lists (None: the site's alone).
+        Raises :class:`ScoringTimeout` (a ``TimeoutError``),
         :class:`WorkerDied` or :class:`ScoringError`; the caller decides
         what the message gets."""
         loop = asyncio.get_running_loop()
@@ -126,7 +129,7 @@ class Scorer:
         raw = raw[: self.max_bytes]
         while True:
             try:
-                return await self.pool.run(raw, context or Context(), max(end - loop.time(), 0.0))
+                return await self.pool.run(raw, context or Context(), max(end - loop.time(), 0.0), user)
             except PoolRetired:  # a reload happened while the message waited: use the new pool
                 continue
 
@@ -142,9 +145,11 @@ class _ThreadScorer:
         self.filter = scorer
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailsift-score")
 
-    async def run(self, raw: bytes, context: Context, deadline: float) -> Verdict:
+    async def run(self, raw: bytes, context: Context, deadline: float, user: str | None = None) -> Verdict:
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, lambda: self.filter.score(raw, evidence=3, context=context))
+        fut = loop.run_in_executor(
+            self.executor, lambda: self.filter.score(raw, evidence=3, context=context, user=user)
+        )
         try:
             return await asyncio.wait_for(fut, deadline)
         except TimeoutError:
