@@ -221,9 +221,9 @@ def test_workers_get_the_whole_message_and_xforward_source(make_proxy, sink, mon
     seen = []
     real = Filter.score
 
-    def spy(self, raw, evidence=6, context=None):
+    def spy(self, raw, evidence=6, context=None, user=None):
         seen.append((len(raw), context))
-        return real(self, raw, evidence, context)
+        return real(self, raw, evidence, context, user)
 
     monkeypatch.setattr(Filter, "score", spy)
     proxy = make_proxy()

@@ -166,12 +166,16 @@ class Users:
         One replay at a time; a learn arriving meanwhile does not wait."""
         if self.queue is None or not self._replaying.acquire(blocking=False):
             return 0
+
+        def apply(item: QueuedLearn) -> None:
+            self._learn(item)
+            self.replayed += 1  # counted as each lands, before the queue file is rewritten
+
         try:
-            n = self.queue.drain(self._learn, stop_on=(StoreUnavailable,))
+            n = self.queue.drain(apply, stop_on=(StoreUnavailable,))
         finally:
             self._replaying.release()
         if n:
-            self.replayed += n
             log.warning("replayed %d queued learns", n)
         return n
 
