@@ -299,7 +299,20 @@ def _cases() -> list[Case]:
         lambda k: nested_multipart(s(10_000, k)).replace(b'"b', b'"\xff'),
         True,
     )
-    # -- header floods
+    # -- header floods (the two largest: 51 MB and 45 MB of header block, no blank line until the end)
+    add(
+        "headers",
+        "3.5M unique X-H<n> headers",
+        lambda k: b"".join(b"X-H%d: v\r\n" % i for i in range(s(3_500_000, k))) + b"\r\nbody",
+        True,
+    )
+    add("headers", "3M X-Flood headers", lambda k: headers_flood(s(3_000_000, k)), True)
+    add(
+        "headers",
+        "1M X-Spam-Flag headers",
+        lambda k: headers_flood(s(1_000_000, k), b"X-Spam-Flag: NO\n"),
+        True,
+    )
     for n in (10_000, 100_000):
         add("headers", f"{n} headers", lambda k, n=n: headers_flood(s(n, k)), n > 1000 * 0 and n >= 10_000)
         add(
@@ -517,6 +530,20 @@ def _cases() -> list[Case]:
             b"--B\nContent-Type: text/plain\n\nhello\n--B\nContent-Type: application/octet-stream\n"
             b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(bytes(s(37 * MB, k))) + b"--B--\n"
         ),
+        True,
+    )
+    # the whole header block was scanned for verdict headers before the parser's cut (3 to 5 s)
+    add("big", "50 MB of header lines", lambda k: headers_flood(s(50 * MB, k) // 15), True)
+    add(
+        "big",
+        "50 MB of X-Spam-Flag headers",
+        lambda k: headers_flood(s(50 * MB, k) // 17, b"X-Spam-Flag: YES\n"),
+        True,
+    )
+    add(
+        "big",
+        "50 MB of CRLF header lines",
+        lambda k: b"X-A: b\r\n" * (s(50 * MB, k) // 8) + b"\r\nbody\r\n",
         True,
     )
     return c

@@ -20,12 +20,14 @@ from conftest import ProxyThread, free_port
 from dnslib import QTYPE, RCODE, RR, TXT
 from dnslib.dns import DNSError
 from dnslib.server import BaseResolver, DNSServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailsift import Filter
 from mailsift.config import Config
 from mailsift.filter import DEFAULT_MODEL
 from mailsift.parse import MAX_PARSE_BYTES
-from mailsift.rules import Context
+from mailsift.rules import Context, dkimlinear
 from mailsift.rules.auth import aligned
 
 GOOD_IP = "81.2.69.160"
@@ -47,6 +49,18 @@ def dkim_key(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def other_rsa_key(tmp_path_factory):
+    """A second RSA public key (base64 DER): published where dkim_key signs, a
+    key that is there but does not verify the signature (a rotated key)."""
+    d = tmp_path_factory.mktemp("dkim-other")
+    subprocess.run(["openssl", "genrsa", "-out", d / "o.pem", "1024"], check=True, capture_output=True)
+    der = subprocess.run(
+        ["openssl", "rsa", "-in", d / "o.pem", "-pubout", "-outform", "DER"], check=True, capture_output=True
+    ).stdout
+    return base64.b64encode(der).decode()
+
+
+@pytest.fixture(scope="module")
 def ed25519_key():
     """(private seed, public key), both base64, as dkimpy and the DNS record want them."""
     key = nacl.signing.SigningKey.generate()
@@ -59,8 +73,13 @@ SILENT = {"slow.example.", "sel._domainkey.slow.example."}
 
 
 @pytest.fixture(scope="module")
-def auth_dns(dkim_key, ed25519_key):
+def auth_dns(dkim_key, ed25519_key, other_rsa_key):
     records = {
+        "_dmarc.nokey.example.": "v=DMARC1; p=reject",  # and no key record at all
+        "_dmarc.revoked.example.": "v=DMARC1; p=reject",
+        "sel._domainkey.revoked.example.": "v=DKIM1; k=rsa; p=",  # RFC 6376 §3.6.1: revoked
+        "_dmarc.rotated.example.": "v=DMARC1; p=reject",
+        "sel._domainkey.rotated.example.": f"v=DKIM1; k=rsa; p={other_rsa_key}",
         "slow.example.": "v=spf1 -all",  # never served: SILENT
         "_dmarc.slow.example.": "v=DMARC1; p=reject",
         "_dmarc.sample.example.": "v=DMARC1; p=reject; pct=0",
@@ -162,8 +181,27 @@ def test_each_of_several_signatures_is_verified_and_named_by_its_domain(auth_dns
     both = _sign(first, dkim_key[0], b"nokey.example")  # no key published for nokey.example
     v = _filter(auth_dns).score(both, context=Context(BAD_IP, "x", "bounce@other.example"))
     found = {(h.name, h.detail) for h in v.hits if h.name.startswith("DKIM")}
-    assert ("DKIM_PASS", "example.org") in found and ("DKIM_FAIL", "nokey.example") in found
+    assert ("DKIM_PASS", "example.org") in found and ("DKIM_PERMERROR", "nokey.example") in found
     assert "DMARC_PASS" in _hits(v)
+
+
+def test_a_signature_without_a_usable_key_is_a_permerror_without_points(auth_dns, dkim_key):
+    """RFC 6376 §6.1.2: no key record, or a revoked one (p=), is PERMFAIL "no
+    key for signature": nothing was verified, so it is not scored as a
+    broken signature.  DMARC still fails under the domain's p=reject (no
+    aligned identifier passed), as it must for mail forged that way; a key
+    that is there but does not verify the signature is a real DKIM_FAIL."""
+    flt = _filter(auth_dns)
+    ctx = Context(BAD_IP, "x", "bounce@other.example")
+    for domain in ("nokey.example", "revoked.example"):
+        v = flt.score(_sign(_msg(f"a@{domain}"), dkim_key[0], domain.encode()), context=ctx)
+        dkim_hits = [(h.name, h.score, h.detail) for h in v.hits if h.name.startswith("DKIM")]
+        assert dkim_hits == [("DKIM_PERMERROR", 0.0, domain)], dkim_hits
+        assert "no usable key" in [h for h in v.hits if h.name == "DKIM_PERMERROR"][0].description
+        assert _hits(v)["DMARC_FAIL_REJECT"] == 4.0
+    v = flt.score(_sign(_msg("a@rotated.example"), dkim_key[0], b"rotated.example"), context=ctx)
+    hits = _hits(v)
+    assert hits["DKIM_FAIL"] == 0.5 and "DKIM_PERMERROR" not in hits and hits["DMARC_FAIL_REJECT"] == 4.0
 
 
 def test_dmarc_passes_on_aligned_dkim_and_fails_by_the_policy(auth_dns, dkim_key):
@@ -240,8 +278,10 @@ def test_700kb_message_signed_by_its_reject_domain_passes_dkim_and_dmarc(auth_dn
 
 
 def _status_through_serve(config: Config, sink, raw: bytes, ip: str, mail_from: str) -> str:
+    """As ``mailsift serve`` scores: in a scoring worker process (the
+    message and its XFORWARD context cross the pool's pipe), not a thread."""
     config.proxy = replace(config.proxy, listen="127.0.0.1:0", relay=f"127.0.0.1:{sink.port}")
-    proxy = ProxyThread(config)
+    proxy = ProxyThread(config, workers=1)
     try:
         with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as c:
             c.ehlo()
@@ -421,3 +461,49 @@ def test_outbound_and_internal_mail_skips_the_inbound_checks(auth_dns):
         assert hits == {"OUTBOUND_MAIL": 0.0}, hits
     hits = _hits(flt.score(_msg(), context=Context("10.1.2.3", "x", "a@example.org")))
     assert hits == {"INTERNAL_CLIENT": 0.0}, hits
+
+
+# -- dkimpy's per-byte work in linear time (rules/dkimlinear.py) ------------------------
+_PIECES = [b" ", b"\t", b"\r", b"\n", b"\r\n", b"a", b":", b"From "]
+_DKIM_BYTES = st.lists(st.sampled_from(_PIECES), max_size=80)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_DKIM_BYTES)
+def test_linear_canonicalization_gives_dkimpys_results(pieces):
+    body = b"".join(pieces)
+    assert dkimlinear.strip_trailing_lines(body) == dkimlinear.DKIMPY["strip_trailing_lines"](body)
+    crlf = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # as the split hands bodies over
+    for b in (body, crlf):
+        assert dkimlinear.relaxed_body(b) == dkimlinear.DKIMPY["relaxed_body"](b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DKIM_BYTES, _DKIM_BYTES)
+def test_linear_split_gives_dkimpys_headers_and_body(head, body):
+    raw = b"X-A: b\r\n" + b"".join(head) + b"\r\n" + b"".join(body)
+    try:
+        expected = dkim.rfc822_parse(raw)
+    except dkim.MessageFormatError:
+        with pytest.raises(dkim.MessageFormatError):
+            dkimlinear.split(raw)
+        return
+    assert dkimlinear.split(raw) == expected
+
+
+def test_a_run_of_blanks_in_a_relaxed_signed_body_verifies_at_once(auth_dns, dkim_key):
+    """dkimpy's relaxed canonicalization is quadratic in a run of blanks not
+    followed by CRLF (6 s for 40,000, hours for a megabyte, holding the
+    GIL): with a key published, a message signed that way now verifies."""
+    raw = _msg().replace(b"Hello Bob.", b"Hello" + b" " * 200_000 + b"Bob.")
+    sig = dkim.sign(raw, b"sel", b"example.org", dkim_key[0], canonicalize=(b"relaxed", b"relaxed"))
+    hits = _hits(_filter(auth_dns, deadline=1.0).score(sig + raw, context=Context(BAD_IP, "x", "")))
+    assert "DKIM_PASS" in hits and "DNS_DEADLINE" not in hits
+
+
+def test_a_header_line_dkimpy_cannot_parse_is_a_permerror_not_a_rules_error(auth_dns, dkim_key):
+    """A header line without a colon made dkimpy raise out of the DKIM check,
+    and every network result of the message was lost (NETWORK_RULES_ERROR)."""
+    raw = _sign(_msg(), dkim_key[0]).replace(b"To: bob", b"not a header line\r\nTo: bob")
+    hits = _hits(_filter(auth_dns).score(raw, context=Context(GOOD_IP, "x", "a@example.org")))
+    assert "NETWORK_RULES_ERROR" not in hits and hits["DKIM_PERMERROR"] == 0.0 and "SPF_PASS" in hits

@@ -408,3 +408,45 @@ def test_dnsbl_and_network_settings_are_read_from_toml_and_checked(tmp_path):
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config(str(cfg))
+
+
+def _dns_metrics(text: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("mailsift_dns_cache"):
+                out[sample.name + "".join(f":{v}" for v in sample.labels.values())] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, -1], ids=["worker-process", "thread"])
+def test_the_dns_cache_hit_rate_reaches_the_service_metrics(dns_server, workers):
+    """The cache lives in the scoring process: each verdict brings its
+    lookups back, so /metrics shows the whole pool's hit rate."""
+    import asyncio
+
+    from mailsift.serve import Service
+
+    config = _filter(dns_server[0], zones=ZONES[:2]).config  # SERVFAIL answers are not cached
+    context = Context(client_ip="81.2.69.51")
+
+    async def go():
+        service = Service(config, str(DEFAULT_MODEL), workers=workers)
+        try:
+            await service.score(HAM, context, door="test")
+            first = _dns_metrics(service.metrics.render().decode())
+            await service.score(HAM, context, door="test")
+            return first, _dns_metrics(service.metrics.render().decode())
+        finally:
+            await service.close()
+
+    first, second = asyncio.run(go())
+    misses = first["mailsift_dns_cache_lookups_total:miss"]
+    assert misses >= 1 and first["mailsift_dns_cache_lookups_total:hit"] == 0
+    assert first["mailsift_dns_cache_hit_ratio"] == 0.0
+    # the same message again: every lookup of the first is answered from the cache
+    assert second["mailsift_dns_cache_lookups_total:miss"] == misses
+    assert second["mailsift_dns_cache_lookups_total:hit"] == misses
+    assert second["mailsift_dns_cache_hit_ratio"] == 0.5

@@ -236,3 +236,48 @@ def test_junk_received_chain_is_read_to_the_cut_without_raising():
     hops = parse(raw).received
     assert len(hops) == MAX_RECEIVED
     assert all(len(h.raw) <= MAX_RECEIVED_CHARS for h in hops)
+
+
+def test_verdict_header_strip_reads_no_further_than_the_parser(monkeypatch):
+    """A header block of millions of lines (51 MB took Filter.score 5 s, all
+    in the strip) costs what MAX_HEADER_LINES lines cost: the strip stops
+    where the parser stops reading headers, and is never handed the rest."""
+    from mailsift import report
+
+    flood = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADER_LINES * 50))
+    inside = b"X-Spam-Flag: YES\r\n" + flood + b"\r\nbody"
+    assert report.strip_verdict_headers(inside) == flood + b"\r\nbody"  # within the cut: removed
+    past = flood + b"X-Spam-Flag: YES\r\n\r\nbody"
+    pulled = []
+    real = report._PIECES_RE
+
+    class Spy:  # counts the lines the strip reads
+        def finditer(self, data):
+            for m in real.finditer(data):
+                pulled.append(1)
+                yield m
+
+    monkeypatch.setattr(report, "_PIECES_RE", Spy())
+    assert report.strip_verdict_headers(past) is past  # never read: the parser ignores it too
+    assert parse(past).header("x-spam-flag") == ""
+    assert not pulled
+    with_one = b"X-Spam-Flag: YES\r\n" + flood + b"X-Spam-Flag: YES\r\n\r\nbody"
+    assert report.strip_verdict_headers(with_one) == flood + b"X-Spam-Flag: YES\r\n\r\nbody"
+    assert len(pulled) == MAX_HEADER_LINES + 1  # the first, then lines until the parser's window is full
+    pulled.clear()
+    many = b"X-Spam-Flag: YES\r\n" * (MAX_HEADER_LINES * 50) + b"Subject: s\r\n\r\nbody"
+    stripped = report.strip_verdict_headers(many)
+    assert len(pulled) == report._STRIP_BUDGET
+    assert stripped == b"\r\nbody"  # the flood's header block is dropped (the parser ignores most of it)
+    assert parse(stripped).header("x-spam-flag") == ""
+
+
+def test_forged_verdict_headers_are_removed_from_delivered_mail_however_deep():
+    """What the mailbox gets is another matter: every X-Spam-* in the whole
+    header block goes (Sieve reads them all), in C-speed slices."""
+    from mailsift.report import add_headers
+
+    flood = b"".join(b"X-H%d: v\n" % i for i in range(MAX_HEADER_LINES * 300))  # > 1 MB: several slices
+    raw = flood + b"X-Spam-Flag: YES\n\tfolded\n" + flood + b"x-spam-status: No\n\nX-Spam-Flag: body\n"
+    out = add_headers(raw, [("X-Spam-Flag", "NO")])
+    assert out == b"X-Spam-Flag: NO\n" + flood + flood + b"\nX-Spam-Flag: body\n"

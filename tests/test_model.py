@@ -138,6 +138,45 @@ def test_loading_a_pickle_bearing_file_never_executes_it(tmp_path, toy_model):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "content",
+    [os.urandom(4096), b'{"weights": [1, 2, 3]}\n', pickle.dumps({"bias": [0.0]}), b"\x93NUMPY garbage"],
+    ids=["random-bytes", "json", "pickle", "npy-magic"],
+)
+def test_a_file_that_is_no_model_never_invites_unpickling(tmp_path, content):
+    # numpy's own error for these says "If you trust the file you can load it
+    # unsafely using allow_pickle=": an admin must never be told that
+    path = tmp_path / "model.npz"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match="not a mailsift model file") as err:
+        LinearModel.load(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert "pickle" not in text.lower() and "trust" not in text.lower()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.update(bias=np.zeros(3)), "bias has 3 entries"),
+        (lambda a: a.update(weights=a["weights"][:-1]), "slots"),
+        (lambda a: a.update(ledger_label=np.zeros(2, np.int8)), "ledger"),
+        (lambda a: a.update(slots=a["slots"].reshape(1, -1)), "slots"),
+        (lambda a: a.pop("weights"), "missing weights"),
+    ],
+    ids=["bias-3", "weights-short", "ledger-ragged", "slots-2d", "no-weights"],
+)
+def test_a_model_with_misshapen_arrays_is_refused(tmp_path, toy_model, change, message):
+    path = tmp_path / "m.npz"
+    toy_model.save(path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    np.savez(path, **arrays)
+    with pytest.raises(ModelError, match=message):
+        LinearModel.load(path)
+
+
 def test_missing_model_file_says_not_found(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         LinearModel.load(tmp_path / "none.npz")

@@ -336,3 +336,60 @@ def test_a_listen_address_beyond_loopback_stops_serve_with_a_clear_error(tmp_pat
     )  # fmt: skip
     assert out.returncode == 78  # EX_CONFIG
     assert "not a loopback address" in out.stderr and "--allow-non-loopback" in out.stderr
+
+
+def _serve_fails(tmp_path, *args: str, config: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "d")}
+    env.pop("MAILSIFT_CONFIG", None)
+    if config:
+        (tmp_path / "cfg" / "mailsift").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cfg" / "mailsift" / "config.toml").write_text(config)
+    return subprocess.run(
+        [sys.executable, "-m", "mailsift.cli", "serve", "--workers", "1", *args],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+
+
+def _only_json(stderr: str) -> list[dict]:
+    lines = stderr.splitlines()
+    assert lines, "nothing on stderr"
+    return [json.loads(line) for line in lines]  # a plain-text line fails here
+
+
+def test_fatal_start_up_errors_are_written_in_the_json_log_format(tmp_path):
+    """A log shipper parsing JSON must get the error that stops serve too:
+    a port in use, a missing model, a bad config value, a public address,
+    whether JSON was asked for on the command line or in the config."""
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        out = _serve_fails(tmp_path, "--log-format", "json", "--listen", f"127.0.0.1:{port}")
+    finally:
+        taken.close()
+    assert out.returncode == 69, out.stderr  # EX_UNAVAILABLE
+    fatal = [r for r in _only_json(out.stderr) if r.get("event") == "fatal"]
+    assert len(fatal) == 1 and f"cannot listen on 127.0.0.1:{port}" in fatal[0]["msg"]
+    assert fatal[0]["level"] == "critical" and fatal[0]["exit_status"] == 69
+
+    out = _serve_fails(tmp_path, "--log-format", "json", "--model", str(tmp_path / "missing.npz"))
+    assert out.returncode == 66, out.stderr  # EX_NOINPUT
+    [fatal] = _only_json(out.stderr)
+    assert "model file not found" in fatal["msg"]
+
+    out = _serve_fails(tmp_path, config='[proxy]\nlog_format = "json"\nmode = "sideways"\n')
+    assert out.returncode == 78, out.stderr  # EX_CONFIG
+    [fatal] = _only_json(out.stderr)
+    assert "proxy.mode" in fatal["msg"] and fatal["event"] == "fatal"
+    (tmp_path / "cfg" / "mailsift" / "config.toml").unlink()
+
+    out = _serve_fails(tmp_path, "--log-format", "json", "--listen", "0.0.0.0:10999")
+    assert out.returncode == 78
+    [fatal] = _only_json(out.stderr)
+    assert "not a loopback address" in fatal["msg"]
+
+
+def test_fatal_start_up_errors_in_text_mode_are_one_log_line(tmp_path):
+    out = _serve_fails(tmp_path, "--model", str(tmp_path / "missing.npz"))
+    assert out.returncode == 66
+    [line] = out.stderr.splitlines()
+    assert "mailsift[" in line and "model file not found" in line

@@ -20,6 +20,10 @@ Public API (everything else is internal and may change):
 * :func:`strip_verdict_headers` — raw bytes without the headers spam filters
   write (``Filter.score`` and training apply it; call it on mail you extract
   features from yourself).
+* :class:`Service` (``mailsift.serve``) — what ``mailsift serve``'s doors
+  share: ``await service.score(raw, context, door)`` and ``await
+  service.learn(raw, spam, forget=False)`` over one scoring pool and one
+  learner.  Imported on first use (it brings the daemon's dependencies).
 
 Every entry point (CLI, library, proxy, training, evaluation) goes the same
 way: raw bytes -> parse -> features -> model -> score -> Verdict.
@@ -36,6 +40,15 @@ from .report import strip_verdict_headers
 from .score import Evidence, RuleHit, Verdict
 from .users import Users
 
+
+def __getattr__(name: str):
+    if name == "Service":  # not at import: aiosmtpd and prometheus-client are the daemon's
+        from .serve import Service
+
+        return Service
+    raise AttributeError(f"module 'mailsift' has no attribute {name!r}")
+
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -45,6 +58,7 @@ __all__ = [
     "ModelError",
     "ParsedMessage",
     "RuleHit",
+    "Service",
     "Users",
     "Verdict",
     "filter_message",

@@ -28,9 +28,16 @@ class Bound:
     high: float | None = None
     low_open: bool = False  # low itself not allowed (e.g. "> 0")
     choices: tuple = ()
+    #: a HOST:PORT something listens on ("" allowed: that door is off); the
+    #: loopback rule (``config.check_listening``) applies to every such field
+    listen: bool = False
 
     def problem(self, value: object) -> str | None:
         """Why ``value`` is out of range, or None if it is fine."""
+        if self.listen:
+            if value == "" or not isinstance(value, str):
+                return None  # "" = not listening; the type check is _apply's job
+            return None if split_address(value) else f"must be HOST:PORT, got {value!r}"
         if self.choices:
             if value not in self.choices:
                 return "must be " + " or ".join(str(c) for c in self.choices) + f", got {value!r}"
@@ -76,6 +83,23 @@ def one_of(*choices: str) -> dict:
     return {_KEY: Bound(choices=tuple(choices))}
 
 
+def listen_address() -> dict:
+    """A HOST:PORT to listen on, or "" for "does not listen" (port 0 = any
+    free port, for tests).  Every field declared so is one of the addresses
+    the loopback rule covers: adding a door adds its address to the rule."""
+    return {_KEY: Bound(listen=True)}
+
+
+def split_address(value: str) -> tuple[str, int] | None:
+    """'127.0.0.1:10025' or '[::1]:10025' -> (host, port); None if it is not
+    HOST:PORT with a port of 0-65535."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 def check(f: Field, value: object) -> str | None:
     """Why ``value`` does not fit field ``f`` (non-finite floats included),
     or None."""
@@ -87,3 +111,8 @@ def check(f: Field, value: object) -> str | None:
 
 def declared(f: Field) -> Bound | None:
     return f.metadata.get(_KEY)
+
+
+def is_listen_address(f: Field) -> bool:
+    bound = declared(f)
+    return bool(bound and bound.listen)

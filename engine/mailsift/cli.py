@@ -1,19 +1,20 @@
 """``mailsift`` command line.  Errors are one line on stderr naming what and
 where, with an exit status from sysexits(3): 64 usage, 65 bad data, 66 no
-input, 69 cannot listen, 73 cannot create output, 75 try again later (the
-user store cannot take a learn now), 78 bad config.
+input, 69 cannot listen, 70 internal error, 71 system error (serve), 73 cannot
+create output, 75 try again later (the user store cannot take a learn now), 78
+bad config.  ``serve`` writes its fatal errors in its log format (text or
+JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from .corpus import CorpusError, Labelled, mail_problem, read_index
 from .datasets import ORDERS, build_index, ordered, split_index, write_index
 from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
 from .filter import DEFAULT_MODEL, Filter, resolve_model_path
-from .model import LinearModel, ModelError
+from .model import LinearModel, ModelError, model_lock
 from .parse import parse
 from .report import strip_verdict_headers
 from .rules import Context
@@ -37,7 +38,7 @@ from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream,
 # sysexits(3)
 EX_USAGE, EX_DATAERR, EX_NOINPUT = os.EX_USAGE, os.EX_DATAERR, os.EX_NOINPUT
 EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG = os.EX_UNAVAILABLE, os.EX_CANTCREAT, os.EX_CONFIG
-EX_IOERR, EX_TEMPFAIL = os.EX_IOERR, os.EX_TEMPFAIL
+EX_IOERR, EX_SOFTWARE, EX_OSERR, EX_TEMPFAIL = os.EX_IOERR, os.EX_SOFTWARE, os.EX_OSERR, os.EX_TEMPFAIL
 
 
 class _Parser(argparse.ArgumentParser):
@@ -300,27 +301,94 @@ def _own_model_path(args) -> Path:
 
 @contextmanager
 def _model_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``'s sidecar ``path.lock`` file.
-
-    ``learn``/``unlearn`` read the model, change it and write it back; two at
-    once (IMAPSieve runs one per moved message) would each write their own
-    copy and lose the other's update.  The lock is on a file of its own,
-    never replaced: the model itself is replaced atomically on every save,
-    so a lock on it would be a lock on a file that is gone.  flock() is
-    released by the kernel when the process dies, so a killed learn never
-    leaves the model locked."""
+    """``model.model_lock`` (see there why), its failures as CLI errors."""
     lock = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except FileNotFoundError:
-        raise CliError(f"{path}: model not found (no folder {path.parent})", EX_NOINPUT) from None
-    except OSError as exc:
-        raise CliError(f"{lock}: cannot open the model's lock file ({exc.strerror})", EX_CANTCREAT) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with ExitStack() as held:
+        try:
+            held.enter_context(model_lock(path))
+        except FileNotFoundError:
+            raise CliError(f"{path}: model not found (no folder {path.parent})", EX_NOINPUT) from None
+        except OSError as exc:
+            why = f"cannot open the model's lock file ({exc.strerror})"
+            raise CliError(f"{lock}: {why}", EX_CANTCREAT) from None
         yield
-    finally:
-        os.close(fd)
+
+
+def _service_url(args, config) -> tuple[str | None, bool]:
+    """The running service to hand learning to: --service URL, else the
+    config's [serve] http door; (url, named on the command line)."""
+    if getattr(args, "service", None):
+        return args.service.rstrip("/"), True
+    if config.serve.http:
+        host, port = split_hostport(config.serve.http, "serve.http")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}", False
+    return None, False
+
+
+def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
+    """Hand the message to the running service (its learner is the only
+    writer of the model, and its filter learns at once).  None: no service
+    is configured, or the configured one is not running: learn into the file."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    config = load_config(args.config)
+    url, explicit = _service_url(args, config)
+    if url is None:
+        return None
+    what = "spam" if args.spam else "ham"
+    endpoint = f"{url}/{'unlearn' if unlearn else 'learn'}?class={what}"
+    request = urllib.request.Request(endpoint, data=raw, method="POST")
+    request.add_header("Content-Type", "message/rfc822")
+    if config.serve.http_token:
+        request.add_header("Authorization", f"Bearer {config.serve.http_token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            outcome = json.loads(resp.read())["outcome"]
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            error = exc.reason
+        raise CliError(f"{url}: {error}", EX_UNAVAILABLE) from None
+    except (urllib.error.URLError, OSError) as exc:
+        if explicit:
+            raise CliError(
+                f"{url}: service not reachable ({getattr(exc, 'reason', exc)})", EX_UNAVAILABLE
+            ) from None
+        print(f"mailsift: no service at {url} (serve.http); learning into the model file", file=sys.stderr)
+        return None
+    except (ValueError, KeyError, TypeError, http.client.HTTPException):
+        # something answers there, but not our HTTP door (the spamd port, another daemon)
+        raise CliError(f"{url}: not a mailsift service (unexpected answer)", EX_UNAVAILABLE) from None
+    return _print_outcome(args.file, outcome, args.spam, unlearn, f" (through the service at {url})")
+
+
+def _print_outcome(name: str, outcome: str, spam: bool, unlearn: bool, where: str = "") -> int:
+    what = "spam" if spam else "ham"
+    if outcome == "not-learned":
+        print(f"{name}: was never learned; nothing to do{where}")
+    elif outcome == "other-class":
+        raise CliError(
+            f"{name}: was learned as {'ham' if spam else 'spam'}, not {what}; nothing changed", EX_DATAERR
+        )
+    elif outcome == "forgotten":
+        print(
+            f"{name}: came from batch training; forgotten from the ledger, but its "
+            f"weight stays until the next 'mailsift train'{where}"
+        )
+    elif outcome == "unlearned":
+        print(f"{name}: unlearned as {what}{where}")
+    elif outcome == "already-learned":
+        print(f"{name}: already learned as {what}; nothing changed{where}")
+    elif outcome in ("learned", "relabelled"):
+        note = " (was learned as the other class before)" if outcome == "relabelled" else ""
+        print(f"{name}: learned as {what}{note}{where}")
+    else:
+        raise CliError(f"{name}: unexpected outcome {outcome!r}", EX_UNAVAILABLE)
+    return 0
 
 
 def cmd_learn(args, unlearn: bool = False) -> int:
@@ -333,6 +401,10 @@ def cmd_learn(args, unlearn: bool = False) -> int:
     user = _user(args)
     if user:
         return _learn_user(args, raw, user, unlearn)
+    if not args.model:  # a model named on the command line is that file, not the service's
+        handed = _learn_via_service(args, raw, unlearn)
+        if handed is not None:
+            return handed
     path = _own_model_path(args)
     if path == DEFAULT_MODEL:
         _refuse_default(path)  # before the lock: no lock file next to the shipped model
@@ -700,38 +772,77 @@ def cmd_filter(args) -> int:
 
 # -- serve ---------------------------------------------------------------
 def cmd_serve(args) -> int:
+    """Run the filter.  Every line it writes to stderr, a fatal start-up
+    error (bad config, model, listen address) included, is in the log format
+    the command line or the config asked for: under a log shipper that
+    parses JSON, a plain-text "cannot listen" line would be lost or garbled
+    exactly when the admin needs it."""
     import asyncio
     import logging
     from dataclasses import replace
 
-    from .config import validate
-    from .proxy import serve_forever
+    from . import logs
+    from .config import requested_log_format, validate
+    from .proxy import ListenError
+    from .serve import door_addresses, run
 
-    config = load_config(args.config)
-    overrides = {
-        k: v
-        for k, v in (
-            ("listen", args.listen),
-            ("relay", args.relay),
-            ("mode", args.mode),
-            ("workers", args.workers),
-            ("log_format", args.log_format),
-            ("allow_non_loopback", True if args.allow_non_loopback else None),
-        )
-        if v is not None
-    }
-    config.proxy = replace(config.proxy, **overrides)
-    validate(config)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s mailsift[%(process)d]: %(message)s", stream=sys.stderr
-    )
+    log_format = args.log_format or requested_log_format(args.config)
     try:
-        asyncio.run(serve_forever(config, args.model, config.source or None, overrides))
-    except OSError as exc:
-        raise CliError(
-            f"serve: cannot listen on {config.proxy.listen} ({exc.strerror})", EX_UNAVAILABLE
-        ) from None
+        config = load_config(args.config)
+        overrides = {
+            k: v
+            for k, v in (
+                ("listen", args.listen),
+                ("relay", args.relay),
+                ("mode", args.mode),
+                ("workers", args.workers),
+                ("log_format", args.log_format),
+                ("allow_non_loopback", True if args.allow_non_loopback else None),
+            )
+            if v is not None
+        }
+        config.proxy = replace(config.proxy, **overrides)
+        validate(config)
+        named = {"smtp": args.listen, "milter": args.milter, "spamd": args.spamd, "http": args.http}
+        for door, address in named.items():
+            if address:
+                split_hostport(address, f"--{'listen' if door == 'smtp' else door}")
+        door_addresses(config, named)  # a refused address fails here, before any model loads
+        logs.configure(log_format)
+        asyncio.run(run(config, args.model, config.source or None, overrides, named))
+    except KeyboardInterrupt:
+        raise
+    except ListenError as exc:
+        return _serve_fatal(
+            log_format, f"serve: cannot listen on {exc.address} ({exc.reason})", EX_UNAVAILABLE
+        )
+    except Exception as exc:
+        code = _error_code(exc)
+        if code is None and isinstance(exc, OSError):  # fork refused, out of descriptors, ...
+            return _serve_fatal(log_format, f"serve: {exc}", EX_OSERR)
+        if code is None:  # a bug: its traceback, in the log format too
+            logs.configure(log_format)
+            logging.getLogger("mailsift").critical(
+                "serve failed: %s: %s", type(exc).__name__, exc, exc_info=exc,
+                extra={"mailsift": {"event": "fatal", "msg": f"serve failed: {type(exc).__name__}: {exc}",
+                                    "exit_status": EX_SOFTWARE}},
+            )  # fmt: skip
+            return EX_SOFTWARE
+        return _serve_fatal(log_format, str(exc), code)
     return 0
+
+
+def _serve_fatal(log_format: str, text: str, code: int) -> int:
+    """One log line (text or JSON, as configured) for an error that stops
+    ``serve``; the exit status is ``code``."""
+    import logging
+
+    from . import logs
+
+    logs.configure(log_format)
+    record = {"event": "fatal", "msg": text, "exit_status": code}
+    logging.getLogger("mailsift").critical("%s", text, extra={"mailsift": record})
+    return code
 
 
 # -- parser --------------------------------------------------------------
@@ -858,7 +969,19 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="NAME",
             help="for this user only: their own model on top of the site model, in the [store]",
         )
-        model_opt(lp, "model to update (default: your trained model); with --user, the site model")
+        lp.add_argument(
+            "--service",
+            metavar="URL",
+            help="hand the message to the running 'mailsift serve' at URL (its HTTP door, e.g. "
+            "http://127.0.0.1:8025), so clicks are serialised and the filter learns at once. "
+            "Default: the [serve] http door of the config if set (the model file if it is not running), "
+            "else the model file",
+        )
+        model_opt(
+            lp,
+            "model file to update directly (default: through the service if one is configured, "
+            "else your trained model); with --user, the site model",
+        )
         lp.set_defaults(func=lambda a, u=unlearn: cmd_learn(a, unlearn=u))
 
     ls = sub.add_parser(
@@ -993,17 +1116,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser(
         "serve",
-        help="run the SMTP content filter for Postfix",
-        description="SMTP content filter. After-queue (Postfix content_filter): receive on --listen, "
-        "score, add X-Spam-* headers, relay to --relay with the same envelope; answer 250 only after "
-        "the next hop accepted, 451 if it is down or slow. Before-queue (smtpd_proxy_filter): the "
-        "same, but mail at or above the reject threshold is refused with 550 while the sender is "
-        "connected. Every flag can also be set in the [proxy] section of the config file. "
-        "SIGTERM/SIGINT stop accepting and let sessions in flight finish.",
+        help="run the filter as a service: SMTP content filter, milter, spamd, HTTP",
+        description="One service, many doors: every door scores through one pool of scoring "
+        "processes and learns through one learner, the only writer of the model (a learned message "
+        "is used at once, no reload needed). Doors: --listen (SMTP content filter for Postfix "
+        "content_filter/smtpd_proxy_filter), --milter (Postfix smtpd_milters, Sendmail), --spamd (for "
+        "spamc: Exim, procmail, maildrop, Sieve), --http (POST /score, /learn, /unlearn; GET /metrics, "
+        "/healthz); each can also be set in the [serve] section of the config file (smtp, milter, spamd, "
+        "http). Which doors listen: exactly those named on the command line or in [serve]; a door not "
+        "named does not listen. Only when no door is named at all does the SMTP door listen, on "
+        "[proxy] listen (127.0.0.1:10025), as before. Every door listens on loopback only: an address "
+        "beyond it is refused unless --allow-non-loopback ([proxy] allow_non_loopback). SMTP door: "
+        "after-queue (Postfix content_filter) receives, scores, adds X-Spam-* headers and relays to "
+        "--relay with the same envelope, answering 250 only after the next hop accepted, 451 if it is "
+        "down or slow; before-queue (smtpd_proxy_filter) also refuses mail at the reject threshold "
+        "with 550. SIGHUP reloads the config and model; SIGTERM/SIGINT close every door at once and "
+        "let what is in flight finish for up to [proxy] relay_timeout.",
     )
-    v.add_argument("--listen", metavar="HOST:PORT", help="listen address (default 127.0.0.1:10025)")
-    v.add_argument("--relay", metavar="HOST:PORT", help="next hop (default 127.0.0.1:10026)")
-    v.add_argument("--mode", choices=["after-queue", "before-queue"], help="default after-queue")
+    v.add_argument(
+        "--listen", metavar="HOST:PORT", help="SMTP door (default 127.0.0.1:10025 when no door is named)"
+    )
+    v.add_argument(
+        "--milter", metavar="HOST:PORT", help="milter door for Postfix smtpd_milters (e.g. 127.0.0.1:11332)"
+    )
+    v.add_argument("--spamd", metavar="HOST:PORT", help="spamd door for spamc (e.g. 127.0.0.1:783)")
+    v.add_argument(
+        "--http", metavar="HOST:PORT", help="HTTP door: score, learn, metrics (e.g. 127.0.0.1:8025)"
+    )
+    v.add_argument("--relay", metavar="HOST:PORT", help="SMTP door's next hop (default 127.0.0.1:10026)")
+    v.add_argument("--mode", choices=["after-queue", "before-queue"], help="SMTP door: default after-queue")
     v.add_argument("--workers", type=int, help="scoring processes (default: one per core)")
     v.add_argument(
         "--log-format", choices=["text", "json"], help="one log line per message on stderr (default text)"
@@ -1011,8 +1152,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--allow-non-loopback",
         action="store_true",
-        help="allow a --listen address beyond loopback (refused otherwise: anyone who reaches the port "
-        "can hand mail to the next hop); only behind a firewall that lets just your MTA in",
+        help="allow door addresses beyond loopback, for every door (refused otherwise: anyone who reaches "
+        "the SMTP door can hand mail to the next hop, the others score and learn); only behind a "
+        "firewall that lets just your MTA and clients in",
     )
     model_opt(v, "model file (default: as for score)")
     v.set_defaults(func=cmd_serve)
@@ -1044,24 +1186,29 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     try:
         return args.func(args)
-    except CliError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return exc.code
-    except ModelError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return EX_DATAERR if "not found" not in str(exc) else EX_NOINPUT
-    except CorpusError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return EX_NOINPUT
-    except ConfigError as exc:
-        print(f"mailsift: {exc}", file=sys.stderr)
-        return EX_CONFIG
     except KeyboardInterrupt:
         print("mailsift: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (CliError, ModelError, CorpusError, ConfigError) as exc:
+        print(f"mailsift: {exc}", file=sys.stderr)
+        return _error_code(exc)
+
+
+def _error_code(exc: BaseException) -> int | None:
+    """The sysexits status of an error the commands report in one line;
+    None for anything else (a bug)."""
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, ModelError):
+        return EX_DATAERR if "not found" not in str(exc) else EX_NOINPUT
+    if isinstance(exc, CorpusError):
+        return EX_NOINPUT
+    if isinstance(exc, ConfigError):
+        return EX_CONFIG
+    return None
 
 
 if __name__ == "__main__":

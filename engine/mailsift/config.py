@@ -12,6 +12,7 @@ is not a rule (``rules.names``).  Errors are one line naming the file and key.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from . import bounds
-from .bounds import any_finite, at_least, between, one_of, positive
+from .bounds import any_finite, at_least, between, listen_address, one_of, positive
 from .rules import NetworkConfig, parse_networks
 from .rules.auth import AuthConfig
 from .rules.lists import MAX_ENTRIES, ListsConfig, pattern_problem
@@ -59,8 +60,9 @@ class Thresholds:
 class ProxyConfig:
     """``mailsift serve``: the SMTP content filter (see README, Postfix)."""
 
-    #: where Postfix hands mail to us; loopback unless you mean otherwise
-    listen: str = "127.0.0.1:10025"
+    #: where Postfix hands mail to us when no door is named at all (neither
+    #: in [serve] nor on the command line); loopback unless you mean otherwise
+    listen: str = field(default="127.0.0.1:10025", metadata=listen_address())
     #: the only place mail is ever relayed to (Postfix's re-injection port)
     relay: str = "127.0.0.1:10026"
     #: "after-queue" (content_filter) or "before-queue" (smtpd_proxy_filter)
@@ -95,9 +97,57 @@ class ProxyConfig:
     start_method: str = field(default="forkserver", metadata=one_of("forkserver", "spawn", "fork"))
     #: "text" or "json"
     log_format: str = field(default="text", metadata=one_of("text", "json"))
-    #: listening beyond loopback is refused unless this is true (anyone who
-    #: can reach the port can hand mail to the next hop)
+    #: the one switch for every door (smtp, milter, spamd, http): an address
+    #: beyond loopback is refused unless this is true (anyone who can reach
+    #: the SMTP door can hand mail to the next hop; the others score and learn)
     allow_non_loopback: bool = False
+
+
+@dataclass
+class ServeConfig:
+    """``mailsift serve``: which doors listen (see README, "One service, many
+    doors").  "" = that door does not listen.  When no door is named at all
+    (here or on the command line) the SMTP door listens on [proxy] listen, as
+    before doors existed.  Every address is loopback unless [proxy]
+    allow_non_loopback is true (``check_listening``)."""
+
+    #: SMTP content filter (Postfix content_filter / smtpd_proxy_filter)
+    smtp: str = field(default="", metadata=listen_address())
+    #: milter protocol (Postfix smtpd_milters, Sendmail); settings in [milter]
+    milter: str = field(default="", metadata=listen_address())
+    #: spamd protocol, for spamc (Exim, procmail, maildrop, Sieve scripts)
+    spamd: str = field(default="", metadata=listen_address())
+    #: HTTP: POST /score, /learn, /unlearn; GET /metrics, /healthz; also where
+    #: ``mailsift learn`` hands messages to
+    http: str = field(default="", metadata=listen_address())
+    #: token for the HTTP learn endpoints (Authorization: Bearer TOKEN); needed
+    #: when the HTTP door listens beyond loopback, and then on every learn call
+    http_token: str = ""
+    #: seconds a spamd or HTTP client may take to send its request
+    request_timeout: float = field(default=30.0, metadata=positive())
+
+
+@dataclass
+class MilterConfig:
+    """How the milter door treats mail (``smtpd_milters`` in Postfix; see
+    README, Milter); where it listens is ``[serve] milter``."""
+
+    #: when scoring fails or overruns scoring_deadline: "tempfail" (451 4.7.1,
+    #: the sender retries) or "accept" (passed, X-Spam-Status: Unknown)
+    on_error: str = field(default="tempfail", metadata=one_of("tempfail", "accept"))
+    #: largest message scored, in bytes; the milter keeps at most this much
+    max_message_size: int = field(default=50 * 1024 * 1024, metadata=positive())
+    #: above max_message_size: "accept" (passed unscanned, logged and marked
+    #: X-Spam-Status: Unknown) or "tempfail"
+    on_oversize: str = field(default="accept", metadata=one_of("tempfail", "accept"))
+    #: time allowed to score one message, seconds
+    scoring_deadline: float = field(default=10.0, metadata=positive())
+    #: refuse mail at or above thresholds.reject with 550 5.7.1 (else it is
+    #: passed marked as spam)
+    reject: bool = True
+    #: idle time allowed between two milter packets, seconds (Postfix holds
+    #: the connection for the whole SMTP session)
+    idle_timeout: float = field(default=900.0, metadata=positive())
 
 
 @dataclass
@@ -147,7 +197,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     domains: DomainRules = field(default_factory=DomainRules)
     auth: AuthConfig = field(default_factory=AuthConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -229,6 +281,21 @@ def load_config(explicit: str | None = None) -> Config:
     return config
 
 
+def requested_log_format(explicit: str | None = None) -> str:
+    """``[proxy] log_format`` of the config file found, read without
+    checking anything else in it: ``serve`` must report an error in that
+    very file in the format the admin asked for ("text" if the file cannot
+    even be read)."""
+    try:
+        path = find_config(explicit)
+        data = tomllib.loads(path.read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return "text"
+    proxy = data.get("proxy")
+    value = proxy.get("log_format") if isinstance(proxy, dict) else None
+    return value if value in ("text", "json") else "text"
+
+
 def validate(config: Config) -> None:
     """Every value in its declared range (``bounds``), then the checks that
     involve several keys; raises ConfigError naming the key.  Run on the
@@ -243,9 +310,9 @@ def validate(config: Config) -> None:
             f"thresholds.reject ({th.reject:g}) must be >= thresholds.add_header ({th.add_header:g})"
         )
     p = config.proxy
-    split_hostport(p.listen, "proxy.listen")
     if split_hostport(p.relay, "proxy.relay")[1] == 0:
         raise ConfigError(f"proxy.relay needs a port to connect to (1-65535), got {p.relay!r}")
+    check_listening(config)
     for server in config.dns.servers:
         port_given = ":" in server and not server.startswith("[")
         if port_given and split_hostport(server, "dns.servers entry")[1] == 0:
@@ -319,14 +386,54 @@ def _check_rule_weights(weights: dict, dnsbl_names: list[str]) -> None:
             )
 
 
+#: the doors ``mailsift serve`` can open, in the order they start
+DOORS = ("smtp", "milter", "spamd", "http")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable from this machine only.
+    A name other than localhost is not (it may resolve anywhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listening(config: Config) -> None:
+    """The loopback rule, the same for every door: each listening address
+    (every field declared ``bounds.listen_address()``, in any section) is on
+    loopback, unless ``[proxy] allow_non_loopback`` is true.  A ConfigError
+    names the key and the switch."""
+    if config.proxy.allow_non_loopback:
+        return
+    for name, table in sections(config).items():
+        for f in fields(table):
+            value = getattr(table, f.name)
+            if not bounds.is_listen_address(f) or not value:
+                continue
+            host, _ = split_hostport(value, f"{name}.{f.name}")
+            if not is_loopback(host):
+                raise ConfigError(loopback_refusal(f"{name}.{f.name}", value))
+
+
+def loopback_refusal(key: str, address: str) -> str:
+    """Why ``address`` (config key ``key``) is refused: one text for every door."""
+    return (
+        f"{key} {address} is not a loopback address: anyone who can reach it could send mail through "
+        "your next hop, or score and learn. Listen on 127.0.0.1, or set [proxy] allow_non_loopback = "
+        "true (--allow-non-loopback) if a firewall lets only your MTA and clients reach it"
+    )
+
+
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
     """'127.0.0.1:10025' or '[::1]:10025' -> (host, port); port 0 means any
     free port (for tests)."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    parsed = bounds.split_address(value)
+    if parsed is None:
         raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
-    return host, int(port)
+    return parsed
 
 
 def _zone(table: object, where: str):

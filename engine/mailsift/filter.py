@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import Config, user_model_path
 from .model import LinearModel
-from .parse import ParsedMessage, parse
+from .parse import MAX_PARSE_BYTES, ParsedMessage, parse
 from .report import strip_verdict_headers
 from .rules import Context, NetworkRules, headers, tld
 from .rules import lists as address_lists
@@ -112,7 +112,11 @@ class Filter:
     def features(self, raw: bytes) -> tuple[ParsedMessage, Features]:
         """The parsed message and the site model's features for it: what
         scoring and per-user learning both read."""
-        msg = parse(strip_verdict_headers(raw))
+        kept = strip_verdict_headers(raw)  # bounded: a flood of them is cut, not scanned whole
+        msg = parse(kept)
+        if len(raw) > MAX_PARSE_BYTES and len(kept) <= MAX_PARSE_BYTES:
+            # the size is still what the sender sent: say so, as parse would have
+            msg.defects.append(f"truncated: {len(raw)} bytes, {len(kept)} left without verdict headers")
         return msg, extract(msg, self.model.settings)
 
     def site_log_odds(self, feats: Features) -> float:

@@ -21,11 +21,14 @@ old file, so a running filter never reads half a model.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -319,12 +322,21 @@ class LinearModel:
         the proxy's workers load exactly the bytes their parent verified."""
         path = Path(path)
         try:
-            with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
+            if data is None:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            if not data.startswith(b"PK\x03\x04"):
+                # else numpy reads it as .npy or pickle, and its error invites unpickling
+                raise ModelError(f"{path}: not a mailsift model file (not an .npz archive)")
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except FileNotFoundError:
             raise ModelError(f"{path}: model file not found") from None
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        except ValueError:  # an object (pickled) array inside the archive
+            raise ModelError(f"{path}: not a mailsift model file (an entry is not a plain array)") from None
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelError(f"{path}: not a mailsift model file ({exc})") from None
+        _check_shapes(path, arrays)
         if "meta" not in arrays:
             raise ModelError(f"{path}: not a mailsift model (an .npz file without mailsift metadata)")
         try:
@@ -359,6 +371,42 @@ class LinearModel:
         return model
 
 
+#: entry -> (dtype kinds it may have); every entry is one-dimensional
+_ENTRIES = {
+    "meta": "u",
+    "slots": "iu",
+    "weights": "f",
+    "bias": "f",
+    "ledger_digest": "S",
+    "ledger_label": "iu",
+    "ledger_step": "f",
+}
+
+
+def _check_shapes(path: Path, arrays: dict) -> None:
+    """The archive's entries have the kinds and lengths :meth:`save` writes
+    (one bias, a weight per slot, ledger columns of one length): a model
+    that does not would load silently and score wrongly."""
+    missing = [k for k in _ENTRIES if k not in arrays]
+    if "meta" in missing:
+        return  # reported by the caller as "not a mailsift model"
+    if missing:
+        raise ModelError(f"{path}: corrupt mailsift model (missing {', '.join(missing)})")
+    for key, kinds in _ENTRIES.items():
+        a = arrays[key]
+        if a.ndim != 1 or a.dtype.kind not in kinds:
+            raise ModelError(f"{path}: corrupt mailsift model ({key}: {a.dtype} array of shape {a.shape})")
+    if arrays["bias"].shape != (1,):
+        raise ModelError(f"{path}: corrupt mailsift model (bias has {arrays['bias'].size} entries, not 1)")
+    if arrays["slots"].size != arrays["weights"].size:
+        raise ModelError(f"{path}: corrupt mailsift model ({arrays['slots'].size} slots, "
+                         f"{arrays['weights'].size} weights)")  # fmt: skip
+    if not arrays["ledger_digest"].size == arrays["ledger_label"].size == arrays["ledger_step"].size:
+        raise ModelError(f"{path}: corrupt mailsift model (ledger columns of different lengths)")
+    if arrays["slots"].size and int(arrays["slots"].min()) < 0:
+        raise ModelError(f"{path}: corrupt mailsift model (negative weight index)")
+
+
 def _file_mode(path: Path) -> int:
     """Keep the mode of the file being replaced; a new file gets 0666 less the
     umask (mkstemp's 0600 would hide the model from a filter running as
@@ -373,3 +421,26 @@ def _file_mode(path: Path) -> int:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+@contextmanager
+def model_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s sidecar ``path.lock`` file while
+    the model is read, changed and written back.
+
+    Every writer of a model takes it: ``learn``/``unlearn`` and ``train`` in
+    the CLI, and the one learner of ``mailsift serve``; two writers at once
+    (IMAPSieve runs one ``learn`` per moved message) would each write their
+    own copy and lose the other's update.  The lock is on a file of its own,
+    never replaced: the model itself is replaced atomically on every save,
+    so a lock on it would be a lock on a file that is gone.  flock() is
+    released by the kernel when the process dies, so a killed writer never
+    leaves the model locked.  Raises OSError when the lock file cannot be
+    opened (FileNotFoundError: no such folder)."""
+    path = Path(path)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

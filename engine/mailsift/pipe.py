@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .filter import Filter
-from .report import add_headers, spam_headers
+from .report import add_headers_after_from_line, spam_headers
 from .rules import Context
 from .score import Verdict
 
@@ -77,9 +77,7 @@ def filter_message(
             verdict = flt.score(raw, evidence=3, context=context)
     except (Exception, ScoringTimeout) as exc:  # the message must come out whatever failed
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    # procmail hands filters the mbox "From " line too; it must stay first
-    from_line = raw[: raw.find(b"\n") + 1] if raw.startswith(b"From ") and b"\n" in raw else b""
-    try:
-        return Filtered(from_line + add_headers(raw[len(from_line) :], spam_headers(verdict)), verdict, error)
+    try:  # procmail hands filters the mbox "From " line too; it stays first
+        return Filtered(add_headers_after_from_line(raw, spam_headers(verdict)), verdict, error)
     except Exception as exc:  # not even the headers: the message as it came
         return Filtered(raw, None, error or f"adding headers failed: {type(exc).__name__}: {exc}")

@@ -62,6 +62,13 @@ class ScoringError(Exception):
     """The filter raised while scoring (a bug); the worker is still fine."""
 
 
+class PoolBusy(Exception):
+    """No worker became free within the queue wait: every worker is busy
+    with other messages (a burst, slow DNS).  Not a scanning failure: the
+    proxy tempfails the message (451) so the MTA retries it later, instead
+    of passing it unscanned."""
+
+
 class PoolRetired(Exception):
     """The pool was replaced by a reload while the message waited for a
     worker; the caller tries the new pool."""
@@ -76,6 +83,24 @@ class PoolStats:
     timed_out: int = 0  # killed by us at a message's deadline
     retried: int = 0  # messages retried after their worker died
     errors: int = 0  # exceptions raised by the filter inside a worker
+    dns_hits: int = 0  # DNS lookups the workers' resolver caches answered
+    dns_misses: int = 0  # DNS lookups sent to a server
+
+
+class DnsCount:
+    """The DNS lookups one filter's resolver made since the last call: the
+    cache lives in the scoring process, the metrics in the service, so each
+    verdict travels back with the lookups that made it."""
+
+    def __init__(self, scorer) -> None:
+        self.resolver = scorer.network.resolver
+        self.hits = self.misses = 0
+
+    def delta(self) -> tuple[int, int]:
+        r = self.resolver
+        out = (r.hits - self.hits, r.queries - self.misses)
+        self.hits, self.misses = r.hits, r.queries
+        return out
 
 
 # -- the worker process --------------------------------------------------------
@@ -185,12 +210,13 @@ def _serve(conn, config: Config, model_bytes: bytes, model_name: str) -> None:
         return
     del model_bytes
     conn.send(("ready", os.getpid()))
+    dns = DnsCount(scorer)
     while True:
         raw, context, user = conn.recv()
         try:
-            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context, user=user))
+            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context, user=user), dns.delta())
         except Exception as exc:
-            reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}")
+            reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}", dns.delta())
         conn.send(reply)
 
 
@@ -426,17 +452,29 @@ class WorkerPool:
             worker.process.join(2)
             raise WorkerDied(f"{type(exc).__name__}") from None
 
-    async def run(self, raw: bytes, context: Context, deadline: float, user: str | None = None) -> Verdict:
+    async def run(
+        self,
+        raw: bytes,
+        context: Context,
+        deadline: float,
+        queue_wait: float | None = None,
+        user: str | None = None,
+    ) -> Verdict:
         """Score ``raw`` (with ``user``'s model and lists, None: the site's)
-        within ``deadline`` seconds (waiting for a free worker included); a
-        worker that dies meanwhile costs one retry."""
+        within ``deadline`` seconds of a worker taking it; a worker that dies
+        meanwhile costs one retry.  Time spent waiting for a free worker is
+        not charged to the deadline (a queued message did not make its worker
+        hang): it is bounded by ``queue_wait`` (default ``deadline``), past
+        which :class:`PoolBusy` is raised."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
+        wait = deadline if queue_wait is None else queue_wait
+        queue_end = loop.time() + wait
         for attempt in (1, 2):
             try:
-                worker = await asyncio.wait_for(self._acquire(), max(end - loop.time(), 0.0))
+                worker = await asyncio.wait_for(self._acquire(), max(queue_end - loop.time(), 0.0))
             except TimeoutError:
-                raise ScoringTimeout(f"no scoring worker free within {deadline:.3g} s") from None
+                raise PoolBusy(f"no scoring worker free within {wait:.3g} s") from None
+            end = loop.time() + deadline
             worker.busy = True
             future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context, user)
             future.add_done_callback(_consume)
@@ -472,6 +510,9 @@ class WorkerPool:
                     continue
                 raise WorkerDied(f"the scoring worker died twice ({exc})") from None
             self._release(worker)
+            hits, misses = reply[2]
+            self.stats.dns_hits += hits
+            self.stats.dns_misses += misses
             if reply[0] == "ok":
                 return reply[1]
             self.stats.errors += 1
@@ -542,4 +583,5 @@ def _consume(future: asyncio.Future) -> None:
 
 
 def describe(stats: PoolStats) -> dict[str, Any]:
-    return {k: getattr(stats, k) for k in ("started", "died", "timed_out", "retried", "errors")}
+    keys = ("started", "died", "timed_out", "retried", "errors", "dns_hits", "dns_misses")
+    return {k: getattr(stats, k) for k in keys}

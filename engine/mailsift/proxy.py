@@ -23,19 +23,28 @@ import ipaddress
 import json
 import logging
 import os
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import aiosmtplib
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
-from . import logs
-from .config import Config, ConfigError, ProxyConfig, load_config, split_hostport, validate
+from . import logs, smtpdata
+from .config import Config, ConfigError, ProxyConfig, is_loopback, loopback_refusal, split_hostport
 from .filter import Filter, resolve_model_path
 from .model import LinearModel, ModelError
-from .pool import PoolRetired, PoolStats, ScoringError, ScoringTimeout, WorkerDied, WorkerPool
+from .pool import (
+    DnsCount,
+    PoolBusy,
+    PoolRetired,
+    PoolStats,
+    ScoringError,
+    ScoringTimeout,
+    WorkerDied,
+    WorkerPool,
+)
 from .report import add_headers, spam_headers
 from .rules import Context
 from .score import REJECT, Verdict
@@ -45,9 +54,9 @@ __all__ = [
     "Scorer",
     "ScoringError",
     "ScoringTimeout",
+    "ListenError",
     "Stats",
     "WorkerDied",
-    "serve_forever",
 ]
 
 log = logging.getLogger("mailsift.proxy")
@@ -85,7 +94,7 @@ class Scorer:
         probe = Filter(config, model=model, model_path=str(path))
         p = config.proxy
         if self.workers < 0:
-            pool: WorkerPool | _ThreadScorer = _ThreadScorer(probe)
+            pool: WorkerPool | _ThreadScorer = _ThreadScorer(probe, self.stats)
         else:
             pool = WorkerPool(
                 self.workers or os.cpu_count() or 1,
@@ -120,16 +129,19 @@ class Scorer:
     ) -> Verdict:
         """The verdict for ``raw`` (the whole message, up to
         ``max_message_size``: DKIM needs all of it) within ``deadline``
-        seconds, with ``user``'s model and lists (None: the site's alone).
-        Raises :class:`ScoringTimeout` (a ``TimeoutError``),
-        :class:`WorkerDied` or :class:`ScoringError`; the caller decides
-        what the message gets."""
+        seconds of a worker taking it (waiting for one: up to ``deadline``
+        more), with ``user``'s model and lists (None: the site's alone).
+        Raises :class:`PoolBusy` (no worker free in time),
+        :class:`ScoringTimeout` (a ``TimeoutError``), :class:`WorkerDied` or
+        :class:`ScoringError`; the caller decides what the message gets."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
+        queue_end = loop.time() + deadline
         raw = raw[: self.max_bytes]
         while True:
             try:
-                return await self.pool.run(raw, context or Context(), max(end - loop.time(), 0.0), user)
+                return await self.pool.run(
+                    raw, context or Context(), deadline, max(queue_end - loop.time(), 0.0), user
+                )
             except PoolRetired:  # a reload happened while the message waited: use the new pool
                 continue
 
@@ -141,15 +153,30 @@ class _ThreadScorer:
     """``workers = -1``: one thread in this process (tests).  A message past
     its deadline cannot be taken back from a thread; it is only given up."""
 
-    def __init__(self, scorer: Filter):
+    def __init__(self, scorer: Filter, stats: PoolStats):
         self.filter = scorer
+        self.stats = stats
+        self.dns = DnsCount(scorer)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailsift-score")
 
-    async def run(self, raw: bytes, context: Context, deadline: float, user: str | None = None) -> Verdict:
+    def _score(self, raw: bytes, context: Context, user: str | None = None) -> Verdict:
+        try:
+            return self.filter.score(raw, evidence=3, context=context, user=user)
+        finally:
+            hits, misses = self.dns.delta()
+            self.stats.dns_hits += hits
+            self.stats.dns_misses += misses
+
+    async def run(
+        self,
+        raw: bytes,
+        context: Context,
+        deadline: float,
+        queue_wait: float | None = None,
+        user: str | None = None,
+    ) -> Verdict:
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(
-            self.executor, lambda: self.filter.score(raw, evidence=3, context=context, user=user)
-        )
+        fut = loop.run_in_executor(self.executor, self._score, raw, context, user)
         try:
             return await asyncio.wait_for(fut, deadline)
         except TimeoutError:
@@ -188,6 +215,8 @@ class Stats:
     discarded: int = 0
     #: messages that went on (or were tempfailed) unscanned
     scoring_errors: int = 0
+    #: messages tempfailed because no scoring worker became free in time
+    tempfailed_busy: int = 0
     #: connections to the next hop that failed (refused, timed out, dropped)
     relay_failures: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
@@ -200,20 +229,34 @@ def _reply(code: int, message: str) -> str:
     return f"{code} {text}"
 
 
+#: messages at least this large get their headers added and are encoded in a thread
+_INLINE_BYTES = 256 * 1024
+
 #: DSN (RFC 3461) parameters, passed on when the next hop offers DSN
 _DSN_MAIL = ("RET", "ENVID")
 _DSN_RCPT = ("NOTIFY", "ORCPT")
 
 
+class MessageScorer(Protocol):
+    """What the SMTP door scores with: a :class:`Scorer` of its own, or the
+    shared service's (``mailsift.serve.service``).  ``stats`` is the pool's."""
+
+    stats: PoolStats
+
+    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict: ...
+
+
 class FilterHandler:
     """aiosmtpd handler: mirrors the transaction to the next hop and scores
-    at end of DATA."""
+    at end of DATA.  ``on_error(kind)`` hears each failure the metrics count
+    (``next_hop_down``); scoring failures are counted where scoring is."""
 
-    def __init__(self, config: Config, scorer: Scorer):
+    def __init__(self, config: Config, scorer: MessageScorer, on_error: Callable[[str], None] | None = None):
         self.config = config
         self.proxy: ProxyConfig = config.proxy
         self.relay_host, self.relay_port = split_hostport(self.proxy.relay, "proxy.relay")
         self.scorer = scorer
+        self.on_error = on_error
         self.stats = Stats(pool=scorer.stats)
         self.sessions: set[ProxySMTP] = set()
 
@@ -221,7 +264,8 @@ class FilterHandler:
     # when the next hop offers it; never AUTH (there is none)
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):
         session.host_name = hostname
-        extra = ["250-XFORWARD " + " ".join(_XFORWARD_ATTRS)]
+        # offered only to whom may use it (smtp_XFORWARD refuses the others)
+        extra = ["250-XFORWARD " + " ".join(_XFORWARD_ATTRS)] if _xforward_allowed(session) else []
         session.mailsift_dsn = False  # type: ignore[attr-defined]
         try:
             relay = await self._relay(session)
@@ -255,6 +299,8 @@ class FilterHandler:
     def _relay_failed(self, session: Session, exc: BaseException, stage: str) -> str:
         """Count and log (one line) a failure of the next hop; the 451 text."""
         self.stats.relay_failures += 1
+        if self.on_error is not None:
+            self.on_error("next_hop_down")
         reason = type(exc).__name__
         detail = " ".join(str(exc).split())[:200]
         xf = getattr(session, "mailsift_xforward", {})
@@ -367,6 +413,17 @@ class FilterHandler:
             verdict = await self.scorer.score(
                 raw, self.proxy.scoring_deadline, self._context(session, envelope)
             )
+        except PoolBusy as exc:  # every worker busy: the MTA keeps the message and retries
+            self.stats.tempfailed_busy += 1
+            return await self._finish(
+                session,
+                envelope,
+                start,
+                None,
+                "451 4.3.2 all spam scanners busy; try again later",
+                "tempfail",
+                error=str(exc),
+            )
         except TimeoutError as exc:  # ScoringTimeout: the pool has killed and replaced the worker
             error = str(exc) or f"scoring took over {self.proxy.scoring_deadline:g} s"
         except Exception as exc:  # a broken worker must not lose the message
@@ -398,7 +455,11 @@ class FilterHandler:
                 return await self._finish(
                     session, envelope, start, verdict, "250 2.7.0 OK (discarded)", "discard"
                 )
-        message = add_headers(raw, spam_headers(verdict))
+        headers = spam_headers(verdict)
+        if len(raw) < _INLINE_BYTES:
+            payload = smtpdata.encode(add_headers(raw, headers))
+        else:  # C-level passes over the whole message: in a thread, so other sessions go on
+            payload = await asyncio.to_thread(lambda: smtpdata.encode(add_headers(raw, headers)))
         relay: _Relay | None = getattr(session, "mailsift_relay", None)
         if relay is None or not relay.in_transaction:  # the next hop went away since RCPT
             return await self._finish(
@@ -412,7 +473,7 @@ class FilterHandler:
             )
         try:
             # RFC 5321 4.5.3.2: up to 10 minutes for the reply to the final dot
-            resp = await relay.client.data(message, timeout=self.proxy.data_timeout)
+            resp = await smtpdata.send(relay.client, payload, self.proxy.data_timeout)
             reply = f"250 2.0.0 OK: relayed {resp.message}".strip()
             outcome = "relay"
         except aiosmtplib.SMTPResponseException as exc:
@@ -507,6 +568,44 @@ def _is_routing(address: str) -> bool:
     return address.startswith("@") or ":" in local or "%" in local or "!" in local
 
 
+def _not_utf8(text: str) -> bool:
+    """aiosmtpd decodes command arguments as UTF-8 with surrogateescape:
+    a lone surrogate is a byte that was not UTF-8 (it cannot be encoded
+    again, and no address may contain it)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _xforward_allowed(session: Session | None) -> bool:
+    """XFORWARD is for the local MTA only (loopback peers)."""
+    peer = session.peer[0] if session is not None and session.peer else ""
+    return is_loopback(str(peer))
+
+
+_XFORWARD_PROTOS = ("SMTP", "ESMTP")
+_XFORWARD_SOURCES = ("LOCAL", "REMOTE")
+
+
+def _xforward_value_ok(key: str, value: str) -> bool:
+    """Postfix's XFORWARD attribute syntax: ADDR an IPv4/IPv6 address
+    (``IPV6:`` prefix allowed), PORT a port number, PROTO SMTP/ESMTP,
+    SOURCE LOCAL/REMOTE, the others printable ASCII without spaces."""
+    if not value or not all(33 <= ord(c) < 127 for c in value):
+        return False
+    if key == "ADDR":
+        try:
+            ipaddress.ip_address(value[5:] if value.upper().startswith("IPV6:") else value)
+        except ValueError:
+            return False
+        return True
+    if key == "PORT":
+        return value.isdigit() and int(value) <= 65535
+    if key == "PROTO":
+        return value.upper() in _XFORWARD_PROTOS
+    if key == "SOURCE":
+        return value.upper() in _XFORWARD_SOURCES
+    return True
+
+
 def _is_source_route(arg: str) -> bool:
     """``<@relay.example:user@example.org>`` (RFC 5321 4.1.1.3, deprecated):
     aiosmtpd would strip the route and accept the rest; we refuse it."""
@@ -571,12 +670,23 @@ class ProxySMTP(LenientSMTP):
         super().__init__(handler, **kwargs)
         self.filter_handler = handler
         self._counted = False
+        #: DATA is being read, scored, relayed or answered
+        self._in_data = False
 
     def connection_made(self, transport) -> None:
         stats = self.filter_handler.stats
-        if stats.active_sessions >= self.filter_handler.proxy.max_sessions:
+        limit = self.filter_handler.proxy.max_sessions
+        if stats.active_sessions >= limit:
             transport.write(b"421 4.3.2 too many connections, try again later\r\n")
             transport.close()
+            peer = transport.get_extra_info("peername") or ("?",)
+            self.filter_handler._log_event(
+                logging.WARNING,
+                "too_many_sessions",
+                f"too many sessions (max_sessions={limit}): refused {peer[0]} with 421",
+                client=str(peer[0]),
+                max_sessions=limit,
+            )
             return
         stats.active_sessions += 1
         self._counted = True
@@ -584,6 +694,8 @@ class ProxySMTP(LenientSMTP):
         super().connection_made(transport)
 
     def connection_lost(self, exc) -> None:
+        if self.session is None:  # refused in connection_made: aiosmtpd never saw this connection
+            return
         if self._counted:
             self.filter_handler.stats.active_sessions -= 1
             self._counted = False
@@ -593,6 +705,17 @@ class ProxySMTP(LenientSMTP):
             if relay is not None:
                 relay.client.close()
         super().connection_lost(exc)
+
+    def idle(self) -> bool:
+        """No transaction in flight: nothing is lost by closing now."""
+        return not self._in_data and (self.envelope is None or self.envelope.mail_from is None)
+
+    def close_idle(self) -> None:
+        """Shutdown: an idle session (Postfix's cached connections) is told
+        421 and closed at once instead of holding the shutdown."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"421 4.3.2 shutting down\r\n")
+            self.transport.close()
 
     def abort(self) -> None:
         """Shutdown after the grace period: drop the connection (the MTA
@@ -618,6 +741,9 @@ class ProxySMTP(LenientSMTP):
         return arg, dsn
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and _not_utf8(arg):
+            await self.push("553 5.1.7 bad sender address syntax (not UTF-8)")
+            return
         arg, dsn = await self._take_dsn(arg, _DSN_MAIL)
         if dsn is None:
             return
@@ -625,6 +751,9 @@ class ProxySMTP(LenientSMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg and _not_utf8(arg):
+            await self.push("553 5.1.3 bad recipient address syntax (not UTF-8)")
+            return
         if arg:
             rest = self._strip_command_keyword("TO:", arg)
             if rest is not None and _is_source_route(rest):
@@ -636,66 +765,140 @@ class ProxySMTP(LenientSMTP):
         self.session.mailsift_rcpt_dsn = dsn  # type: ignore[union-attr]
         await super().smtp_RCPT(arg)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, but the payload is read in chunks with C-level
+        searches (:func:`mailsift.smtpdata.read`): aiosmtpd's per-line loop
+        held the event loop for seconds on a 50 MB message."""
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._in_data = True  # until the reply is sent: a shutdown must not cut a relayed message's 250
+        try:
+            await self._data()
+        finally:
+            self._in_data = False
+
+    async def _data(self) -> None:
+        try:
+            content = await smtpdata.read(self._reader, self.data_size_limit, self._reset_timeout)
+        except smtpdata.DataTooBig:
+            await self.push("552 5.3.4 message too big")
+            self._set_post_data_state()
+            return
+        except ConnectionResetError:
+            self._writer.close()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Postfix's XFORWARD: the original client's name, address, HELO,
         queue id and source (LOCAL/REMOTE), for the rules and the log."""
-        peer = self.session.peer[0] if self.session and self.session.peer else ""
-        if not (peer.startswith("127.") or peer == "::1"):
+        if not _xforward_allowed(self.session):
             # like Postfix's smtpd_authorized_xforward_hosts: only the local MTA may say who the client was
             await self.push("550 5.7.0 XFORWARD is only accepted from loopback")
+            return
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            # XFORWARD_README: not allowed in the middle of a mail transaction
+            await self.push("503 5.5.1 XFORWARD is not allowed during a mail transaction")
             return
         if not arg:
             await self.push("501 5.5.4 Syntax: XFORWARD attribute=value ...")
             return
-        attrs: dict[str, str] = getattr(self.session, "mailsift_xforward", {})
+        new: dict[str, str] = {}
         for item in arg.split():
             key, sep, value = item.partition("=")
-            if not sep or key.upper() not in _XFORWARD_ATTRS:
+            key = key.upper()
+            if not sep or key not in _XFORWARD_ATTRS:
                 await self.push(f"501 5.5.4 bad XFORWARD attribute {key[:40]}")
                 return
-            if value.upper() not in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
-                attrs[key.upper()] = value[:255]
+            if value.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+                continue
+            if _not_utf8(value) or not _xforward_value_ok(key, value):
+                await self.push(f"501 5.5.4 bad XFORWARD {key} value")
+                return
+            new[key] = value[:255]
+        attrs: dict[str, str] = getattr(self.session, "mailsift_xforward", {})
+        attrs.update(new)  # all or nothing: a bad attribute changes none
         self.session.mailsift_xforward = attrs  # type: ignore[union-attr]
         await self.push("250 2.0.0 OK")
 
 
 # -- running it --------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+class ListenError(Exception):
+    """A door's listening socket could not be opened (address in use, no
+    permission); told apart from other OSErrors, which are not about the
+    listen address."""
+
+    def __init__(self, address: str, reason: str):
+        super().__init__(f"cannot listen on {address} ({reason})")
+        self.address = address
+        self.reason = reason
+
+
+def _same_endpoint(listen: str, relay: str) -> bool:
+    """Would connecting to ``relay`` reach our own listener?  Same port, and
+    the same address (``localhost`` is 127.0.0.1) or a wildcard listener."""
+    lhost, lport = split_hostport(listen, "proxy.listen")
+    rhost, rport = split_hostport(relay, "proxy.relay")
+    if lport != rport:
         return False
+
+    def addr(host: str):
+        try:
+            return ipaddress.ip_address("127.0.0.1" if host == "localhost" else host.strip("[]"))
+        except ValueError:
+            return host.lower()
+
+    la, ra = addr(lhost), addr(rhost)
+    if isinstance(la, ipaddress.IPv4Address | ipaddress.IPv6Address) and la.is_unspecified:
+        return True
+    return la == ra
 
 
 class ProxyServer:
-    """Listener + handler + scorer; start(), then stop() drains sessions."""
+    """Listener + handler (+ scorer); start(), then stop() drains sessions.
+
+    ``scorer``: score with this one (the shared service's, see
+    ``mailsift.serve``), which then is not closed here; else a
+    :class:`Scorer` of its own (``model_path``, ``workers``), closed by
+    :meth:`stop`.  Running it until SIGTERM, reloads and the stop line are
+    ``mailsift.serve.run``'s."""
 
     def __init__(
         self,
         config: Config,
         model_path: str | None = None,
         workers: int | None = None,
-        config_path: str | None = None,
-        overrides: dict | None = None,
+        scorer: MessageScorer | None = None,
+        on_error: Callable[[str], None] | None = None,
     ):
         self.config = config
-        self.config_path = config_path
-        self.overrides = overrides or {}  # command-line flags, kept over reloads
-        self.config_mtime = _mtime(config_path) if config_path else 0.0
         p = config.proxy
         self.host, self.port = split_hostport(p.listen, "proxy.listen")
         if not p.allow_non_loopback and not is_loopback(self.host):
+            raise ConfigError(loopback_refusal("proxy.listen", p.listen))
+        if _same_endpoint(p.listen, p.relay):
             raise ConfigError(
-                f"proxy.listen {p.listen} is not a loopback address: anyone who can reach it could "
-                f"send mail through {p.relay}. Listen on 127.0.0.1, or set [proxy] allow_non_loopback = "
-                "true (--allow-non-loopback) if a firewall lets only your MTA reach it"
+                f"proxy.relay {p.relay} is the proxy's own listen address {p.listen}: every message "
+                "would loop back into mailsift. Relay to the MTA's re-injection port (Postfix: "
+                "127.0.0.1:10026 in master.cf)"
             )
         logs.quiet_aiosmtpd()
-        n = p.workers if workers is None else workers
-        self.scorer = Scorer(config, model_path, n)
-        self.handler = FilterHandler(config, self.scorer)
+        self.owns_scorer = scorer is None
+        if scorer is None:
+            scorer = Scorer(config, model_path, p.workers if workers is None else workers)
+        self.scorer = scorer
+        self.handler = FilterHandler(config, scorer, on_error)
         self.server: asyncio.base_events.Server | None = None
 
     def _factory(self) -> ProxySMTP:
@@ -721,50 +924,40 @@ class ProxyServer:
         log.info("listening on %s:%d, relaying to %s (%s)", self.host, self.port, self.config.proxy.relay,
                  self.config.proxy.mode)  # fmt: skip
 
-    def reload(self) -> bool:
-        """Re-read the config file (if there is one) and the model; sessions
-        in flight are not touched.  Listen and relay addresses are read only
-        at start."""
-        config = self.config
-        if self.config_path:
-            try:
-                config = load_config(self.config_path)
-                validate(config)
-            except ConfigError as exc:
-                log.error("reload refused, keeping the current config: %s", exc)
-                return False
-            config.proxy = replace(
-                config.proxy,
-                **{
-                    **self.overrides,
-                    "listen": self.config.proxy.listen,
-                    "relay": self.config.proxy.relay,
-                    "allow_non_loopback": self.config.proxy.allow_non_loopback,
-                },
-            )
-            self.config_mtime = _mtime(self.config_path)
-        if not self.scorer.reload(config):
-            return False
-        self.config = config
-        self.handler.config, self.handler.proxy = config, config.proxy
-        return True
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config for sessions from now on (thresholds, timeouts,
+        mode, ...); the listen and relay addresses and the loopback switch
+        are read only at start."""
+        proxy = replace(
+            config.proxy,
+            listen=self.config.proxy.listen,
+            relay=self.config.proxy.relay,
+            allow_non_loopback=self.config.proxy.allow_non_loopback,
+        )
+        self.config = replace(config, proxy=proxy)
+        self.handler.config, self.handler.proxy = self.config, proxy
 
-    def changed_on_disk(self) -> bool:
-        model_changed = _mtime(self.scorer.model_file) != self.scorer.model_mtime
-        config_changed = bool(self.config_path) and _mtime(self.config_path) != self.config_mtime
-        return model_changed or config_changed
+    def close(self) -> None:
+        """Stop accepting: from here on a new connection is refused."""
+        if self.server is not None:
+            self.server.close()
 
     async def stop(self, grace: float | None = None) -> None:
         """Close the listening socket at once (new connections are refused
-        from here on), let sessions in flight finish for up to ``grace``
-        seconds (default: ``relay_timeout``, the time a next hop is allowed
-        per command), drop what is left (unacknowledged, so the MTA keeps
-        it), then stop the scorer."""
+        from here on), tell idle sessions ``421`` and close them (at once,
+        and each session in flight as soon as its transaction ends), let
+        transactions in flight finish for up to ``grace`` seconds (default:
+        ``relay_timeout``, the time a next hop is allowed per command), drop
+        what is left (unacknowledged, so the MTA keeps
+        it), then stop the scorer if it is our own."""
         grace = self.config.proxy.relay_timeout if grace is None else grace
         if self.server is not None:
             self.server.close()
             deadline = time.monotonic() + grace
             while self.handler.sessions and time.monotonic() < deadline:
+                for session in list(self.handler.sessions):
+                    if session.idle():  # idle, or its transaction just ended
+                        session.close_idle()
                 await asyncio.sleep(0.05)
             left = list(self.handler.sessions)
             if left:
@@ -777,41 +970,14 @@ class ProxyServer:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
             except TimeoutError:
                 pass
-        self.scorer.close()
+        if self.owns_scorer:
+            self.scorer.close()
 
-
-async def serve_forever(
-    config: Config,
-    model_path: str | None = None,
-    config_path: str | None = None,
-    overrides: dict | None = None,
-    watch_every: float = 2.0,
-) -> None:
-    """Run until SIGTERM/SIGINT.  SIGHUP, or a model or config file that
-    changed on disk, reloads them without dropping sessions."""
-    logs.configure(config.proxy.log_format)
-    server = ProxyServer(config, model_path, config_path=config_path, overrides=overrides)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), watch_every)
-        except TimeoutError:
-            if server.changed_on_disk():
-                log.info("model or config changed on disk: reloading")
-                if not server.reload():  # do not retry a bad file every tick
-                    server.scorer.model_mtime = _mtime(server.scorer.model_file)
-                    server.config_mtime = _mtime(config_path) if config_path else 0.0
-    log.info("stopping: no new connections; finishing sessions in flight")
-    await server.stop()
-    st = server.handler.stats
-    log.info(
-        "stopped: %d messages, %d relayed, %d tempfailed, %d unscanned; scoring workers: %d died, "
-        "%d killed at the deadline; next hop failures: %d",
-        st.messages, st.relayed, st.tempfailed, st.scoring_errors, st.pool.died, st.pool.timed_out,
-        st.relay_failures,
-    )  # fmt: skip
+    def summary(self) -> str:
+        """The SMTP door's part of the stop line."""
+        st = self.handler.stats
+        return (
+            f"{st.messages} messages, {st.relayed} relayed, {st.tempfailed} tempfailed, "
+            f"{st.scoring_errors} unscanned; scoring workers: {st.pool.died} died, "
+            f"{st.pool.timed_out} killed at the deadline; next hop failures: {st.relay_failures}"
+        )

@@ -276,6 +276,7 @@ class NetworkRules:
                 tasks.append(asyncio.ensure_future(self._auth(msg, raw, relays, ctx.mail_from, trusted, out)))
         if not tasks:
             return hits
+        skipped = self.resolver.skipped
         done, pending = await asyncio.wait(tasks, timeout=self.deadline)
         for task in pending:
             task.cancel()
@@ -285,6 +286,11 @@ class NetworkRules:
             hits.append(RuleHit("DNS_DEADLINE", 0.0, f"DNS checks unfinished after {self.deadline:g} s", ""))
             if out.auth is None and self.auth.enabled and inbound_checks:
                 out.unchecked = f"authentication unfinished after the {self.deadline:g} s DNS deadline"
+        if self.resolver.skipped > skipped:  # the resolver's breaker is open (rules/resolver.py)
+            n = self.resolver.skipped - skipped
+            hits.append(
+                RuleHit("DNS_UNAVAILABLE", 0.0, "DNS servers not answering: lookups skipped", f"{n} skipped")
+            )
         return _one_per_rule(hits)
 
     async def _auth(

@@ -22,6 +22,7 @@ from . import auth, headers, lists, tld
 NETWORK_RULE_NAMES = (
     "CLIENT_FROM_RECEIVED",
     "DNS_DEADLINE",
+    "DNS_UNAVAILABLE",
     "NETWORK_RULES_ERROR",
     "OUTBOUND_MAIL",
     "INTERNAL_CLIENT",
@@ -34,6 +35,7 @@ INFORMATIONAL_NAMES = frozenset(
     {
         "CLIENT_FROM_RECEIVED",
         "DNS_DEADLINE",
+        "DNS_UNAVAILABLE",  # the resolver's circuit breaker is open
         "NETWORK_RULES_ERROR",
         "SENDER_ALLOWED",
         # an allow-list entry matched an unauthenticated sender: not honoured

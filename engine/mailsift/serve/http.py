@@ -1,0 +1,266 @@
+"""The HTTP door: score and learn over HTTP/1.1, and Prometheus metrics.
+
+==========================  =================================================
+``POST /score``             body: the raw message; answer: the JSON of
+                            ``mailsift score --json`` (Verdict.to_dict()).
+                            Optional query: ``ip``, ``helo``, ``mail_from``.
+``POST /learn?class=spam``  learn it (``class=spam|ham``); answer
+                            ``{"outcome": "learned", "class": "spam"}``
+``POST /unlearn``           take it back (``?class=`` optional)
+``GET /metrics``            Prometheus text format
+``GET /healthz``            ``{"status": "ok", ...}``
+==========================  =================================================
+
+A small server on asyncio streams rather than aiohttp: five routes, one
+request per connection, bodies bounded by ``proxy.max_message_size`` (413
+above), no chunked uploads (411), ``Expect: 100-continue`` answered once the
+head is accepted; a framework would add a large dependency
+to the lean daemon for none of its features.  Learn endpoints need
+``Authorization: Bearer <serve.http_token>`` when the door listens beyond
+loopback (and whenever a token is configured).  Every error is a JSON answer
+with a status; nothing a client sends can take the door down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+from ..config import is_loopback
+from ..rules import Context
+from .service import LearnRefused, NotMail, Service
+
+log = logging.getLogger("mailsift.http")
+
+_MAX_LINE = 8192
+_MAX_HEADERS = 100
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+            413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}  # fmt: skip
+_ROUTES = {"/score": "POST", "/learn": "POST", "/unlearn": "POST", "/metrics": "GET", "/healthz": "GET"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class HttpDoor:
+    name = "http"
+
+    def __init__(self, service: Service, host: str, port: int):
+        self.service = service
+        self.host, self.port = host, port
+        self.server: asyncio.base_events.Server | None = None
+        self.active = 0
+
+    @property
+    def needs_token(self) -> bool:
+        """Beyond loopback learning needs the token, and wherever one is set;
+        read at each request, so a reload that sets or drops it applies."""
+        return not is_loopback(self.host) or bool(self.service.config.serve.http_token)
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._session, self.host, self.port, limit=_MAX_LINE * 2)
+        self.port = self.server.sockets[0].getsockname()[1]
+        if not is_loopback(self.host) and not self.service.config.serve.http_token:
+            log.warning("HTTP door beyond loopback without serve.http_token: learning is refused (403)")
+        log.info("http door listening on %s:%d", self.host, self.port)
+
+    def close(self) -> None:
+        """Stop accepting: new connections are refused from here on."""
+        if self.server is not None:
+            self.server.close()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let requests in flight finish for up to ``grace`` seconds."""
+        if self.server is None:
+            return
+        self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.server.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
+        try:
+            try:
+                if self.active > self.service.config.proxy.max_sessions:
+                    raise HttpError(503, "too many connections, try again later")
+                timeout = self.service.config.serve.request_timeout
+                method, target, headers = await asyncio.wait_for(_read_head(reader), timeout)
+                status, ctype, body = await self._route(reader, writer, method, target, headers, timeout)
+            except HttpError as exc:
+                # 5xx: scoring failed, and the service counted it; refused learns are not errors
+                if exc.status < 500 and exc.status not in (401, 403, 404, 405):
+                    self.service.metrics.error("bad_request")
+                status, ctype, body = exc.status, "application/json", _json({"error": str(exc)})
+            except TimeoutError:
+                self.service.metrics.error("bad_request")
+                status, ctype, body = 408, "application/json", _json({"error": "request timed out"})
+            except (ConnectionError, asyncio.IncompleteReadError):
+                return  # the client went away
+            except Exception as exc:
+                log.exception("http request failed")
+                self.service.metrics.error("internal")
+                status = 500
+                ctype, body = "application/json", _json({"error": f"internal error ({type(exc).__name__})"})
+            await _respond(writer, status, ctype, body)
+            # FIN now, even if a scoring worker forked meanwhile holds a copy of this socket
+            if writer.can_write_eof():
+                writer.write_eof()
+            await _discard_rest(reader)
+        finally:
+            self.active -= 1
+            try:
+                writer.close()
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    async def _route(self, reader, writer, method: str, target: str, headers: dict, timeout: float):
+        url = urlsplit(target)
+        path = url.path
+        if path not in _ROUTES:
+            raise HttpError(
+                404, f"no such endpoint {path[:60]}; try /score, /learn, /unlearn, /metrics, /healthz"
+            )
+        if method != _ROUTES[path]:
+            raise HttpError(405, f"{path} takes {_ROUTES[path]}")
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if path == "/metrics":
+            return 200, self.service.metrics.content_type, self.service.metrics.render()
+        if path == "/healthz":
+            return 200, "application/json", _json({"status": "ok", "model": str(self.service.model_file)})
+        if path in ("/learn", "/unlearn"):
+            self._authorise(headers)  # before reading a body from someone who may not learn
+        body = await asyncio.wait_for(self._body(reader, writer, headers), timeout)
+        if path == "/score":
+            context = Context(
+                client_ip=query.get("ip", ""),
+                helo=query.get("helo", ""),
+                mail_from=query.get("mail_from", ""),
+            )
+            try:
+                verdict = await self.service.score(body, context, door="http")
+            except TimeoutError:
+                raise HttpError(503, "scoring took too long; try again") from None
+            except Exception as exc:
+                raise HttpError(503, f"scoring failed ({type(exc).__name__})") from None
+            return 200, "application/json", _json(verdict.to_dict())
+        cls = query.get("class", "")
+        if cls not in ("spam", "ham") and (path == "/learn" or cls):
+            raise HttpError(400, "class must be spam or ham")
+        spam = None if not cls else cls == "spam"
+        try:
+            outcome = await self.service.learn(body, spam, forget=path == "/unlearn")
+        except LearnRefused as exc:
+            raise HttpError(403, f"learning refused: {exc}") from None
+        except NotMail as exc:
+            raise HttpError(400, f"not a message: {exc}") from None
+        return 200, "application/json", _json({"outcome": outcome, "class": cls or None})
+
+    def _authorise(self, headers: dict) -> None:
+        if not self.needs_token:
+            return
+        token = self.service.config.serve.http_token
+        if not token:
+            raise HttpError(403, "learning over HTTP beyond loopback needs serve.http_token in the config")
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HttpError(401, "learning needs Authorization: Bearer <serve.http_token>")
+
+    async def _body(self, reader, writer, headers: dict) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise HttpError(411, "send a Content-Length (chunked uploads are not accepted)")
+        if "content-length" not in headers:
+            raise HttpError(411, "Content-Length required")
+        try:
+            length = int(headers["content-length"])
+        except ValueError:
+            raise HttpError(400, "bad Content-Length") from None
+        if length < 0:
+            raise HttpError(400, "bad Content-Length")
+        limit = self.service.config.proxy.max_message_size
+        if length > limit:
+            raise HttpError(413, f"message over {limit} bytes (proxy.max_message_size)")
+        if headers.get("expect", "").lower() == "100-continue" and length:
+            # curl holds a body over 1 MiB back until this (or for a second)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+        try:
+            return await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise HttpError(400, "body shorter than its Content-Length") from None
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:
+    line = await _line(reader)
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HttpError(400, "bad request line")
+    method, target, _ = parts
+    headers: dict[str, str] = {}
+    for _ in range(_MAX_HEADERS + 1):
+        line = await _line(reader)
+        if not line:
+            return method.upper(), target, headers
+            raise HttpError(431, "too many header fields")
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise HttpError(400, "bad header field")
+        headers[name.lower()] = value.strip()
+    raise HttpError(431, "too many header fields")
+
+
+async def _line(reader: asyncio.StreamReader) -> str:
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise HttpError(431, "header line too long") from None
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise HttpError(400, "request cut short") from None
+        raise
+    if len(raw) > _MAX_LINE:
+        raise HttpError(431, "header line too long")
+    return raw.decode("latin-1").rstrip("\r\n")
+
+
+async def _discard_rest(reader: asyncio.StreamReader, most: int = 4 << 20) -> None:
+    """Read what the client is still sending (the body of a refused request)
+    before closing: closing with unread data resets the connection, and the
+    client could lose our answer."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.0
+    try:
+        while most > 0 and not reader.at_eof() and loop.time() < until:
+            chunk = await asyncio.wait_for(reader.read(65536), max(until - loop.time(), 0.01))
+            if not chunk:
+                return
+            most -= len(chunk)
+    except (TimeoutError, ConnectionError, OSError):
+        pass
+
+
+def _json(doc) -> bytes:
+    return json.dumps(doc).encode() + b"\n"
+
+
+async def _respond(writer, status: int, ctype: str, body: bytes) -> None:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        writer.write(head.encode() + body)
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass

@@ -1,0 +1,484 @@
+"""One service behind every door: one scoring pool, one learner.
+
+Every door (SMTP content filter, milter, spamd, HTTP) scores through
+:meth:`Service.score` and learns through :meth:`Service.learn`; none has a
+pool or a model of its own.
+
+- **Scoring** runs in one :class:`mailsift.proxy.Scorer`: the supervised pool
+  of :mod:`mailsift.pool` (a dead worker is replaced and its message retried,
+  a worker past the deadline is killed), reloaded in place.
+- **Learning** goes through one asyncio queue drained by one task, the only
+  writer of the model in this process.  Clicks arriving together are applied
+  one after the other to one model in memory and the file is written once per
+  batch, under the same ``flock`` (:func:`mailsift.model.model_lock`) that
+  ``mailsift learn``/``unlearn``/``train`` take, so a CLI writing the file
+  directly (``--model``) cannot interleave with us either; a file changed on
+  disk meanwhile is read again before being changed.  The scoring pool is
+  reloaded before any of the batch is answered: a message scored after its
+  ``learn`` returned is scored by the model that learned it.
+
+:func:`run` is ``mailsift serve``: it opens the doors over one service,
+reloads on SIGHUP (or a model/config file changed on disk), and on
+SIGTERM/SIGINT closes every listening socket at once, lets what is in flight
+finish (``[proxy] relay_timeout``), and logs one stop line.
+
+For a door (and for #12's per-user models) the contract is:
+
+``await service.score(raw, context, door)``
+    a :class:`~mailsift.score.Verdict`; raises :class:`TimeoutError`
+    (``ScoringTimeout``) or the pool's ``WorkerDied``/``ScoringError``: the
+    door decides what a failure means for its mail (tempfail, pass unscanned).
+``await service.learn(raw, spam, forget=False)``
+    an outcome string (:data:`LEARN_OUTCOMES`); raises :class:`LearnRefused`
+    (this model cannot learn) or :class:`NotMail` (the bytes are not a message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from .. import logs
+from ..config import DOORS, Config, ConfigError, load_config, split_hostport, validate
+from ..corpus import mail_problem
+from ..filter import DEFAULT_MODEL
+from ..model import LinearModel, model_lock
+from ..parse import parse
+from ..pool import PoolStats
+from ..proxy import ListenError, ProxyServer, Scorer
+from ..report import strip_verdict_headers
+from ..rules import Context
+from ..score import Verdict
+from ..tokens import extract
+from ..train import message_digest
+from .metrics import Metrics
+
+log = logging.getLogger("mailsift.serve")
+
+#: what :meth:`Service.learn` answers
+LEARNED, ALREADY, RELABELLED = "learned", "already-learned", "relabelled"
+UNLEARNED, NOT_LEARNED, FORGOTTEN, OTHER_CLASS = "unlearned", "not-learned", "forgotten", "other-class"
+LEARN_OUTCOMES = (LEARNED, ALREADY, RELABELLED, UNLEARNED, NOT_LEARNED, FORGOTTEN, OTHER_CLASS)
+
+#: clicks applied per model write at most (the rest wait for the next batch)
+_MAX_BATCH = 256
+
+
+class LearnRefused(Exception):
+    """Learning is not possible with this model (the shipped default model,
+    or a model file that cannot be written); the message names why."""
+
+
+class NotMail(ValueError):
+    """What was handed to :meth:`Service.learn` is not a message (empty,
+    binary, no header block): nothing is learned from it."""
+
+
+@dataclass
+class _Job:
+    raw: bytes
+    spam: bool | None
+    forget: bool
+    future: asyncio.Future
+
+
+class Service:
+    """The scoring pool, the learner and the metrics every door shares.
+
+    ``workers``: scoring processes (None: ``[proxy] workers``; 0 one per
+    core; -1 a thread, for tests).  Construct and use it inside one event
+    loop; :meth:`close` at the end.
+    """
+
+    def __init__(self, config: Config, model_path: str | None = None, workers: int | None = None):
+        self.config = config
+        n = config.proxy.workers if workers is None else workers
+        self.scorer = Scorer(config, model_path, n)
+        self.metrics = Metrics(self.scorer.stats)
+        self.model_file = Path(self.scorer.model_file)
+        #: a model named on purpose may be learned into even if it was trained --generic
+        self.explicit_model = bool(model_path or config.model.path)
+        self._model: LinearModel | None = None
+        self._model_stamp: tuple = ()
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._task: asyncio.Task | None = None
+        self._show_model(LinearModel.load(self.model_file))
+
+    @property
+    def stats(self) -> PoolStats:
+        """The pool's own counts (workers started, died, killed; DNS cache)."""
+        return self.scorer.stats
+
+    # -- scoring -----------------------------------------------------------
+    async def score(
+        self, raw: bytes, context: Context | None = None, door: str = "", deadline: float | None = None
+    ) -> Verdict:
+        """Score ``raw`` in the pool within ``deadline`` seconds (default
+        ``[proxy] scoring_deadline``), counted in the metrics under ``door``.
+        Raises TimeoutError or the pool's error, counted too."""
+        deadline = self.config.proxy.scoring_deadline if deadline is None else deadline
+        start = time.perf_counter()
+        try:
+            verdict = await self.scorer.score(raw, deadline, context)
+        except TimeoutError:
+            self.metrics.error("scoring_timeout")
+            self.metrics.scored(door, None, time.perf_counter() - start)
+            raise
+        except Exception:
+            self.metrics.error("scoring_failed")
+            self.metrics.scored(door, None, time.perf_counter() - start)
+            raise
+        self.metrics.scored(door, verdict, time.perf_counter() - start)
+        return verdict
+
+    # -- learning ------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the learner (done by the first :meth:`learn` too)."""
+        if self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._learner(), name="mailsift-learner")
+
+    async def learn(self, raw: bytes, spam: bool | None, forget: bool = False) -> str:
+        """Learn ``raw`` as spam (True) or ham (False), or with ``forget``
+        take an earlier learn back (``spam`` None: whichever class it was).
+
+        Returns learned, already-learned, relabelled, unlearned, not-learned,
+        forgotten (batch-trained: out of the ledger, its weight stays until
+        the next train) or other-class (forget of a class it was not learned
+        as; nothing changed), once the scoring pool uses the result.  Filters'
+        verdict headers are removed first (a message is the same message with
+        or without them).  Raises NotMail or LearnRefused."""
+        if spam is None and not forget:
+            raise ValueError("learning needs a class: spam=True or spam=False")
+        problem = mail_problem(raw)
+        if problem:
+            raise NotMail(f"{problem}; nothing {'un' if forget else ''}learned")
+        await self.start()
+        assert self._queue is not None
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(strip_verdict_headers(raw), spam, forget, future))
+        return await future
+
+    async def _learner(self) -> None:
+        assert self._queue is not None
+        while True:
+            jobs = [await self._queue.get()]
+            while not self._queue.empty() and len(jobs) < _MAX_BATCH:
+                jobs.append(self._queue.get_nowait())
+            try:
+                outcomes, changed = await asyncio.to_thread(self._apply, jobs)
+                # on the loop's thread: the watch for files changed on disk reloads there too
+                if changed and not self.scorer.reload(self.config):
+                    raise LearnRefused(f"{self.model_file}: written, but the scoring pool cannot reload it")
+            except Exception as exc:
+                if not isinstance(exc, LearnRefused):
+                    log.exception("learning failed")
+                for job in jobs:
+                    self.metrics.learned(job.spam, "error")
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                self.metrics.error("learn_failed")
+                continue
+            for job, outcome in zip(jobs, outcomes):
+                self.metrics.learned(job.spam, outcome)
+                if not job.future.done():
+                    job.future.set_result(outcome)
+
+    def _apply(self, jobs: list[_Job]) -> tuple[list[str], bool]:
+        """One batch, in a thread (the learner's only), under the model's
+        lock: the read-modify-write no other writer can interleave with."""
+        self._refuse_default()
+        try:
+            with model_lock(self.model_file):
+                return self._apply_locked(jobs)
+        except OSError as exc:
+            self._model = None  # what is in memory may not be on disk: read the file again next time
+            raise LearnRefused(f"{self.model_file}: cannot write the model ({exc.strerror})") from None
+        except BaseException:
+            self._model = None
+            raise
+
+    def _apply_locked(self, jobs: list[_Job]) -> tuple[list[str], bool]:
+        model = self._learning_model()
+        outcomes, changed = [], False
+        for job in jobs:
+            digest = message_digest(job.raw)
+            entry = model.ledger.digests.get(digest)
+            if job.forget and entry is None:
+                outcomes.append(NOT_LEARNED)
+                continue
+            if job.forget and job.spam is not None and entry is not None and entry[0] != int(job.spam):
+                outcomes.append(OTHER_CLASS)
+                continue
+            vec = extract(parse(job.raw), model.settings).vec
+            if job.forget:
+                status, _ = model.unlearn_one(vec, digest)
+            else:
+                status, _ = model.learn_one(vec, bool(job.spam), digest)
+            changed |= status != ALREADY
+            outcomes.append(status)
+        if changed:
+            model.save(self.model_file)
+            self._model_stamp = _stamp(self.model_file)
+            self._show_model(model)
+        return outcomes, changed
+
+    def _refuse_default(self) -> None:
+        if self.model_file.resolve() == DEFAULT_MODEL.resolve():
+            raise LearnRefused(
+                f"{self.model_file}: is the shipped default model; train your own with 'mailsift train' "
+                "and serve it before learning single messages"
+            )
+
+    def _learning_model(self) -> LinearModel:
+        """The model in memory, read again when the file changed under us
+        (a ``mailsift train``, or a ``learn --model`` that wrote the file)."""
+        stamp = _stamp(self.model_file)
+        if self._model is None or stamp != self._model_stamp:
+            self._model = LinearModel.load(self.model_file)
+            self._model_stamp = stamp
+        if self._model.info.get("generic") and not self.explicit_model:
+            raise LearnRefused(
+                f"{self.model_file}: was trained --generic (not on this user's mail); name it with "
+                "--model or model.path to learn into it anyway"
+            )
+        return self._model
+
+    def _show_model(self, model: LinearModel) -> None:
+        self.metrics.set_model(str(self.model_file), model.trained_at, model.n_ham + model.n_spam)
+
+    # -- the rest ------------------------------------------------------------
+    def reload(self, config: Config | None = None) -> bool:
+        """New scoring workers with ``config`` (default: the current one) and
+        the model as it is on disk; a model that does not load is refused and
+        the running one kept."""
+        config = config or self.config
+        if not self.scorer.reload(config):
+            return False
+        self.config = config
+        try:
+            self._show_model(LinearModel.load(self.model_file))
+        except Exception as exc:  # the pool loaded it a moment ago; only the gauge is stale
+            log.warning("model info not updated: %s", exc)
+        return True
+
+    async def close(self) -> None:
+        """Stop the learner (clicks still queued are refused) and the pool."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue is not None and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(LearnRefused("the service is stopping"))
+        await asyncio.to_thread(self.scorer.close)
+
+
+def _stamp(path: Path) -> tuple:
+    """Identity of the file at ``path`` now: a save replaces it (new inode)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _mtime(path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+# -- doors -------------------------------------------------------------------
+class Door(Protocol):
+    """What :func:`run` needs of a door, constructed as ``Door(service, host,
+    port)``.  ``port`` is the bound port after :meth:`start` (port 0 = any
+    free port).  :meth:`close` stops accepting at once (run calls it on every
+    door before draining any); :meth:`stop` then lets what is in flight
+    finish for up to ``grace`` seconds and drops the rest.  A door may also
+    have ``reconfigure(config)`` (a reload) and ``summary()`` (its part of
+    the stop line)."""
+
+    name: str
+    port: int
+
+    async def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class _DoorScorer:
+    """The ``score(raw, deadline, context)`` and ``stats`` the SMTP door's
+    handler uses, answered by the shared service."""
+
+    def __init__(self, service: Service, door: str):
+        self.service, self.door = service, door
+        self.stats = service.stats
+
+    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
+        return await self.service.score(raw, context, self.door, deadline)
+
+
+class SmtpDoor:
+    """The SMTP content filter (:class:`mailsift.proxy.ProxyServer`, all of
+    it: mirroring, XFORWARD, DSN, no AUTH, no source routes, one log line
+    per message) scoring through the shared service."""
+
+    name = "smtp"
+
+    def __init__(self, service: Service, host: str, port: int):
+        proxy = replace(service.config.proxy, listen=f"[{host}]:{port}")
+        self.server = ProxyServer(
+            replace(service.config, proxy=proxy),
+            scorer=_DoorScorer(service, self.name),
+            on_error=service.metrics.error,
+        )
+        self.port = port
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.port = self.server.port
+
+    def reconfigure(self, config: Config) -> None:
+        self.server.reconfigure(config)
+
+    def close(self) -> None:
+        self.server.close()
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)  # the scorer is the service's: not closed here
+
+    def summary(self) -> str:
+        return self.server.summary()
+
+
+def door_class(name: str) -> type:
+    if name == "smtp":
+        return SmtpDoor
+    if name == "milter":
+        from .milter import MilterDoor
+
+        return MilterDoor
+    if name == "spamd":
+        from .spamd import SpamdDoor
+
+        return SpamdDoor
+    if name == "http":
+        from .http import HttpDoor
+
+        return HttpDoor
+    raise ConfigError(f"unknown door {name!r}")
+
+
+def door_addresses(config: Config, named: dict[str, str | None] | None = None) -> dict[str, str]:
+    """Door -> HOST:PORT for the doors that listen, in :data:`DOORS` order:
+    the command line's (``named``), else ``[serve]``'s.  With no door named
+    anywhere, the SMTP door listens on ``[proxy] listen``, as mailsift always
+    did.  Every address passes the loopback rule (``config.check_listening``)."""
+    named = named or {}
+    serve = replace(config.serve, **{d: a for d, a in named.items() if a})
+    doors = {d: getattr(serve, d) for d in DOORS}
+    if not any(doors.values()):
+        doors["smtp"] = config.proxy.listen
+    checked = replace(config, serve=replace(serve, **{d: a for d, a in doors.items() if a}))
+    validate(checked)  # the loopback rule, and HOST:PORT, for the addresses that will listen
+    return {d: a for d, a in doors.items() if a}
+
+
+# -- running -----------------------------------------------------------------
+async def run(
+    config: Config,
+    model_path: str | None = None,
+    config_path: str | None = None,
+    overrides: dict | None = None,
+    named: dict[str, str | None] | None = None,
+    workers: int | None = None,
+    watch_every: float = 2.0,
+) -> None:
+    """``mailsift serve``: open the doors, serve until SIGTERM/SIGINT.
+    SIGHUP, or the model or config file changing on disk, reloads both
+    without dropping sessions (door addresses are read only at start).
+    ``overrides``: [proxy] settings from the command line, kept over reloads."""
+    logs.configure(config.proxy.log_format)
+    addresses = door_addresses(config, named)
+    service = Service(config, model_path, workers)
+    await service.start()
+    doors: list = []
+    try:
+        for name, address in addresses.items():
+            host, port = split_hostport(address, f"serve.{name}")
+            door = door_class(name)(service, host, port)
+            try:
+                await door.start()
+            except OSError as exc:  # port in use, no permission: told apart from other OSErrors
+                raise ListenError(address, exc.strerror or str(exc)) from None
+            doors.append(door)
+    except BaseException:
+        for door in doors:
+            door.close()
+        for door in doors:
+            await door.stop(0)
+        await service.close()
+        raise
+
+    config_mtime = _mtime(config_path) if config_path else 0.0
+
+    def reload() -> None:
+        nonlocal config_mtime
+        new = service.config
+        if config_path:
+            config_mtime = _mtime(config_path)  # a bad file is not retried every tick
+            try:
+                new = load_config(config_path)
+                new.proxy = replace(new.proxy, **(overrides or {}))
+                new.serve = service.config.serve  # door addresses: read only at start
+                validate(new)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the current config: %s", exc)
+                return
+        if not service.reload(new):
+            service.scorer.model_mtime = _mtime(service.scorer.model_file)
+            return
+        for door in doors:
+            if hasattr(door, "reconfigure"):
+                door.reconfigure(service.config)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), watch_every)
+        except TimeoutError:
+            model_changed = _mtime(service.scorer.model_file) != service.scorer.model_mtime
+            config_changed = bool(config_path) and _mtime(config_path) != config_mtime
+            if model_changed or config_changed:
+                log.info("model or config changed on disk: reloading")
+                reload()
+    log.info("stopping: no new connections; finishing sessions in flight")
+    for door in doors:  # every listening socket closed before any door drains
+        door.close()
+    grace = service.config.proxy.relay_timeout
+    await asyncio.gather(*(door.stop(grace) for door in doors))
+    await service.close()
+    parts = [door.summary() for door in doors if hasattr(door, "summary")]
+    others = [d.name for d in doors if not hasattr(d, "summary")]
+    if others:
+        counts = service.metrics.messages_by_door()
+        parts.append(", ".join(f"{name} door: {counts.get(name, 0)} messages" for name in others))
+    log.info("stopped: %s", "; ".join(parts) or "no doors")

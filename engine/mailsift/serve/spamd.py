@@ -1,0 +1,306 @@
+"""The spamd door: SpamAssassin's spamc/spamd protocol (SPAMC/1.x), so Exim,
+procmail, maildrop and every script that calls ``spamc`` can use mailsift.
+
+One request per connection, HTTP-like (SpamAssassin's spamd/PROTOCOL)::
+
+    CHECK SPAMC/1.5            SPAMD/1.1 0 EX_OK
+    User: alice                Spam: True ; 7.3 / 5.0
+    Content-length: 1234       Content-length: ...
+
+    <message>                  <body, by method>
+
+CHECK answers the ``Spam`` header only; SYMBOLS the rule names; REPORT (and
+REPORT_IFSPAM, for spam only) the arithmetic of the verdict; PROCESS the whole
+message with our headers; HEADERS only its header block (spamc adds the
+body back); PING ``PONG``; SKIP nothing.  TELL learns through the service:
+``Message-class: spam|ham`` with ``Set: local`` learns, ``Remove: local``
+forgets; the answer carries ``DidSet``/``DidRemove: local`` only when the
+model changed, which is how spamc tells "Message successfully un/learned"
+from "Message was already un/learned"; TELL is accepted from loopback
+clients only (spamc has no credentials).  ``User`` is logged (one model serves
+everybody for now); ``Compress: zlib`` bodies are inflated, bounded.
+
+A request that cannot be scored gets a sysexits code instead of EX_OK:
+spamc then passes the message on unchanged (and ``spamc -c`` says 0/0), so a
+failure here never loses mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+
+from ..config import is_loopback
+from ..report import add_headers_after_from_line, spam_headers
+from ..score import Verdict, explain
+from .service import LearnRefused, NotMail, Service
+
+log = logging.getLogger("mailsift.spamd")
+
+#: sysexits(3), as spamd answers them
+EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE = 0, 64, 65, 69, 70
+EX_TEMPFAIL, EX_PROTOCOL, EX_NOPERM, EX_TOOBIG = 75, 76, 77, 98
+_NAMES = {0: "EX_OK", 64: "EX_USAGE", 65: "EX_DATAERR", 69: "EX_UNAVAILABLE", 70: "EX_SOFTWARE",
+          75: "EX_TEMPFAIL", 76: "EX_PROTOCOL", 77: "EX_NOPERM", 98: "EX_TOOBIG"}  # fmt: skip
+
+SCORING = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS")
+_MAX_LINE = 8192
+_MAX_HEADERS = 64
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class SpamdDoor:
+    """An asyncio server speaking spamd to spamc."""
+
+    name = "spamd"
+
+    def __init__(self, service: Service, host: str, port: int):
+        self.service = service
+        self.host, self.port = host, port
+        self.server: asyncio.base_events.Server | None = None
+        self.active = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._session, self.host, self.port, limit=_MAX_LINE * 2)
+        self.port = self.server.sockets[0].getsockname()[1]
+        log.info("spamd door listening on %s:%d", self.host, self.port)
+
+    def close(self) -> None:
+        """Stop accepting: new connections are refused from here on."""
+        if self.server is not None:
+            self.server.close()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let requests in flight finish for up to ``grace`` seconds."""
+        if self.server is None:
+            return
+        self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.server.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
+        try:
+            if self.active > self.service.config.proxy.max_sessions:
+                await self._answer(writer, EX_TEMPFAIL, "too many connections, try again later")
+                return
+            try:
+                timeout = self.service.config.serve.request_timeout
+                method, version, headers, body = await asyncio.wait_for(self._read(reader), timeout)
+                await self._handle(writer, method, version, headers, body)
+            except ProtocolError as exc:
+                self.service.metrics.error("bad_request")
+                await self._answer(writer, exc.code, str(exc))
+            except TimeoutError:
+                self.service.metrics.error("bad_request")
+                await self._answer(writer, EX_PROTOCOL, "timed out reading the request")
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass  # the client went away; nothing to answer
+            except Exception as exc:  # never let one request take the door down
+                log.exception("spamd request failed")
+                self.service.metrics.error("internal")
+                await self._answer(writer, EX_SOFTWARE, f"internal error ({type(exc).__name__})")
+        finally:
+            self.active -= 1
+            try:
+                # spamc reads the answer to its end: send FIN now, even if a scoring
+                # worker forked meanwhile holds a copy of this socket
+                if writer.can_write_eof():
+                    writer.write_eof()
+                writer.close()
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    async def _read(self, reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+        line = await _line(reader)
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].startswith("SPAMC/"):
+            raise ProtocolError(EX_PROTOCOL, "bad request line")
+        method, version = parts[0].upper(), parts[1][6:]
+        headers: dict[str, str] = {}
+        for n in range(_MAX_HEADERS + 1):
+            line = await _line(reader)
+            if not line:
+                break
+            if n == _MAX_HEADERS:
+                raise ProtocolError(EX_PROTOCOL, "too many header lines")
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ProtocolError(EX_PROTOCOL, "bad header line")
+            headers[name.strip().lower()] = value.strip()
+        if method in ("PING", "SKIP"):
+            return method, version, headers, b""
+        limit = self.service.config.proxy.max_message_size
+        if "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                raise ProtocolError(EX_PROTOCOL, "bad Content-length") from None
+            if length < 0:
+                raise ProtocolError(EX_PROTOCOL, "bad Content-length")
+            if length > limit:
+                raise ProtocolError(EX_TOOBIG, f"message over {limit} bytes")
+            try:
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                raise ProtocolError(EX_PROTOCOL, "message shorter than its Content-length") from None
+        else:  # old clients: the message runs to the end of the stream
+            body = await reader.read(limit + 1)
+            if len(body) > limit:
+                raise ProtocolError(EX_TOOBIG, f"message over {limit} bytes")
+        compress = headers.get("compress", "").lower()
+        if compress:
+            if compress != "zlib":
+                raise ProtocolError(EX_PROTOCOL, f"unsupported compression {compress[:20]}")
+            body = _inflate(body, limit)
+        return method, version, headers, body
+
+    async def _handle(self, writer, method: str, version: str, headers: dict[str, str], body: bytes) -> None:
+        if method == "SKIP":
+            return
+        if method == "PING":
+            writer.write(b"SPAMD/1.5 0 PONG\r\n")
+            await writer.drain()
+            return
+        if method == "TELL":
+            await self._tell(writer, headers, body)
+            return
+        if method not in SCORING:
+            raise ProtocolError(EX_PROTOCOL, f"unknown method {method[:20]}")
+        try:
+            verdict = await self.service.score(body, door="spamd")
+        except Exception as exc:
+            log.warning("spamd: scoring failed (%s): the client passes the message unscanned", exc)
+            await self._answer(writer, EX_TEMPFAIL, "scoring failed, try again later")
+            return
+        user = headers.get("user", "")
+        log.info("spamd %s user=%s size=%d score=%.2f action=%s", method, user or "-", len(body),
+                 verdict.score, verdict.action)  # fmt: skip
+        extra: list[tuple[str, str]] = [("Spam", _spam_value(verdict))]
+        if method == "CHECK":
+            await self._answer(writer, EX_OK, "EX_OK", extra)
+            return
+        if method == "SYMBOLS":
+            out = ",".join(_symbols(verdict)).encode()
+        elif method == "REPORT" or (method == "REPORT_IFSPAM" and verdict.is_spam):
+            out = explain(verdict).replace("\n", "\r\n").encode() + b"\r\n"
+        elif method == "REPORT_IFSPAM":
+            out = b""
+        else:
+            out = add_headers_after_from_line(body, spam_headers(verdict))  # procmail's From_ stays first
+            if method == "HEADERS":
+                out = out[: _header_end(out)]
+        await self._answer(writer, EX_OK, "EX_OK", extra, out)
+
+    async def _tell(self, writer, headers: dict[str, str], body: bytes) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else ""
+        if not is_loopback(host):
+            # spamc has no credentials: beyond loopback anyone could teach the model
+            # (spamd itself refuses TELL unless started --allow-tell); HTTP learns with a token
+            log.warning("spamd TELL from %s refused: learning is accepted from loopback only", host or "?")
+            await self._answer(writer, EX_NOPERM, "TELL (learning) is accepted from loopback only")
+            return
+        cls = headers.get("message-class", "").lower()
+        want_set = _places(headers.get("set", ""))
+        want_remove = _places(headers.get("remove", ""))
+        if not want_set and not want_remove:
+            raise ProtocolError(EX_PROTOCOL, "TELL needs Set or Remove")
+        if want_set & want_remove:
+            raise ProtocolError(EX_PROTOCOL, "TELL cannot Set and Remove the same place")
+        if want_set and cls not in ("spam", "ham"):
+            raise ProtocolError(EX_PROTOCOL, "TELL Set needs Message-class: spam or ham")
+        spam = None if cls not in ("spam", "ham") else cls == "spam"
+        extra: list[tuple[str, str]] = []
+        try:
+            # one model, ours: "local" is it; "remote" (Razor, Pyzor...) we do not have
+            if "local" in want_set:
+                outcome = await self.service.learn(body, spam)
+                if outcome in ("learned", "relabelled"):
+                    extra.append(("DidSet", "local"))
+            elif "local" in want_remove:
+                outcome = await self.service.learn(body, spam if want_set else None, forget=True)
+                if outcome in ("unlearned", "forgotten"):
+                    extra.append(("DidRemove", "local"))
+            else:
+                outcome = "nothing (remote only)"
+        except LearnRefused as exc:
+            log.warning("spamd TELL refused: %s", exc)
+            await self._answer(writer, EX_UNAVAILABLE, f"learning refused: {exc}")
+            return
+        except NotMail as exc:
+            self.service.metrics.error("bad_request")
+            await self._answer(writer, EX_DATAERR, f"not a message: {exc}")
+            return
+        log.info("spamd TELL user=%s class=%s %s -> %s", headers.get("user", "-"), cls or "-",
+                 "set" if want_set else "remove", outcome)  # fmt: skip
+        await self._answer(writer, EX_OK, "EX_OK", extra, b"")
+
+    async def _answer(self, writer, code: int, message: str, headers=(), body: bytes | None = None) -> None:
+        text = " ".join(message.split())[:200]
+        if code != EX_OK:
+            text = f"{_NAMES.get(code, 'EX_SOFTWARE')} {text}"
+        lines = [f"SPAMD/1.1 {code} {text}"] + [f"{k}: {v}" for k, v in headers]
+        if body is not None:
+            lines.append(f"Content-length: {len(body)}")
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii", "replace") + (body or b""))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def _line(reader: asyncio.StreamReader) -> str:
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(EX_PROTOCOL, "header line too long") from None
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError(EX_PROTOCOL, "request cut short") from None
+        raise
+    if len(raw) > _MAX_LINE:
+        raise ProtocolError(EX_PROTOCOL, "header line too long")
+    return raw.decode("latin-1").rstrip("\r\n")
+
+
+def _inflate(body: bytes, limit: int) -> bytes:
+    """zlib-inflate at most ``limit`` bytes: a small bomb must not fill memory."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(EX_DATAERR, f"bad zlib data ({exc})") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise ProtocolError(EX_TOOBIG, f"message over {limit} bytes once inflated")
+    return out
+
+
+def _places(value: str) -> set[str]:
+    return {p.strip().lower() for p in value.split(",") if p.strip()}
+
+
+def _spam_value(verdict: Verdict) -> str:
+    return f"{'True' if verdict.is_spam else 'False'} ; {verdict.score:.1f} / {verdict.required:.1f}"
+
+
+def _symbols(verdict: Verdict) -> list[str]:
+    """The test names X-Spam-Status lists: the rules hit and the model's band."""
+    status = dict(spam_headers(verdict))["X-Spam-Status"]
+    return status.rpartition("tests=")[2].split(",")
+
+
+def _header_end(raw: bytes) -> int:
+    """Offset just past the blank line ending the header block."""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
+    return min(ends) if ends else len(raw)
