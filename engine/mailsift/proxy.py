@@ -48,6 +48,7 @@ from .pool import (
 from .report import add_headers, spam_headers
 from .rules import Context
 from .score import REJECT, Verdict
+from .users import user_for_recipients
 
 __all__ = [
     "ProxyServer",
@@ -243,7 +244,9 @@ class MessageScorer(Protocol):
 
     stats: PoolStats
 
-    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict: ...
+    async def score(
+        self, raw: bytes, deadline: float, context: Context | None = None, user: str | None = None
+    ) -> Verdict: ...
 
 
 class FilterHandler:
@@ -411,7 +414,10 @@ class FilterHandler:
         error = ""
         try:
             verdict = await self.scorer.score(
-                raw, self.proxy.scoring_deadline, self._context(session, envelope)
+                raw,
+                self.proxy.scoring_deadline,
+                self._context(session, envelope),
+                user_for_recipients(envelope.rcpt_tos),  # one recipient: theirs, else the site's
             )
         except PoolBusy as exc:  # every worker busy: the MTA keeps the message and retries
             self.stats.tempfailed_busy += 1
