@@ -495,7 +495,9 @@ def serving(tmp_path):
     started = []
 
     def start(model: Path, doors: tuple[str, ...], config: str = "", extra=()) -> Serving:
-        s = Serving(tmp_path, model, doors, config, extra)
+        folder = tmp_path / f"serve{len(started)}" if started else tmp_path  # one folder each
+        folder.mkdir(exist_ok=True)
+        s = Serving(folder, model, doors, config, extra)
         started.append(s)
         return s
 
