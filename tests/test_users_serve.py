@@ -4,8 +4,10 @@ Redis Cluster on loopback, and Debian's ``spamc -u``."""
 
 from __future__ import annotations
 
+import email
 import json
 import shutil
+import smtplib
 import subprocess
 import time
 import urllib.error
@@ -161,3 +163,26 @@ def test_spamc_u_alice_learns_for_alice_only(redis_server, serving, small_model,
     again = spamc("-u", "alice", "-L", "spam")
     assert again.stdout.decode().strip() == "Message was already un/learned"
     assert "spamd TELL user=alice class=spam set -> already-learned" in node.log_text()
+
+
+def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
+    redis_server, serving, small_model, sink, ham
+):
+    node = serving(
+        small_model, ("smtp", "http"), _store(redis_server.url), extra=("--relay", f"127.0.0.1:{sink.port}")
+    )
+    alice = "alice@example.net"
+    site = _post(node.url("/score"), ham)["score"]
+    assert _post(node.url(f"/learn?class=spam&user={alice}"), ham)["outcome"] == "learned"
+    hers = _post(node.url(f"/score?user={alice}"), ham)["score"]
+    assert hers > site + 1.0
+
+    def delivered_score(rcpts: list[str]) -> float:
+        with smtplib.SMTP("127.0.0.1", node.ports["smtp"], timeout=30) as c:
+            c.sendmail("s@example.org", rcpts, ham)
+        return float(email.message_from_bytes(sink.received[-1][2])["X-Spam-Score"])
+
+    assert delivered_score([alice]) == pytest.approx(hers, abs=0.051)
+    assert delivered_score(["Alice@Example.NET"]) == pytest.approx(hers, abs=0.051)  # one user, any case
+    assert delivered_score([alice, "bob@example.net"]) == pytest.approx(site, abs=0.051)  # two: the site's
+    assert delivered_score(["bob@example.net"]) == pytest.approx(site, abs=0.051)
