@@ -163,6 +163,9 @@ def test_spamc_u_alice_learns_for_alice_only(redis_server, serving, small_model,
     again = spamc("-u", "alice", "-L", "spam")
     assert again.stdout.decode().strip() == "Message was already un/learned"
     assert "spamd TELL user=alice class=spam set -> already-learned" in node.log_text()
+    undo = _post(node.url("/unlearn?class=spam&user=alice"), ham)
+    assert undo == {"outcome": "unlearned", "class": "spam", "user": "alice"}
+    assert _post(node.url("/score?user=alice"), ham)["log_odds"] == site["log_odds"]  # exact
 
 
 def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
