@@ -242,6 +242,165 @@ def small_model(tmp_path_factory, small_indexes):
     return path
 
 
+# -- Redis ---------------------------------------------------------------------
+def cluster_port() -> int:
+    """A free loopback port for a Redis Cluster node: at most 55535, and the
+    port 10000 above it (the cluster bus) free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 55535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisProc:
+    """A real redis-server on a free loopback port, in its own folder, with
+    no persistence of its own (``--save '' --appendonly no``); ``stop(save=
+    True)`` writes a dump first so that a restart comes back with its data,
+    as a production Redis with persistence would."""
+
+    def __init__(self, folder: Path, cluster: bool = False):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = cluster_port() if cluster else free_port()
+        self.cluster = cluster
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log"]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-node-timeout", "1000"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while self.cli("PING").strip() != "PONG":
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
+            time.sleep(0.05)
+
+    def cli(self, *args: str) -> str:
+        import subprocess
+
+        r = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return r.stdout
+
+    def stop(self, save: bool = False) -> None:
+        """Stop the server (its port refuses connections afterwards)."""
+        if self.proc is None:
+            return
+        if save:
+            self.cli("SHUTDOWN", "SAVE")
+        else:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a
+        hung or overloaded Redis: the client's timeout is what saves us)."""
+        import signal
+
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.resume()
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisProc(tmp_path / "redis")
+    server.url = f"redis://127.0.0.1:{server.port}/0"
+    yield server
+    server.close()
+
+
+class RedisCluster:
+    """Three real redis-server masters on loopback, joined with
+    ``redis-cli --cluster create`` (no replicas)."""
+
+    def __init__(self, folder: Path):
+        import subprocess
+
+        self.nodes: list[RedisProc] = []
+        try:
+            for i in range(3):  # one by one: a node that fails to start leaves the others closed
+                self.nodes.append(RedisProc(folder / f"node{i}", cluster=True))
+            hosts = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            r = subprocess.run(
+                ["redis-cli", "--cluster", "create", *hosts, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if r.returncode:
+                raise RuntimeError(f"redis-cli --cluster create failed: {r.stdout}{r.stderr}")
+            self.wait_ok()
+        except BaseException:
+            self.close()
+            raise
+        self.url = "redis+cluster://" + ",".join(hosts)
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes if n.proc):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def node_of(self, key: str) -> RedisProc:
+        """The master holding ``key``'s hash slot."""
+        slot = int(self.nodes[0].cli("CLUSTER", "KEYSLOT", key))
+        for node in self.nodes:
+            for line in node.cli("CLUSTER", "NODES").splitlines():
+                parts = line.split()
+                if "myself" in parts[2]:
+                    for rng in parts[8:]:
+                        lo, _, hi = rng.partition("-")
+                        if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                            return node
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    cluster = RedisCluster(tmp_path / "cluster")
+    yield cluster
+    cluster.close()
+
+
 # -- mailsift serve's doors (tests/test_service.py, test_spamd.py, test_http.py) -------------
 TREC_UNPACK = DATASETS / "trec07p-dev" / "unpack.sh"
 
@@ -336,7 +495,9 @@ def serving(tmp_path):
     started = []
 
     def start(model: Path, doors: tuple[str, ...], config: str = "", extra=()) -> Serving:
-        s = Serving(tmp_path, model, doors, config, extra)
+        folder = tmp_path / f"serve{len(started)}" if started else tmp_path  # one folder each
+        folder.mkdir(exist_ok=True)
+        s = Serving(folder, model, doors, config, extra)
         started.append(s)
         return s
 

@@ -18,6 +18,7 @@ from mailsift.config import (
     DnsConfig,
     ModelConfig,
     ProxyConfig,
+    StoreConfig,
     Thresholds,
     load_config,
     validate,
@@ -151,7 +152,7 @@ def test_the_defaults_and_the_readme_example_are_valid(tmp_path):
     assert _load(tmp_path, block).thresholds.add_header == 5.0
 
 
-@pytest.mark.parametrize("section", [ModelConfig, Thresholds, ProxyConfig, DnsConfig])
+@pytest.mark.parametrize("section", [ModelConfig, Thresholds, ProxyConfig, DnsConfig, StoreConfig])
 def test_every_numeric_key_declares_its_range(section):
     """A new numeric key is validated only if it declares its range (see
     mailsift/bounds.py): this fails when one is added without."""
@@ -164,7 +165,8 @@ def test_every_rule_name_the_code_emits_is_registered():
     rule must be declared, or [rule_weights] would refuse it)."""
     known = known_rule_names(["RCVD_IN_X"])
     literal = re.compile(r'RuleHit\(\s*"([A-Z0-9_]+)"')
-    emitted = {n for path in (ENGINE / "rules").glob("*.py") for n in literal.findall(path.read_text())}
+    sources = [*(ENGINE / "rules").glob("*.py"), ENGINE / "filter.py"]
+    emitted = {n for path in sources for n in literal.findall(path.read_text())}
     assert emitted and emitted <= known, emitted - known
     assert {"RCVD_IN_X", "RCVD_IN_X_TIMEOUT", "SENDER_ALLOWED", "RCVD_DOMAIN_BLOCKED"} <= known
 

@@ -105,11 +105,12 @@ class RecordingService:
     """A real scoring service that also remembers the contexts it got."""
 
     def __init__(self, inner):
-        self.inner, self.config, self.calls = inner, inner.config, []
+        self.inner, self.config, self.calls, self.users = inner, inner.config, [], []
 
-    async def score(self, raw, context=None, door="", deadline=None):
+    async def score(self, raw, context=None, door="", deadline=None, user=None):
         self.calls.append((raw, context, door))
-        return await self.inner.score(raw, context, door, deadline)
+        self.users.append(user)
+        return await self.inner.score(raw, context, door, deadline, user)
 
 
 class BrokenService:
@@ -118,7 +119,7 @@ class BrokenService:
     def __init__(self, config: Config, hang: bool = False):
         self.config, self.hang = config, hang
 
-    async def score(self, raw, context=None, door="", deadline=None):
+    async def score(self, raw, context=None, door="", deadline=None, user=None):
         if self.hang:
             await asyncio.sleep(3600)
         raise RuntimeError("model file vanished")
@@ -252,6 +253,21 @@ def test_milter_rebuilds_the_message_and_feeds_the_session_to_the_rules(scoring_
         "198.51.100.23", "mail.sender.example", "alice@example.org",
     )  # fmt: skip
     assert context.authenticated is False
+
+
+def test_milter_scores_with_the_single_recipients_model_else_the_sites(scoring_service):
+    service = RecordingService(scoring_service())
+
+    async def test(port):
+        c = await MilterClient.open(port)
+        await c.session()
+        await c.message(HAM, rcpts=("<Alice@Example.NET>",))
+        await c.message(HAM, rcpts=("<alice@example.net>", "<bob@example.net>"))
+        await c.message(HAM, rcpts=("<a b@example.net>",))  # no usable user name: the site's
+        c.close()
+
+    run_with(service, test)
+    assert service.users == ["alice@example.net", None, None]
 
 
 def test_milter_marks_authenticated_submissions(scoring_service):

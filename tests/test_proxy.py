@@ -221,9 +221,9 @@ def test_workers_get_the_whole_message_and_xforward_source(make_proxy, sink, mon
     seen = []
     real = Filter.score
 
-    def spy(self, raw, evidence=6, context=None):
+    def spy(self, raw, evidence=6, context=None, user=None):
         seen.append((len(raw), context))
-        return real(self, raw, evidence, context)
+        return real(self, raw, evidence, context, user)
 
     monkeypatch.setattr(Filter, "score", spy)
     proxy = make_proxy()
@@ -327,7 +327,7 @@ def test_garbage_commands_are_answered_and_the_session_survives(make_proxy, sink
 
 
 def test_scoring_failure_passes_the_message_marked_unknown(make_proxy, sink, monkeypatch):
-    async def boom(self, raw, deadline, context=None):
+    async def boom(self, raw, deadline, context=None, user=None):
         raise RuntimeError("injected")
 
     monkeypatch.setattr(Scorer, "score", boom)
@@ -338,7 +338,7 @@ def test_scoring_failure_passes_the_message_marked_unknown(make_proxy, sink, mon
 
 
 def test_scoring_failure_tempfails_when_configured(make_proxy, sink, monkeypatch):
-    async def slow(self, raw, deadline, context=None):
+    async def slow(self, raw, deadline, context=None, user=None):
         raise TimeoutError
 
     monkeypatch.setattr(Scorer, "score", slow)

@@ -3,7 +3,10 @@
 Public API (everything else is internal and may change):
 
 * :class:`Filter` — load config and model once; ``Filter().score(raw_bytes)``
-  returns a :class:`Verdict`.
+  returns a :class:`Verdict`; ``score(raw, user="alice")`` adds that user's
+  model and lists, ``learn_user(raw, spam, "alice")`` teaches that user only.
+* :class:`Users` — per-user state over the ``[store]`` (local files or
+  Redis): ``status()`` gives the store's counters (outage, queued learns).
 * :class:`Verdict` — ``probability``, ``score`` (SpamAssassin-style points),
   ``action`` (``accept``, ``add_header``, ``reject``), ``evidence`` (the
   model's strongest features each way) and ``hits`` (:class:`RuleHit`).
@@ -35,6 +38,7 @@ from .parse import ParsedMessage, parse
 from .pipe import filter_message
 from .report import strip_verdict_headers
 from .score import Evidence, RuleHit, Verdict
+from .users import Users
 
 
 def __getattr__(name: str):
@@ -55,6 +59,7 @@ __all__ = [
     "ParsedMessage",
     "RuleHit",
     "Service",
+    "Users",
     "Verdict",
     "filter_message",
     "load_config",

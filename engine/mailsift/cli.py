@@ -1,8 +1,9 @@
 """``mailsift`` command line.  Errors are one line on stderr naming what and
 where, with an exit status from sysexits(3): 64 usage, 65 bad data, 66 no
 input, 69 cannot listen, 70 internal error, 71 system error (serve), 73 cannot
-create output, 78 bad config.  ``serve`` writes its fatal errors in its log
-format (text or JSON).
+create output, 75 try again later (the user store cannot take a learn now), 78
+bad config.  ``serve`` writes its fatal errors in its log format (text or
+JSON).
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from .filter import DEFAULT_MODEL, Filter, start_from_default
 from .model import LinearModel, ModelError, model_lock
 from .report import strip_verdict_headers
 from .rules import Context
+from .rules.lists import AddressLists, normalise, pattern_problem
 from .score import explain
+from .store import StoreError, user_name
 from .tokens import extract_bytes
 from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest, progress
 
 # sysexits(3)
 EX_USAGE, EX_DATAERR, EX_NOINPUT = os.EX_USAGE, os.EX_DATAERR, os.EX_NOINPUT
 EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG = os.EX_UNAVAILABLE, os.EX_CANTCREAT, os.EX_CONFIG
-EX_IOERR, EX_SOFTWARE, EX_OSERR = os.EX_IOERR, os.EX_SOFTWARE, os.EX_OSERR
+EX_IOERR, EX_SOFTWARE, EX_OSERR, EX_TEMPFAIL = os.EX_IOERR, os.EX_SOFTWARE, os.EX_OSERR, os.EX_TEMPFAIL
 EX_NOPERM = os.EX_NOPERM
 
 
@@ -117,9 +120,10 @@ def cmd_score(args) -> int:
     if args.dns:
         split_hostport(args.dns, "--dns")
         config.dns.servers = [args.dns]
+    user = _user(args)
     flt = Filter(config, args.model)
     context = Context(client_ip=args.ip or "", helo=args.helo or "", mail_from=args.mail_from or "")
-    verdict = flt.score(raw, evidence=8 if (args.explain or args.json) else 0, context=context)
+    verdict = flt.score(raw, evidence=8 if (args.explain or args.json) else 0, context=context, user=user)
     if args.json:
         print(json.dumps(verdict.to_dict(), indent=None if not args.explain else 2))
     elif args.explain:
@@ -214,6 +218,85 @@ def _print_skipped(ts) -> None:
 
 
 # -- learn / unlearn -----------------------------------------------------
+def _user(args) -> str | None:
+    """--user, checked (a bad name is a usage error, not the site model)."""
+    if not getattr(args, "user", None):
+        return None
+    try:
+        return user_name(args.user)
+    except StoreError as exc:
+        raise CliError(f"--user: {exc}", EX_USAGE) from None
+
+
+def _learn_user(args, raw: bytes, user: str, unlearn: bool) -> int:
+    """learn/unlearn for one user: the user's own state in the store; the
+    site model (whichever ``score`` would use, the shipped default included)
+    is only read."""
+    flt = Filter(load_config(args.config), args.model)
+    what = "spam" if args.spam else "ham"
+    try:
+        outcome = flt.learn_user(raw, args.spam, user, forget=unlearn)
+    except StoreError as exc:
+        raise CliError(f"{args.file}: {exc}; nothing {'un' if unlearn else ''}learned", EX_TEMPFAIL) from None
+    finally:
+        if flt._users is not None:
+            flt.users.close()
+    messages = {
+        "learned": f"learned as {what} for {user}",
+        "relabelled": f"learned as {what} for {user} (was learned as the other class before)",
+        "already-learned": f"already learned as {what} for {user}; nothing changed",
+        "unlearned": f"unlearned as {what} for {user}",
+        "not-learned": f"was never learned for {user}; nothing to do",
+        "queued": f"the user store does not answer; queued as {what} for {user}, applied when it is back",
+    }
+    if outcome == "other-class":
+        other = "ham" if args.spam else "spam"
+        raise CliError(
+            f"{args.file}: was learned as {other} for {user}, not {what}; nothing changed", EX_DATAERR
+        )
+    print(f"{args.file}: {messages[outcome]}")
+    return 0
+
+
+def cmd_lists(args) -> int:
+    """Show or change one user's address lists."""
+    user = _user(args)
+    flt_config = load_config(args.config)
+    from .users import Users
+
+    users = Users.open(flt_config)
+    try:
+        current = users.lists(user)
+        allow, block = list(current.allow), list(current.block)
+        changed = False
+        for pattern in args.allow or []:
+            allow, changed = _add(allow, pattern), True
+        for pattern in args.block or []:
+            block, changed = _add(block, pattern), True
+        for pattern in args.remove or []:
+            p = normalise(pattern)
+            if p not in allow and p not in block:
+                raise CliError(f"--remove: {pattern!r} is on neither of {user}'s lists", EX_DATAERR)
+            allow, block, changed = [a for a in allow if a != p], [b for b in block if b != p], True
+        if changed:
+            users.set_lists(user, AddressLists.of(allow, block))
+    except StoreError as exc:
+        raise CliError(f"lists: {exc}", EX_TEMPFAIL) from None
+    finally:
+        users.close()
+    for kind, entries in (("allow", allow), ("block", block)):
+        print(f"{kind}: " + (" ".join(entries) if entries else "(none)"))
+    return 0
+
+
+def _add(entries: list[str], pattern: str) -> list[str]:
+    problem = pattern_problem(pattern)
+    if problem:
+        raise CliError(problem, EX_USAGE)
+    p = normalise(pattern)
+    return entries if p in entries else [*entries, p]
+
+
 def _own_model_path(args) -> Path:
     """The model ``learn``/``unlearn`` change: --model, the config's
     model.path, or the user's own model (which may not exist yet).  The
@@ -366,6 +449,9 @@ def cmd_learn(args, unlearn: bool = False) -> int:
         name = "stdin" if args.file == "-" else args.file
         raise CliError(f"{name}: {problem}; nothing {'un' if unlearn else ''}learned", EX_DATAERR)
     raw = strip_verdict_headers(raw)  # learn the message, not a filter's verdict on it
+    user = _user(args)
+    if user:
+        return _learn_user(args, raw, user, unlearn)
     if not args.model:  # a model named on the command line is that file, not the service's
         handed = _learn_via_service(args, raw, unlearn)
         if handed is not None:
@@ -874,6 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="DNS server for the network rules (default: dns.servers in the config, else the system's)",
     )
+    s.add_argument("--user", metavar="NAME", help="score with this user's model and address lists")
     s.set_defaults(func=cmd_score)
 
     t = sub.add_parser(
@@ -929,6 +1016,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--ham", dest="spam", action="store_false", help="the message is ham")
         lp.add_argument("file", metavar="FILE|-", help="message file, or - for stdin")
         lp.add_argument(
+            "--user",
+            metavar="NAME",
+            help="for this user only: their own model on top of the site model, in the [store]",
+        )
+        lp.add_argument(
             "--service",
             metavar="URL",
             help="hand the message to the running 'mailsift serve' at URL (its HTTP door, e.g. "
@@ -951,9 +1043,24 @@ def build_parser() -> argparse.ArgumentParser:
         model_opt(
             lp,
             "model file to update directly (default: through the service if one is configured, "
-            "else your trained model)",
+            "else your trained model); with --user, the site model",
         )
         lp.set_defaults(func=lambda a, u=unlearn: cmd_learn(a, unlearn=u))
+
+    ls = sub.add_parser(
+        "lists",
+        help="show or change a user's address lists",
+        description="A user's own allow and block lists (glob patterns on addresses, like "
+        "*@example.com), kept in the [store]. Allow entries count only for authenticated senders "
+        "(SPF or DKIM pass aligned with From); block entries always. The site's lists are [lists] "
+        "in the config.",
+    )
+    ls.add_argument("--user", metavar="NAME", required=True, help="whose lists")
+    ls.add_argument("--allow", metavar="PATTERN", action="append", help="add to the allow list")
+    ls.add_argument("--block", metavar="PATTERN", action="append", help="add to the block list")
+    ls.add_argument("--remove", metavar="PATTERN", action="append", help="remove from either list")
+    ls.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML config file")
+    ls.set_defaults(func=cmd_lists)
 
     e = sub.add_parser(
         "eval",

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from . import bounds
-from .bounds import any_finite, at_least, listen_address, one_of, positive
+from .bounds import any_finite, at_least, between, listen_address, one_of, positive
 from .rules import NetworkConfig, parse_networks
 from .rules.auth import AuthConfig
+from .rules.lists import MAX_ENTRIES, ListsConfig, pattern_problem
 from .rules.names import builtin_rule_names, is_informational, known_rule_names
 from .rules.tld import DomainRules
 
@@ -166,6 +167,36 @@ class DnsConfig:
 
 
 @dataclass
+class StoreConfig:
+    """``[store]``: where per-user state (learned sums, learn ledger, address
+    lists) lives.  No url: local files under ``path``."""
+
+    #: "" (local files), "redis://HOST:PORT/DB", "rediss://..." (TLS),
+    #: "unix:///path/redis.sock", or "redis+cluster://HOST:PORT[,HOST:PORT]"
+    #: for Redis Cluster; a password goes in the URL (redis://:PASSWORD@host)
+    url: str = ""
+    #: local store folder; "" = $XDG_DATA_HOME/mailsift/users
+    path: str = ""
+    #: Redis key prefix (several mailsift sites may share one Redis)
+    prefix: str = "mailsift"
+    #: seconds allowed to connect to Redis and for each reply: a Redis that
+    #: does not answer in time is "down" (scoring goes on with the last known
+    #: values), so a slow Redis never holds mail up for longer than this
+    timeout: float = field(default=0.25, metadata=between(0.005, 0.3))
+    #: while Redis is down it is asked again at most this often, seconds
+    retry_every: float = field(default=1.0, metadata=between(0.05, 300))
+    #: where learns wait while Redis is down; "" = $XDG_DATA_HOME/mailsift/store-queue.jsonl
+    queue: str = ""
+    #: at most this many learns wait; more are refused with an error
+    queue_max: int = field(default=10_000, metadata=at_least(1))
+    #: feature slots of last known values kept in memory for an outage
+    cache_slots: int = field(default=200_000, metadata=at_least(0))
+
+
+STORE_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -176,6 +207,8 @@ class Config:
     domains: DomainRules = field(default_factory=DomainRules)
     auth: AuthConfig = field(default_factory=AuthConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    lists: ListsConfig = field(default_factory=ListsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     #: points per rule name, overriding the defaults in code (``mailsift
     #: tune`` will write these)
     rule_weights: dict = field(default_factory=dict)
@@ -297,8 +330,26 @@ def validate(config: Config) -> None:
     for key in ("trusted_authserv_ids", "trusted_arc_sealers"):
         if any(not v.strip() or any(c.isspace() for c in v.strip()) for v in getattr(config.auth, key)):
             raise ConfigError(f"auth.{key}: entries must be single non-empty names")
+    for key in ("allow", "block"):
+        entries = getattr(config.lists, key)
+        if len(entries) > MAX_ENTRIES:
+            raise ConfigError(f"lists.{key}: at most {MAX_ENTRIES} entries, got {len(entries)}")
+        problem = next((pattern_problem(e) for e in entries if pattern_problem(e)), None)
+        if problem:
+            raise ConfigError(f"lists.{key}: {problem}")
+    _check_store(config.store)
     _check_dnsbl(config.dnsbl)
     _check_rule_weights(config.rule_weights, [z.name for z in config.dnsbl])
+
+
+def _check_store(store: StoreConfig) -> None:
+    if store.url:
+        scheme, sep, rest = store.url.partition("://")
+        if not sep or scheme not in STORE_SCHEMES or not rest:
+            schemes = " or ".join(s + "://..." for s in STORE_SCHEMES)
+            raise ConfigError(f"store.url must be {schemes}, got {scheme + sep!r}...")
+    if not store.prefix or any(c in store.prefix for c in "{} "):
+        raise ConfigError(f"store.prefix must be non-empty, without braces or spaces, got {store.prefix!r}")
 
 
 def _check_bounds(table: object, where: str) -> None:

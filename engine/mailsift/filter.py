@@ -1,5 +1,9 @@
 """The one object every entry point uses: config + model, and the single
-path raw bytes -> parse -> features -> model (+ rules) -> Verdict.
+path raw bytes -> parse -> features -> model (+ user) (+ rules) -> Verdict.
+
+With a user (``score(raw, user="alice")``) the verdict adds that user's
+learned share to the site model's log-odds and that user's address lists to
+the site's (``users.py``); without one it is the site's alone.
 
 A model trained on a little of the user's mail is blended with the shipped
 default until it has learned enough: model points = own points + share x
@@ -10,6 +14,7 @@ not left with a model that knows less than the default did.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -21,8 +26,14 @@ from .model import LinearModel
 from .parse import MAX_PARSE_BYTES, ParsedMessage, parse
 from .report import strip_verdict_headers
 from .rules import Context, NetworkRules, headers, tld
-from .score import Evidence, Verdict, action_for, model_points
+from .rules import lists as address_lists
+from .rules.lists import AddressLists
+from .score import Evidence, RuleHit, Verdict, action_for, model_points
+from .store import StoreError
 from .tokens import Features, extract, extract_bytes
+from .users import Users, UserView, feature_space
+
+log = logging.getLogger("mailsift.filter")
 
 #: the model that ships with mailsift (see models/default/README.md)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default-model.npz"
@@ -84,7 +95,9 @@ class Filter:
     from a file is blended with the shipped default while it has learned
     fewer than ``model.blend_until`` messages of a class; a model given as an
     object is used alone (evaluation measures the learner) unless ``base``
-    names the model to blend it with.
+    names the model to blend it with.  ``users``:
+    where per-user state lives (default: opened from ``[store]`` the first
+    time a user is named).
     """
 
     def __init__(
@@ -93,6 +106,7 @@ class Filter:
         model_path: str | None = None,
         model: LinearModel | None = None,
         base: LinearModel | None = None,
+        users: Users | None = None,
     ):
         self.config = config or Config()
         if model is not None:
@@ -114,6 +128,17 @@ class Filter:
         self.network = NetworkRules(
             self.config.dnsbl, dns.servers, dns.timeout, dns.deadline, self.config.auth, self.config.network
         )
+        self.site_lists = AddressLists.of(self.config.lists.allow, self.config.lists.block)
+        #: the feature space users' learned sums are kept under (store keys)
+        self.space = feature_space(self.model.settings)
+        self._users = users
+
+    @property
+    def users(self) -> Users:
+        """Per-user state, opened from ``[store]`` on first use."""
+        if self._users is None:
+            self._users = Users.open(self.config)
+        return self._users
 
     @property
     def is_generic(self) -> bool:
@@ -136,19 +161,55 @@ class Filter:
         m = self.config.model
         return m.default_weight if self.uses_default_scale else m.weight
 
-    def score(self, raw: bytes, evidence: int = 6, context: Context | None = None) -> Verdict:
+    def score(
+        self, raw: bytes, evidence: int = 6, context: Context | None = None, user: str | None = None
+    ) -> Verdict:
         """Verdict for one raw message; ``evidence`` strongest features are
         named in each direction (0 to skip naming, which is cheaper);
         ``context`` is what the SMTP session knows (client address, HELO,
-        envelope sender) for the network rules.  Filters' verdict headers
+        envelope sender) for the network rules; ``user`` whose model and
+        lists to add (None: the site's alone).  Filters' verdict headers
         are removed first: a score never reads a verdict (forged or ours);
         DKIM still verifies the message as it was handed over."""
+        msg, feats = self.features(raw)
+        return self.verdict(msg, feats, evidence, context, raw=raw, user=user)
+
+    def features(self, raw: bytes) -> tuple[ParsedMessage, Features]:
+        """The parsed message and the site model's features for it: what
+        scoring and per-user learning both read."""
         kept = strip_verdict_headers(raw)  # bounded: a flood of them is cut, not scanned whole
         msg = parse(kept)
         if len(raw) > MAX_PARSE_BYTES and len(kept) <= MAX_PARSE_BYTES:
             # the size is still what the sender sent: say so, as parse would have
             msg.defects.append(f"truncated: {len(raw)} bytes, {len(kept)} left without verdict headers")
-        return self.verdict(msg, extract_bytes(kept, self.model.settings), evidence, context, raw=raw)
+        return msg, extract_bytes(kept, self.model.settings)
+
+    def site_log_odds(self, feats: Features) -> float:
+        """The site model's calibrated log-odds for these features."""
+        return float(self.model.log_odds(self.model.margin(feats.vec)))
+
+    def learn_user(self, raw: bytes, spam: bool | None, user: str, forget: bool = False) -> str:
+        """Learn (or with ``forget`` unlearn) ``raw`` for ``user`` only: the
+        site model is not changed, nor any other user.  Returns the outcome
+        of :meth:`Users.learn` (learned, already-learned, relabelled,
+        unlearned, not-learned, other-class, queued)."""
+        from .train import message_digest
+
+        raw = strip_verdict_headers(raw)
+        _, feats = self.features(raw)
+        digest = message_digest(raw)
+        return self.users.learn(user, feats.vec, self.site_log_odds(feats), spam, digest, self.space, forget)
+
+    def _user_view(self, user: str, feats: Features) -> tuple[UserView | None, list[RuleHit]]:
+        """The user's share, or the site's alone with a zero-point hit
+        saying why (a user's state that cannot be read never costs mail)."""
+        try:
+            return self.users.view(user, feats.vec, self.space), []
+        except StoreError as exc:
+            log.error("user %r scored with the site model only: %s", user, exc)
+            return None, [
+                RuleHit("USER_STATE_ERROR", 0.0, "user state unreadable: site model only", str(exc))
+            ]
 
     def verdict(
         self,
@@ -157,18 +218,33 @@ class Filter:
         evidence: int = 6,
         context: Context | None = None,
         raw: bytes | None = None,
+        user: str | None = None,
     ) -> Verdict:
         """The scoring half of :meth:`score`, for callers that already hold
         the features (online evaluation learns from them afterwards).
         ``raw`` is the whole message (DKIM is verified on all of it, not on
         the parser's cut); default ``msg.raw``."""
-        hits = tld.check(msg, context.mail_from if context else "", self.config.domains)
+        view, hits = self._user_view(user, feats) if user else (None, [])
+        mail_from = context.mail_from if context else ""
+        hits += tld.check(msg, mail_from, self.config.domains)
         hits += headers.check(msg)
-        hits += self.network.check(msg, context, raw)
+        net = self.network.run(msg, context, raw)
+        hits += net.hits
+        hits += address_lists.check(
+            msg,
+            mail_from,
+            net.auth,
+            self.site_lists,
+            view.lists if view else None,
+            view.name if view else "",
+            net.unchecked,
+        )
         if self.config.rule_weights:  # the operator's (or tune's) points win over the defaults
             weights = self.config.rule_weights
             hits = [replace(h, score=weights[h.name]) if h.name in weights else h for h in hits]
-        log_odds = self.model.log_odds(self.model.margin(feats.vec))
+        log_odds = self.site_log_odds(feats)
+        if view is not None and view.log_odds:
+            log_odds += view.log_odds
         weight = self.model_weight
         m = self.config.model
         cap = m.default_cap if self.uses_default_scale else None
@@ -216,6 +292,11 @@ class Filter:
             default_share=1.0 if self.is_generic else round(share, 4),
             blended_with=str(self.base_path) if self.base is not None else "",
             blend_until=m.blend_until,
+            user=view.name if view else "",
+            user_log_odds=view.log_odds if view else 0.0,
+            user_spam=view.n_spam if view else 0,
+            user_ham=view.n_ham if view else 0,
+            user_stale=view.stale if view else False,
         )
 
     @staticmethod

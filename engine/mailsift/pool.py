@@ -183,8 +183,9 @@ def _where(exc: BaseException) -> str:
 
 def worker_main(conn, config: Config, model_name: str, log_format: str, parent: int) -> None:
     """A scoring worker: read the model's bytes from the pipe, load them,
-    say ready, then answer (raw, context) with ("ok", Verdict) or ("error",
-    text) until the pipe closes."""
+    say ready, then answer (raw, context, user) with ("ok", Verdict) or
+    ("error", text) until the pipe closes; ``user`` (None: the site model's
+    alone) is scored with the worker's own store client (``[store]``)."""
     _drop_inherited_sockets(conn.fileno())
     _detach_from_filter(parent)
     logs.configure(log_format)
@@ -211,9 +212,9 @@ def _serve(conn, config: Config, model_bytes: bytes, model_name: str) -> None:
     conn.send(("ready", os.getpid()))
     dns = DnsCount(scorer)
     while True:
-        raw, context = conn.recv()
+        raw, context, user = conn.recv()
         try:
-            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context), dns.delta())
+            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context, user=user), dns.delta())
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}", dns.delta())
         conn.send(reply)
@@ -436,10 +437,10 @@ class WorkerPool:
 
     # -- scoring
     @staticmethod
-    def _round_trip(worker: _Worker, raw: bytes, context: Context) -> tuple:
+    def _round_trip(worker: _Worker, raw: bytes, context: Context, user: str | None = None) -> tuple:
         """In a thread: send one message, wait for its answer."""
         try:
-            worker.conn.send((raw, context))
+            worker.conn.send((raw, context, user))
             while True:
                 reply = worker.conn.recv()
                 if reply[0] == "ready":
@@ -452,13 +453,19 @@ class WorkerPool:
             raise WorkerDied(f"{type(exc).__name__}") from None
 
     async def run(
-        self, raw: bytes, context: Context, deadline: float, queue_wait: float | None = None
+        self,
+        raw: bytes,
+        context: Context,
+        deadline: float,
+        queue_wait: float | None = None,
+        user: str | None = None,
     ) -> Verdict:
-        """Score ``raw`` within ``deadline`` seconds of a worker taking it;
-        a worker that dies meanwhile costs one retry.  Time spent waiting
-        for a free worker is not charged to the deadline (a queued message
-        did not make its worker hang): it is bounded by ``queue_wait``
-        (default ``deadline``), past which :class:`PoolBusy` is raised."""
+        """Score ``raw`` (with ``user``'s model and lists, None: the site's)
+        within ``deadline`` seconds of a worker taking it; a worker that dies
+        meanwhile costs one retry.  Time spent waiting for a free worker is
+        not charged to the deadline (a queued message did not make its worker
+        hang): it is bounded by ``queue_wait`` (default ``deadline``), past
+        which :class:`PoolBusy` is raised."""
         loop = asyncio.get_running_loop()
         wait = deadline if queue_wait is None else queue_wait
         queue_end = loop.time() + wait
@@ -469,7 +476,7 @@ class WorkerPool:
                 raise PoolBusy(f"no scoring worker free within {wait:.3g} s") from None
             end = loop.time() + deadline
             worker.busy = True
-            future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context)
+            future = loop.run_in_executor(self._io, self._round_trip, worker, raw, context, user)
             future.add_done_callback(_consume)
             future.add_done_callback(lambda f, w=worker: _round_trip_done(w))
             try:

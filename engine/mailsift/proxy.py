@@ -48,6 +48,7 @@ from .pool import (
 from .report import add_headers, spam_headers
 from .rules import Context
 from .score import REJECT, Verdict
+from .users import user_for_recipients
 
 __all__ = [
     "ProxyServer",
@@ -124,11 +125,14 @@ class Scorer:
         log.debug("reloaded: model %s", self.model_file)  # mailsift.serve says what reloaded
         return True
 
-    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
+    async def score(
+        self, raw: bytes, deadline: float, context: Context | None = None, user: str | None = None
+    ) -> Verdict:
         """The verdict for ``raw`` (the whole message, up to
         ``max_message_size``: DKIM needs all of it) within ``deadline``
         seconds of a worker taking it (waiting for one: up to ``deadline``
-        more).  Raises :class:`PoolBusy` (no worker free in time),
+        more), with ``user``'s model and lists (None: the site's alone).
+        Raises :class:`PoolBusy` (no worker free in time),
         :class:`ScoringTimeout` (a ``TimeoutError``), :class:`WorkerDied` or
         :class:`ScoringError`; the caller decides what the message gets."""
         loop = asyncio.get_running_loop()
@@ -137,7 +141,7 @@ class Scorer:
         while True:
             try:
                 return await self.pool.run(
-                    raw, context or Context(), deadline, max(queue_end - loop.time(), 0.0)
+                    raw, context or Context(), deadline, max(queue_end - loop.time(), 0.0), user
                 )
             except PoolRetired:  # a reload happened while the message waited: use the new pool
                 continue
@@ -156,19 +160,24 @@ class _ThreadScorer:
         self.dns = DnsCount(scorer)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailsift-score")
 
-    def _score(self, raw: bytes, context: Context) -> Verdict:
+    def _score(self, raw: bytes, context: Context, user: str | None = None) -> Verdict:
         try:
-            return self.filter.score(raw, evidence=3, context=context)
+            return self.filter.score(raw, evidence=3, context=context, user=user)
         finally:
             hits, misses = self.dns.delta()
             self.stats.dns_hits += hits
             self.stats.dns_misses += misses
 
     async def run(
-        self, raw: bytes, context: Context, deadline: float, queue_wait: float | None = None
+        self,
+        raw: bytes,
+        context: Context,
+        deadline: float,
+        queue_wait: float | None = None,
+        user: str | None = None,
     ) -> Verdict:
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, self._score, raw, context)
+        fut = loop.run_in_executor(self.executor, self._score, raw, context, user)
         try:
             return await asyncio.wait_for(fut, deadline)
         except TimeoutError:
@@ -235,7 +244,9 @@ class MessageScorer(Protocol):
 
     stats: PoolStats
 
-    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict: ...
+    async def score(
+        self, raw: bytes, deadline: float, context: Context | None = None, user: str | None = None
+    ) -> Verdict: ...
 
 
 class FilterHandler:
@@ -403,7 +414,10 @@ class FilterHandler:
         error = ""
         try:
             verdict = await self.scorer.score(
-                raw, self.proxy.scoring_deadline, self._context(session, envelope)
+                raw,
+                self.proxy.scoring_deadline,
+                self._context(session, envelope),
+                user_for_recipients(envelope.rcpt_tos),  # one recipient: theirs, else the site's
             )
         except PoolBusy as exc:  # every worker busy: the MTA keeps the message and retries
             self.stats.tempfailed_busy += 1

@@ -72,6 +72,14 @@ class Verdict:
     blended_with: str = ""
     #: messages per class at which a model of your own stops being blended
     blend_until: int = 0
+    #: whose model scored it ("" the site's alone), that user's share of
+    #: ``log_odds``, the messages they have learned, and whether the shared
+    #: store was down (their share then comes from the last known values)
+    user: str = ""
+    user_log_odds: float = 0.0
+    user_spam: int = 0
+    user_ham: int = 0
+    user_stale: bool = False
 
     @property
     def is_spam(self) -> bool:
@@ -87,10 +95,12 @@ class Verdict:
     def summary(self) -> str:
         """The one line ``mailsift score`` prints."""
         label = "spam" if self.is_spam else "ham"
+        user = f" user={self.user}" if self.user else ""
         return (
             f"{label} score={self.score:.2f} required={self.required:g} "
             f"p={self.probability:.4f} action={self.action} model={self.model_name} "
-            f"learned_ham={self.n_ham} learned_spam={self.n_spam} default_share={self.default_share:.2f}"
+            f"learned_ham={self.n_ham} learned_spam={self.n_spam} "
+            f"default_share={self.default_share:.2f}{user}"
         )
 
     def standing(self) -> str:
@@ -141,6 +151,12 @@ def explain(verdict: Verdict) -> str:
     if verdict.blended_with:
         s = verdict.default_share
         formula = f"{formula} of your model + {s:.2f} x the default's points"
+    if verdict.user:
+        stale = "; the store is down: last known values" if verdict.user_stale else ""
+        lines.append(
+            f"user    {verdict.user}: {verdict.user_log_odds:+.3f} log-odds from what they learned "
+            f"({verdict.user_spam} spam, {verdict.user_ham} ham){stale}"
+        )
     lines.append(
         f"        p(spam) = {verdict.probability:.6f} -> {verdict.model_points:+.2f} points (= {formula})"
     )

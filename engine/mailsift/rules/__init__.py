@@ -39,7 +39,7 @@ from .auth import AuthConfig
 from .dnsbl import Zone, check_domains, check_ip, query_domains
 from .resolver import Resolver
 
-__all__ = ["Context", "NetworkConfig", "NetworkRules", "Zone"]
+__all__ = ["Context", "NetworkConfig", "NetworkOutcome", "NetworkRules", "Zone"]
 
 log = logging.getLogger("mailsift.rules")
 
@@ -99,6 +99,18 @@ class Relays:
     seen: bool = False
     #: the client came from the Received chain, not the SMTP session
     from_received: bool = False
+
+
+@dataclass
+class NetworkOutcome:
+    """What the network rules found: their hits, and the SPF/DKIM/DMARC
+    result behind the auth hits (the address lists need it to honour an
+    allow entry); ``auth`` is None when authentication was not checked, and
+    ``unchecked`` then says why."""
+
+    hits: list[RuleHit] = field(default_factory=list)
+    auth: auth.AuthResult | None = None
+    unchecked: str = ""
 
 
 #: "all-untrusted" lists are asked about at most this many hosts
@@ -179,18 +191,32 @@ class NetworkRules:
     def check(self, msg: ParsedMessage, ctx: Context | None, raw: bytes | None = None) -> list[RuleHit]:
         """``raw`` is the whole message as the MTA handed it over (DKIM and
         ARC sign all of it); default ``msg.raw``."""
+        return self.run(msg, ctx, raw).hits
+
+    def run(self, msg: ParsedMessage, ctx: Context | None, raw: bytes | None = None) -> NetworkOutcome:
+        """:meth:`check`, with the authentication result kept."""
         if not self.zones and not self.auth.enabled:
-            return []
+            return NetworkOutcome(unchecked="[auth] is not enabled")
+        out = NetworkOutcome(unchecked="authentication not finished")
         try:
-            return asyncio.run(self._check(msg, ctx or Context(), msg.raw if raw is None else raw))
+            out.hits = asyncio.run(self._check(msg, ctx or Context(), msg.raw if raw is None else raw, out))
         except Exception as exc:  # never let a rule bug decide, or lose, a message
             log.exception("network rules failed")
-            return [
-                RuleHit("NETWORK_RULES_ERROR", 0.0, "network rules failed; see the log", type(exc).__name__)
-            ]
+            name = "NETWORK_RULES_ERROR"
+            return NetworkOutcome(
+                [RuleHit(name, 0.0, "network rules failed; see the log", type(exc).__name__)],
+                unchecked="network rules failed",
+            )
+        if out.auth is not None:
+            out.unchecked = ""
+        return out
 
-    async def _check(self, msg: ParsedMessage, ctx: Context, raw: bytes) -> list[RuleHit]:
+    async def _check(
+        self, msg: ParsedMessage, ctx: Context, raw: bytes, out: NetworkOutcome
+    ) -> list[RuleHit]:
         hits: list[RuleHit] = []
+        if not self.auth.enabled:
+            out.unchecked = "[auth] is not enabled"
         outbound = ctx.source.upper() == "LOCAL" or ctx.authenticated
         inbound_checks = not outbound
         if outbound:
@@ -199,6 +225,7 @@ class NetworkRules:
                 RuleHit("OUTBOUND_MAIL", 0.0, "outbound mail: IP lists and SPF/DKIM/DMARC skipped", why)
             )
             relays = Relays()
+            out.unchecked = f"outbound mail ({why}): not authenticated"
         else:
             relays = relay_chain(msg, ctx, self.networks)
             if relays.last_external and relays.from_received:
@@ -212,6 +239,7 @@ class NetworkRules:
                 )
             elif relays.seen and not relays.last_external:
                 inbound_checks = False
+                out.unchecked = "every relay is internal: not authenticated"
                 hits.append(
                     RuleHit(
                         "INTERNAL_CLIENT",
@@ -243,8 +271,9 @@ class NetworkRules:
             complete = trusted is not None and trusted.trusted >= {"spf", "dkim", "dmarc"}
             if complete and not (trusted.dmarc == "fail" and arc_may_help):
                 hits += auth.hits(trusted, auth.DEFAULT_WEIGHTS, "trusted Authentication-Results")
+                out.auth = trusted
             else:  # pyspf and dkimpy are synchronous: a thread each message
-                tasks.append(asyncio.ensure_future(self._auth(msg, raw, relays, ctx.mail_from, trusted)))
+                tasks.append(asyncio.ensure_future(self._auth(msg, raw, relays, ctx.mail_from, trusted, out)))
         if not tasks:
             return hits
         skipped = self.resolver.skipped
@@ -255,6 +284,8 @@ class NetworkRules:
             hits += task.result()
         if pending:
             hits.append(RuleHit("DNS_DEADLINE", 0.0, f"DNS checks unfinished after {self.deadline:g} s", ""))
+            if out.auth is None and self.auth.enabled and inbound_checks:
+                out.unchecked = f"authentication unfinished after the {self.deadline:g} s DNS deadline"
         if self.resolver.skipped > skipped:  # the resolver's breaker is open (rules/resolver.py)
             n = self.resolver.skipped - skipped
             hits.append(
@@ -263,7 +294,13 @@ class NetworkRules:
         return _one_per_rule(hits)
 
     async def _auth(
-        self, msg: ParsedMessage, raw: bytes, relays: Relays, mail_from: str, known: auth.AuthResult | None
+        self,
+        msg: ParsedMessage,
+        raw: bytes,
+        relays: Relays,
+        mail_from: str,
+        known: auth.AuthResult | None,
+        out: NetworkOutcome,
     ) -> list[RuleHit]:
         loop = asyncio.get_running_loop()
         dns_ = auth.LoopDNS(self.resolver, loop)
@@ -275,6 +312,7 @@ class NetworkRules:
         except asyncio.CancelledError:  # the deadline: let the thread stop asking
             dns_.expire()
             raise
+        out.auth = result
         return auth.hits(result, auth.DEFAULT_WEIGHTS, ip)
 
 

@@ -1,7 +1,7 @@
 """Every rule name mailsift can emit, and which of them are informational.
 
 One registry, gathered from the rule modules themselves (``tld.RULE_NAMES``,
-``headers.HEADER_RULES``, ``auth.DEFAULT_WEIGHTS``) plus the configured
+``headers.HEADER_RULES``, ``auth.DEFAULT_WEIGHTS``, ``lists.RULE_NAMES``) plus the configured
 ``[[dnsbl]]`` lists, so that ``[rule_weights]`` can refuse a misspelt name
 instead of silently ignoring it, and ``tune`` prices only real rules.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from . import auth, headers, tld
+from . import auth, headers, lists, tld
 
 #: emitted by ``rules/__init__.py`` (``NetworkRules``) itself
 NETWORK_RULE_NAMES = (
@@ -27,6 +27,8 @@ NETWORK_RULE_NAMES = (
     "OUTBOUND_MAIL",
     "INTERNAL_CLIENT",
 )
+#: emitted by ``Filter`` itself: a user's state could not be read
+FILTER_RULE_NAMES = ("USER_STATE_ERROR",)
 
 #: informational by name ...
 INFORMATIONAL_NAMES = frozenset(
@@ -36,6 +38,10 @@ INFORMATIONAL_NAMES = frozenset(
         "DNS_UNAVAILABLE",  # the resolver's circuit breaker is open
         "NETWORK_RULES_ERROR",
         "SENDER_ALLOWED",
+        # an allow-list entry matched an unauthenticated sender: not honoured
+        "ALLOW_LISTED_UNVERIFIED",
+        # a user's state could not be read: the site model alone scored
+        "USER_STATE_ERROR",
         # outbound or internal mail: the inbound checks were skipped
         "OUTBOUND_MAIL",
         "INTERNAL_CLIENT",
@@ -61,7 +67,16 @@ def is_informational(name: str) -> bool:
 
 def builtin_rule_names() -> frozenset[str]:
     """Names of the rules that exist whatever the configuration."""
-    return frozenset([*tld.RULE_NAMES, *headers.HEADER_RULES, *auth.DEFAULT_WEIGHTS, *NETWORK_RULE_NAMES])
+    return frozenset(
+        [
+            *tld.RULE_NAMES,
+            *headers.HEADER_RULES,
+            *auth.DEFAULT_WEIGHTS,
+            *lists.RULE_NAMES,
+            *NETWORK_RULE_NAMES,
+            *FILTER_RULE_NAMES,
+        ]
+    )
 
 
 def known_rule_names(dnsbl_names: Iterable[str] = ()) -> frozenset[str]:

@@ -3,12 +3,15 @@
 ==========================  =================================================
 ``POST /score``             body: the raw message; answer: the JSON of
                             ``mailsift score --json`` (Verdict.to_dict()).
-                            Optional query: ``ip``, ``helo``, ``mail_from``.
+                            Optional query: ``ip``, ``helo``, ``mail_from``,
+                            ``user`` (whose model: the site's plus what
+                            that user taught it; default the site's).
 ``POST /learn?class=spam``  learn it (``class=spam|ham``); answer
                             ``{"outcome": "learned", "class": "spam"}``
 ``POST /unlearn``           take it back (``?class=`` optional); both take
                             ``?wait=0``: 202 ``queued`` once in the learner's
                             queue, without waiting for the model write
+                            ``?user=`` (for that user only)
 ``GET /metrics``            Prometheus text format
 ``GET /healthz``            ``{"status": "ok", ...}``
 ==========================  =================================================
@@ -33,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..config import is_loopback
 from ..rules import Context
+from ..store import StoreError, user_name
 from . import doorlog
 from .service import LearnRefused, NotMail, Service
 
@@ -169,6 +173,7 @@ class HttpDoor:
             return 200, "application/json", _json({"status": "ok", "model": str(self.service.model_file)})
         if path in ("/learn", "/unlearn"):
             self._authorise(headers)  # before reading a body from someone who may not learn
+        user = _user(query)  # before reading the body: a bad name is refused at once
         body = await asyncio.wait_for(self._body(reader, writer, headers), timeout)
         req["size"] = len(body)
         if path == "/score":
@@ -178,7 +183,7 @@ class HttpDoor:
                 mail_from=query.get("mail_from", ""),
             )
             try:
-                verdict = await self.service.score(body, context, door="http")
+                verdict = await self.service.score(body, context, door="http", user=user)
             except TimeoutError:
                 raise HttpError(503, "scoring took too long; try again") from None
             except Exception as exc:
@@ -192,15 +197,18 @@ class HttpDoor:
         req["class"] = cls or None
         try:
             wait = query.get("wait", "1") not in ("0", "no", "false")
-            outcome = await self.service.learn(body, spam, forget=path == "/unlearn", wait=wait)
+            outcome = await self.service.learn(body, spam, forget=path == "/unlearn", wait=wait, user=user)
         except LearnRefused as exc:
             raise HttpError(403, f"learning refused: {exc}") from None
         except NotMail as exc:
             raise HttpError(400, f"not a message: {exc}") from None
         req["outcome"] = outcome
+        doc = {"outcome": outcome, "class": cls or None}
+        if user:
+            doc["user"] = user
         if outcome == "queued":  # ?wait=0: accepted, applied in turn (logged then)
-            return 202, "application/json", _json({"outcome": outcome, "class": cls or None})
-        return 200, "application/json", _json({"outcome": outcome, "class": cls or None})
+            return 202, "application/json", _json(doc)
+        return 200, "application/json", _json(doc)
 
     def _authorise(self, headers: dict) -> None:
         if not self.needs_token:
@@ -234,6 +242,17 @@ class HttpDoor:
             return await reader.readexactly(length)
         except asyncio.IncompleteReadError:
             raise HttpError(400, "body shorter than its Content-Length") from None
+
+
+def _user(query: dict[str, str]) -> str | None:
+    """``?user=alice``: whose model scores or learns (None: the site's)."""
+    value = query.get("user", "").strip()
+    if not value:
+        return None
+    try:
+        return user_name(value)
+    except StoreError as exc:
+        raise HttpError(400, str(exc)) from None
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:

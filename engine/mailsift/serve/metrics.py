@@ -7,7 +7,7 @@ into each other, and ``GET /metrics`` shows exactly this service.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..pool import PoolStats
 from ..score import Verdict
+from ..store import StoreStatus
 
 #: every ``mailsift_errors_total`` kind a part of the service counts; each is
 #: exported at 0 from start, so rate()/increase() see the first failure
@@ -65,6 +66,40 @@ class _PoolCollector:
         yield workers
 
 
+class _StoreCollector:
+    """The user store's own counts (:class:`~mailsift.store.StoreStatus` of
+    the service process: its learns, replays and the outage it saw), read
+    at each scrape; nothing when no user store is open."""
+
+    def __init__(self, status: Callable[[], StoreStatus | None]) -> None:
+        self.status = status
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.status()
+        if st is None:
+            return
+        yield GaugeMetricFamily(
+            "mailsift_store_outage",
+            "1 while the shared user store (Redis) is not answering: scores use last known values, "
+            "learns are queued",
+            value=float(st.outage),
+        )
+        for name, value, text in (
+            ("outages", st.outages, "Times the shared user store stopped answering"),
+            ("errors", st.errors, "User store commands that failed or timed out"),
+            ("replayed", st.replayed, "Queued learns replayed once the store answered again"),
+            ("refused", st.refused, "Learns refused because the outage queue was full"),
+            ("stale_reads", st.stale_reads, "Reads answered with last known values during an outage"),
+        ):
+            yield CounterMetricFamily(f"mailsift_store_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            "mailsift_store_queued", "Learns waiting in the local queue for the store", value=st.queued
+        )
+
+
 class Metrics:
     """The counters every door updates through the service."""
 
@@ -99,6 +134,10 @@ class Metrics:
         self.model_info = Gauge(
             "mailsift_model_info", "The model in use (value 1)", ["path", "trained", "messages"], registry=r
         )
+
+    def watch_store(self, status: Callable[[], StoreStatus | None]) -> None:
+        """Export the user store's status (``status()`` at each scrape)."""
+        self.registry.register(_StoreCollector(status))
 
     def scored(self, door: str, verdict: Verdict | None, seconds: float) -> None:
         """One message through a door; ``None``: scoring failed."""

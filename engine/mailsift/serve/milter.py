@@ -49,6 +49,7 @@ from ..config import Config, MilterConfig
 from ..report import replaced_on_scan, spam_headers
 from ..rules import Context
 from ..score import REJECT, Verdict
+from ..users import user_for_recipients
 from . import doorlog
 
 log = logging.getLogger("mailsift.milter")
@@ -106,7 +107,12 @@ class Service(Protocol):
     config: Config
 
     async def score(
-        self, raw: bytes, context: Context | None = None, door: str = "", deadline: float | None = None
+        self,
+        raw: bytes,
+        context: Context | None = None,
+        door: str = "",
+        deadline: float | None = None,
+        user: str | None = None,
     ) -> Verdict: ...
 
 
@@ -351,7 +357,8 @@ class MilterSession:
         try:
             # the pool kills a worker at the deadline; the timeout here also covers waiting for one
             async with asyncio.timeout(self.cfg.scoring_deadline + 1.0):
-                verdict = await self.service.score(raw, context, DOOR, self.cfg.scoring_deadline)
+                user = user_for_recipients(m.rcpts)  # one recipient: theirs, else the site's
+                verdict = await self.service.score(raw, context, DOOR, self.cfg.scoring_deadline, user)
         except TimeoutError:
             error = f"scoring took over {self.cfg.scoring_deadline:g} s"
         except Exception as exc:  # a broken scorer must not lose the message

@@ -57,7 +57,7 @@ from ..config import (
     validate,
 )
 from ..corpus import mail_problem
-from ..filter import DEFAULT_MODEL
+from ..filter import DEFAULT_MODEL, Filter
 from ..model import LinearModel, model_lock
 from ..parse import parse
 from ..pool import PoolStats
@@ -65,8 +65,10 @@ from ..proxy import ListenError, ProxyServer, Scorer
 from ..report import strip_verdict_headers
 from ..rules import Context
 from ..score import Verdict
+from ..store import StoreStatus, user_name
 from ..tokens import extract
 from ..train import message_digest
+from ..users import Users
 from .metrics import Metrics
 
 log = logging.getLogger("mailsift.serve")
@@ -136,6 +138,16 @@ class Service:
         model = LinearModel.load(self.model_file)
         self._show_model(model)
         log.info("model %s", self.describe_model(model))
+        #: per-user learning: a Filter on the site model in this process (it never writes the
+        #: model file); opened on the first user learn, or at start with a shared [store]
+        self._users: Users | None = None
+        self._user_filter: Filter | None = None
+        self._user_stamp: tuple = ()
+        #: verdicts scored with last known user values (the workers' reads during an outage)
+        self.stale_reads = 0
+        if config.store.url:
+            self._users = Users.open(config)
+        self.metrics.watch_store(self.store_status)
 
     def describe_model(self, model: LinearModel | None = None) -> str:
         """``PATH (trained WHEN, N messages)``: which model the doors score with."""
@@ -154,15 +166,23 @@ class Service:
 
     # -- scoring -----------------------------------------------------------
     async def score(
-        self, raw: bytes, context: Context | None = None, door: str = "", deadline: float | None = None
+        self,
+        raw: bytes,
+        context: Context | None = None,
+        door: str = "",
+        deadline: float | None = None,
+        user: str | None = None,
     ) -> Verdict:
         """Score ``raw`` in the pool within ``deadline`` seconds (default
-        ``[proxy] scoring_deadline``), counted in the metrics under ``door``.
-        Raises TimeoutError or the pool's error, counted too."""
+        ``[proxy] scoring_deadline``), counted in the metrics under ``door``,
+        with ``user``'s model and lists (None: the site's).  Raises
+        StoreError for a user name the store refuses (before scoring),
+        TimeoutError or the pool's error, counted too."""
         deadline = self.config.proxy.scoring_deadline if deadline is None else deadline
+        user = user_name(user) if user else None
         start = time.perf_counter()
         try:
-            verdict = await self.scorer.score(raw, deadline, context)
+            verdict = await self.scorer.score(raw, deadline, context, user)
         except TimeoutError:
             self.metrics.error("scoring_timeout")
             self.metrics.scored(door, None, time.perf_counter() - start)
@@ -172,7 +192,22 @@ class Service:
             self.metrics.scored(door, None, time.perf_counter() - start)
             raise
         self.metrics.scored(door, verdict, time.perf_counter() - start)
+        self.stale_reads += verdict.user_stale
         return verdict
+
+    def store_status(self) -> StoreStatus | None:
+        """The user store's counters for /metrics (None: no store open)."""
+        if self._users is None:
+            return None
+        st = self._users.status()
+        st.stale_reads += self.stale_reads
+        return st
+
+    def replay_queued(self) -> None:
+        """Replay learns queued during a store outage, if the store answers
+        again (the watch loop calls it, so they land without traffic)."""
+        if self._users is not None and self._users.queue is not None and self._users.queue.waiting():
+            self._users.replay()
 
     # -- learning ------------------------------------------------------------
     async def start(self) -> None:
@@ -181,7 +216,14 @@ class Service:
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._learner(), name="mailsift-learner")
 
-    async def learn(self, raw: bytes, spam: bool | None, forget: bool = False, wait: bool = True) -> str:
+    async def learn(
+        self,
+        raw: bytes,
+        spam: bool | None,
+        forget: bool = False,
+        wait: bool = True,
+        user: str | None = None,
+    ) -> str:
         """Learn ``raw`` as spam (True) or ham (False), or with ``forget``
         take an earlier learn back (``spam`` None: whichever class it was).
 
@@ -195,12 +237,24 @@ class Service:
         ``wait=False`` answers ``queued`` as soon as the click is in the
         learner's queue (an IMAPSieve move need not wait for the model write);
         its outcome is logged when applied, and :meth:`close` applies every
-        queued click before stopping, so none is lost."""
+        queued click before stopping, so none is lost.
+
+        With ``user``: for that user only (``Filter.learn_user``, in a
+        thread): the site model and every other user are unchanged, nothing
+        is written to the model file and the pool is not reloaded (workers
+        read the user's state from the store at each message); queued
+        (the shared store is down) is one more outcome.  Raises StoreError
+        for a name the store refuses."""
         if spam is None and not forget:
             raise ValueError("learning needs a class: spam=True or spam=False")
         problem = mail_problem(raw)
         if problem:
             raise NotMail(f"{problem}; nothing {'un' if forget else ''}learned")
+        if user:
+            name = user_name(user)
+            outcome = await asyncio.to_thread(self._learn_user, raw, spam, name, forget)
+            self.metrics.learned(spam, outcome)
+            return outcome
         await self.start()
         assert self._queue is not None
         future = asyncio.get_running_loop().create_future()
@@ -282,6 +336,17 @@ class Service:
             self._show_model(model)
         return outcomes, changed
 
+    def _learn_user(self, raw: bytes, spam: bool | None, user: str, forget: bool) -> str:
+        if self._users is None:
+            self._users = Users.open(self.config)
+        stamp = _stamp(self.model_file)
+        if self._user_filter is None or stamp != self._user_stamp:  # the site model changed
+            model = LinearModel.load(self.model_file)
+            path = str(self.model_file)
+            self._user_filter = Filter(self.config, model=model, model_path=path, users=self._users)
+            self._user_stamp = stamp
+        return self._user_filter.learn_user(raw, spam, user, forget)
+
     def _refuse_default(self) -> None:
         if self.model_file.resolve() == DEFAULT_MODEL.resolve():
             raise LearnRefused(
@@ -343,6 +408,8 @@ class Service:
             if not job.future.done():
                 job.future.set_exception(LearnRefused("the service is stopping"))
         await asyncio.to_thread(self.scorer.close)
+        if self._users is not None:
+            self._users.close()
 
 
 def _stamp(path: Path) -> tuple:
@@ -389,8 +456,10 @@ class _DoorScorer:
         self.service, self.door = service, door
         self.stats = service.stats
 
-    async def score(self, raw: bytes, deadline: float, context: Context | None = None) -> Verdict:
-        return await self.service.score(raw, context, self.door, deadline)
+    async def score(
+        self, raw: bytes, deadline: float, context: Context | None = None, user: str | None = None
+    ) -> Verdict:
+        return await self.service.score(raw, context, self.door, deadline, user)
 
 
 class SmtpDoor:
@@ -592,6 +661,7 @@ async def run(
         try:
             await asyncio.wait_for(stop.wait(), watch_every)
         except TimeoutError:
+            await asyncio.to_thread(service.replay_queued)  # queued user learns land without traffic
             model_changed = _mtime(service.scorer.model_file) != service.scorer.model_mtime
             config_changed = bool(config_path) and _mtime(config_path) != config_mtime
             if model_changed or config_changed:

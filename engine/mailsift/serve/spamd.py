@@ -17,8 +17,10 @@ body back); PING ``PONG``; SKIP nothing.  TELL learns through the service:
 forgets; the answer carries ``DidSet``/``DidRemove: local`` only when the
 model changed, which is how spamc tells "Message successfully un/learned"
 from "Message was already un/learned"; TELL is accepted from loopback
-clients only (spamc has no credentials).  ``User`` is logged (one model serves
-everybody for now); ``Compress: zlib`` bodies are inflated, bounded.
+clients only (spamc has no credentials).  ``User`` (``spamc -u alice``)
+names whose model scores or learns (the site model plus what that user
+taught it; without it, the site's); ``Compress: zlib`` bodies are inflated,
+bounded.
 
 A request that cannot be scored gets a sysexits code instead of EX_OK:
 spamc then passes the message on unchanged (and ``spamc -c`` says 0/0), so a
@@ -34,13 +36,14 @@ import zlib
 from ..config import is_loopback
 from ..report import add_headers_after_from_line, spam_headers
 from ..score import Verdict, explain
+from ..store import StoreError, user_name
 from . import doorlog
 from .service import LearnRefused, NotMail, Service
 
 log = logging.getLogger("mailsift.spamd")
 
 #: sysexits(3), as spamd answers them
-EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE = 0, 64, 65, 69, 70
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE, EX_SOFTWARE = 0, 64, 65, 67, 69, 70
 EX_TEMPFAIL, EX_PROTOCOL, EX_NOPERM, EX_TOOBIG = 75, 76, 77, 98
 _NAMES = {0: "EX_OK", 64: "EX_USAGE", 65: "EX_DATAERR", 69: "EX_UNAVAILABLE", 70: "EX_SOFTWARE",
           75: "EX_TEMPFAIL", 76: "EX_PROTOCOL", 77: "EX_NOPERM", 98: "EX_TOOBIG"}  # fmt: skip
@@ -195,8 +198,9 @@ class SpamdDoor:
             return
         if method not in SCORING:
             raise ProtocolError(EX_PROTOCOL, f"unknown method {method[:20]}")
+        user = _user(headers) if _per_user(self.service.config) else None
         try:
-            verdict = await self.service.score(body, door="spamd")
+            verdict = await self.service.score(body, door="spamd", user=user)
         except Exception as exc:
             self._refused(req, EX_TEMPFAIL, f"scoring failed ({type(exc).__name__}: {exc}): the client "
                           "passes the message unscanned", started, event="error")  # fmt: skip
@@ -239,15 +243,16 @@ class SpamdDoor:
         if want_set and cls not in ("spam", "ham"):
             raise ProtocolError(EX_PROTOCOL, "TELL Set needs Message-class: spam or ham")
         spam = None if cls not in ("spam", "ham") else cls == "spam"
+        user = _user(headers) if _per_user(self.service.config) else None
         extra: list[tuple[str, str]] = []
         try:
             # one model, ours: "local" is it; "remote" (Razor, Pyzor...) we do not have
             if "local" in want_set:
-                outcome = await self.service.learn(body, spam)
+                outcome = await self.service.learn(body, spam, user=user)
                 if outcome in ("learned", "relabelled"):
                     extra.append(("DidSet", "local"))
             elif "local" in want_remove:
-                outcome = await self.service.learn(body, spam if want_set else None, forget=True)
+                outcome = await self.service.learn(body, spam if want_set else None, forget=True, user=user)
                 if outcome in ("unlearned", "forgotten"):
                     extra.append(("DidRemove", "local"))
             else:
@@ -304,6 +309,28 @@ def _inflate(body: bytes, limit: int) -> bytes:
     if len(out) > limit or d.unconsumed_tail:
         raise ProtocolError(EX_TOOBIG, f"message over {limit} bytes once inflated")
     return out
+
+
+def _per_user(config) -> bool:
+    """spamc always sends ``User`` (the Unix user running it: root, Debian-exim
+    under an MTA), so the header picks a per-user model only where the admin
+    configured a per-user store (``[store] url`` or ``path``); otherwise
+    every request, learns included, is the site model's, as before users."""
+    return bool(config.store.url or config.store.path)
+
+
+def _user(headers: dict[str, str]) -> str | None:
+    """The ``User`` header (``spamc -u alice``): whose model scores or
+    learns (None: the site's).  A name the store refuses is EX_NOUSER, so
+    spamc passes the message on unscanned rather than score it as someone
+    else."""
+    value = headers.get("user", "").strip()
+    if not value:
+        return None
+    try:
+        return user_name(value)
+    except StoreError as exc:
+        raise ProtocolError(EX_NOUSER, str(exc)) from None
 
 
 def _places(value: str) -> set[str]:

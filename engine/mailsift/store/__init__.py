@@ -1,0 +1,148 @@
+"""Where users' state lives: their learned sums (``usermodel``), their
+learn ledger and their address lists.
+
+Two backends behind one small interface (:class:`Store`):
+
+* ``store.local`` (the default, no ``[store] url``): one folder per user
+  under ``[store] path``, files replaced atomically, read-modify-write under
+  ``flock``; for one host.
+* ``store.redis`` (``[store] url = "redis://..."`` or
+  ``"redis+cluster://..."``): shared by every mailsift node, so a click on
+  one MX host is seen by all of them on their next message.
+
+A store knows nothing about messages or models: it reads the sums at some
+slots and applies a :class:`mailsift.usermodel.Change` atomically if the
+ledger entry is still what the caller saw (compare-and-set), so concurrent
+learns never lose an update.  ``space`` names the feature settings of the
+site model the sums belong to (slots mean nothing under other settings):
+retraining the site model with other features starts users afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..rules.lists import AddressLists
+from ..usermodel import Change, Entry
+
+_USER_RE = re.compile(r"[a-z0-9][a-z0-9._@+=-]{0,127}")
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (bad user name, unwritable folder,
+    learn queue full); the message says which and why."""
+
+
+class StoreUnavailable(StoreError):
+    """The shared store does not answer (Redis down or too slow)."""
+
+
+def user_name(name: str) -> str:
+    """A user name as the store keys it: lower case (mailbox names and
+    addresses are case-insensitive in practice), letters, digits and
+    ``. _ @ + = -``, 1 to 128 characters.  Anything else (a path, a Redis
+    hash-tag brace, a space) is refused rather than rewritten, so two
+    spellings never silently share one user's state."""
+    norm = name.strip().lower()
+    if not _USER_RE.fullmatch(norm):
+        raise StoreError(
+            f"user name {name!r}: must be 1-128 letters, digits or . _ @ + = - (not starting with . or -)"
+        )
+    return norm
+
+
+@dataclass
+class UserRead:
+    """What one message needs of a user's state."""
+
+    #: the two sums at each requested slot (0 where the user has none)
+    s: np.ndarray
+    a: np.ndarray
+    lists: AddressLists = field(default_factory=AddressLists)
+    n_spam: int = 0
+    n_ham: int = 0
+    #: the ledger entry of the requested digest
+    entry: Entry | None = None
+    #: served from the last known values (the shared store did not answer)
+    stale: bool = False
+
+
+@dataclass
+class StoreStatus:
+    """Counters for a metrics door (all since the process started)."""
+
+    backend: str
+    #: where (a Redis URL without its password, or the folder)
+    where: str
+    #: the shared store is not answering right now
+    outage: bool = False
+    outages: int = 0
+    #: Redis commands that failed or timed out
+    errors: int = 0
+    #: learns waiting in the local queue for the store to come back
+    queued: int = 0
+    #: learns replayed from the queue
+    replayed: int = 0
+    #: learns refused because the queue was full
+    refused: int = 0
+    #: messages scored with last known values during an outage
+    stale_reads: int = 0
+    last_error: str = ""
+
+
+class Store(Protocol):
+    """The interface both backends implement."""
+
+    #: True for a store shared over the network (outages possible)
+    remote: bool
+
+    def read(self, user: str, space: str, slots: np.ndarray, digest: bytes | None = None) -> UserRead: ...
+
+    def apply(self, user: str, space: str, change: Change) -> bool:
+        """Apply ``change`` atomically if the ledger entry of its digest is
+        still ``change.expected``; False if it is not (the caller re-reads
+        and plans again).  Raises StoreUnavailable when the store is down."""
+        ...
+
+    def lists(self, user: str) -> AddressLists: ...
+
+    def set_lists(self, user: str, lists: AddressLists) -> None: ...
+
+    def status(self) -> StoreStatus: ...
+
+    def close(self) -> None: ...
+
+
+def data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mailsift"
+
+
+def open_store(config) -> Store:
+    """The store the ``[store]`` section names (``config``: the whole
+    Config): Redis when ``url`` is set, else local files."""
+    sc = config.store
+    if sc.url:
+        from .redis import RedisStore
+
+        return RedisStore(
+            sc.url,
+            prefix=sc.prefix,
+            timeout=sc.timeout,
+            retry_every=sc.retry_every,
+            cache_slots=sc.cache_slots,
+        )
+    from .local import LocalStore
+
+    return LocalStore(Path(sc.path).expanduser() if sc.path else data_dir() / "users")
+
+
+def queue_path(config) -> Path:
+    sc = config.store
+    return Path(sc.queue).expanduser() if sc.queue else data_dir() / "store-queue.jsonl"

@@ -1,0 +1,218 @@
+"""Per-user models and lists on top of the site model: what scoring and
+learning for a user need, over any :class:`mailsift.store.Store`.
+
+:meth:`Users.view` is the read a scorer makes per message (one store read:
+the user's sums at the message's slots, and the user's lists);
+:meth:`Users.learn` is a click (read with the ledger entry, plan with
+``usermodel.plan``, compare-and-set in the store, re-planned if another
+node changed the entry meanwhile).  When the shared store is down, a learn
+is queued (``store.queue``) and replayed when it answers again; a score uses
+the last known values.  Nothing here touches the site model: it is given
+the site model's log-odds for the message and the message's features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import usermodel
+from .rules.lists import AddressLists
+from .store import Store, StoreError, StoreStatus, StoreUnavailable, open_store, queue_path, user_name
+from .store.queue import LearnQueue, QueuedLearn
+from .usermodel import UnitVec, UserParams
+
+log = logging.getLogger("mailsift.users")
+
+#: what :meth:`Users.learn` answers beyond usermodel.plan's outcomes
+QUEUED = "queued"
+#: compare-and-set attempts before a learn gives up (each is two round trips)
+MAX_ATTEMPTS = 8
+
+
+def feature_space(settings) -> str:
+    """The name of a site model's feature settings (``FeatureSettings``):
+    a user's sums are kept per space, so a site model retrained with other
+    features never reads sums whose slots meant something else."""
+    text = json.dumps(settings.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class UserView:
+    """One user's part in one message's verdict."""
+
+    name: str
+    #: added to the site model's log-odds
+    log_odds: float = 0.0
+    lists: AddressLists = field(default_factory=AddressLists)
+    n_spam: int = 0
+    n_ham: int = 0
+    #: the shared store did not answer: last known values
+    stale: bool = False
+
+
+class Users:
+    def __init__(self, store: Store, params: UserParams | None = None, queue: LearnQueue | None = None):
+        self.store = store
+        self.params = params or UserParams()
+        self.queue = queue
+        self.replayed = 0
+        self._replaying = threading.Lock()
+        if store.remote and queue is None:
+            raise StoreError("a shared store needs a learn queue for its outages")
+        if hasattr(store, "on_recover"):
+            store.on_recover = self._recovered
+
+    @classmethod
+    def open(cls, config) -> Users:
+        """The users of the ``[store]`` section (``config``: the whole Config)."""
+        store = open_store(config)
+        queue = LearnQueue(queue_path(config), config.store.queue_max) if store.remote else None
+        return cls(store, queue=queue)
+
+    # -- scoring -------------------------------------------------------------
+    def view(self, user: str, vec, space: str) -> UserView:
+        """``user``'s share of the verdict for a message with features
+        ``vec`` (sorted unique slots, values)."""
+        name = user_name(user)
+        x = UnitVec.of(vec, self.params.sample)
+        got = self.store.read(name, self._space(space), x.slots)
+        if not got.stale and self.queue is not None and self.queue.waiting():
+            # the store answers and learns wait (queued by this process or another one that
+            # is gone): replay them in the background; replaying twice is harmless, the
+            # ledger says already-learned
+            self._recovered()
+        return UserView(
+            name,
+            usermodel.adjustment(self.params, x, got.s, got.a),
+            got.lists,
+            got.n_spam,
+            got.n_ham,
+            got.stale,
+        )
+
+    # -- learning ------------------------------------------------------------
+    def learn(
+        self,
+        user: str,
+        vec,
+        site_log_odds: float,
+        spam: bool | None,
+        digest: bytes,
+        space: str,
+        forget: bool = False,
+    ) -> str:
+        """Learn (``spam`` True/False) or unlearn (``forget``; ``spam`` None
+        for whichever class) one message for ``user``.  Returns learned,
+        already-learned, relabelled, unlearned, not-learned, other-class,
+        or queued (the shared store is down; replayed when it is back).
+        Raises StoreError when it can do neither (queue full, unwritable)."""
+        name = user_name(user)
+        if spam is None and not forget:
+            raise ValueError("learning needs a class: spam=True or spam=False")
+        idx, val = vec
+        item = QueuedLearn(
+            name,
+            space,
+            np.asarray(idx, np.uint32),
+            np.asarray(val, np.float32),
+            site_log_odds,
+            spam,
+            forget,
+            digest,
+        )
+        if self.queue is not None and self.queue.waiting():
+            self.replay()  # older clicks first, if the store is back
+        try:
+            return self._learn(item)
+        except StoreUnavailable:
+            assert self.queue is not None  # only a remote store is ever unavailable
+            self.queue.put(item)
+            return QUEUED
+
+    def _space(self, space: str) -> str:
+        """The store's name for the sums: the site model's feature space,
+        and the sampling, which changes which slots hold sums."""
+        return space if self.params.sample == 1 else f"{space}s{self.params.sample}"
+
+    def _learn(self, item: QueuedLearn) -> str:
+        x = UnitVec.of((item.slots, item.values), self.params.sample)
+        space = self._space(item.space)
+        for _ in range(MAX_ATTEMPTS):
+            got = self.store.read(item.user, space, x.slots, item.digest)
+            outcome, change = usermodel.plan(
+                self.params,
+                x,
+                item.site_log_odds,
+                got.s,
+                got.a,
+                item.digest,
+                got.entry,
+                item.spam,
+                item.forget,
+            )
+            if change is None or self.store.apply(item.user, space, change):
+                return outcome
+        raise StoreError(f"user {item.user}: the ledger entry kept changing under {MAX_ATTEMPTS} attempts")
+
+    def replay(self) -> int:
+        """Apply the queued learns the store takes now; returns how many.
+        One replay at a time; a learn arriving meanwhile does not wait."""
+        if self.queue is None or not self._replaying.acquire(blocking=False):
+            return 0
+
+        def apply(item: QueuedLearn) -> None:
+            self._learn(item)
+            self.replayed += 1  # counted as each lands, before the queue file is rewritten
+
+        try:
+            n = self.queue.drain(apply, stop_on=(StoreUnavailable,))
+        finally:
+            self._replaying.release()
+        if n:
+            log.warning("replayed %d queued learns", n)
+        return n
+
+    def _recovered(self) -> None:
+        if self.queue is not None and self.queue.waiting() and not self._replaying.locked():
+            threading.Thread(target=self.replay, name="mailsift-replay", daemon=True).start()
+
+    # -- lists ---------------------------------------------------------------
+    def lists(self, user: str) -> AddressLists:
+        return self.store.lists(user_name(user))
+
+    def set_lists(self, user: str, lists: AddressLists) -> None:
+        self.store.set_lists(user_name(user), lists)
+
+    # -- metrics -------------------------------------------------------------
+    def status(self) -> StoreStatus:
+        st = self.store.status()
+        if self.queue is not None:
+            st.queued = len(self.queue)
+            st.replayed = self.replayed
+            st.refused = self.queue.refused
+        return st
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def user_for_recipients(recipients: list[str]) -> str | None:
+    """Whose model scores a message that arrived over SMTP or the milter:
+    its recipient when it has exactly one (as Rspamd does), else None (the
+    site model: one verdict is written into one copy for all of them).  An
+    address that is not a usable user name gives None too, never an error
+    that would cost the message."""
+    addrs = {r.strip().strip("<>").lower() for r in recipients if r and r.strip("<> ")}
+    if len(addrs) != 1:
+        return None
+    try:
+        return user_name(addrs.pop())
+    except StoreError:
+        return None

@@ -1,0 +1,193 @@
+"""Issue #12's bar on real servers: ``mailsift serve`` node processes (each
+its own port and folders) sharing one real redis-server, or a real 3-master
+Redis Cluster on loopback, and Debian's ``spamc -u``."""
+
+from __future__ import annotations
+
+import email
+import json
+import shutil
+import smtplib
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+from conftest import SA, RedisCluster, RedisProc
+
+from mailsift.corpus import read_index
+
+
+@pytest.fixture(scope="module")
+def ham():
+    """A ham of the SA test half: learned as spam for alice it must move her
+    score a long way (the site model calls it ham)."""
+    return next(i.path.read_bytes() for i in read_index(SA / "test.index") if not i.spam)
+
+
+@dataclass
+class Shared:
+    url: str
+    servers: list  # RedisProc
+    cluster: RedisCluster | None = None
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop(save=True)  # a production Redis persists; the restart comes back with the data
+
+    def restart(self) -> None:
+        for server in self.servers:
+            server.start()
+        if self.cluster is not None:
+            self.cluster.wait_ok()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared(request, tmp_path):
+    if request.param == "redis":
+        server = RedisProc(tmp_path / "redis")
+        yield Shared(f"redis://127.0.0.1:{server.port}/0", [server])
+        server.close()
+    else:
+        cluster = RedisCluster(tmp_path / "cluster")
+        yield Shared(cluster.url, cluster.nodes, cluster)
+        cluster.close()
+
+
+def _store(url: str) -> str:
+    """Each node keeps its outage queue in its own $XDG_DATA_HOME (the default)."""
+    return f'[store]\nurl = "{url}"\nretry_every = 0.2\n'
+
+
+def _post(url: str, body: bytes, timeout: float = 10.0) -> dict:
+    req = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        doc = json.loads(r.read())
+        # 202 exactly when the learn is queued (?wait=0, or the shared store down)
+        assert r.status == (202 if doc.get("outcome") == "queued" else 200)
+        return doc
+
+
+def _metric(node, name: str) -> float:
+    with urllib.request.urlopen(node.url("/metrics"), timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _until(predicate, timeout: float) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"not within {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_two_serve_nodes_share_alices_learn_not_bobs_and_answer_with_redis_stopped(
+    shared, serving, small_model, tmp_path, ham
+):
+    config = _store(shared.url)
+    a = serving(small_model, ("http",), config)
+    b = serving(small_model, ("http",), config)
+    site = _post(b.url("/score"), ham)
+    bob_before = _post(b.url("/score?user=bob"), ham)
+    alice_before = _post(b.url("/score?user=alice"), ham)
+    assert alice_before["log_odds"] == site["log_odds"] and alice_before["user"] == "alice"
+
+    learned = _post(a.url("/learn?class=spam&user=alice"), ham)
+    assert learned == {"outcome": "learned", "class": "spam", "user": "alice"}
+    seen_at = time.monotonic()
+    took = _until(lambda: _post(b.url("/score?user=alice"), ham)["log_odds"] > site["log_odds"] + 1.0, 5.0)
+    alice = _post(b.url("/score?user=alice"), ham)
+    assert alice["score"] > alice_before["score"] and alice["user_spam"] == 1
+    print(f"learn on A seen on B after {took:.3f} s (score {alice_before['score']} -> {alice['score']})")
+    assert time.monotonic() - seen_at < 5.0
+
+    again = _post(b.url("/learn?class=spam&user=alice"), ham)
+    assert again["outcome"] == "already-learned"
+    bob = _post(b.url("/score?user=bob"), ham)
+    assert bob["log_odds"] == bob_before["log_odds"] and bob["score"] == bob_before["score"]
+    assert _post(a.url("/score"), ham)["log_odds"] == site["log_odds"]  # the site model did not move
+
+    shared.stop()
+    for node in (a, b):
+        start = time.monotonic()
+        during = _post(node.url("/score?user=alice"), ham, timeout=2.0)
+        took = time.monotonic() - start
+        print(f"/score with Redis stopped: {took:.3f} s, stale={during['user_stale']}")
+        assert took < 2.0
+        assert during["is_spam"] == alice["is_spam"]
+    # a learn meanwhile is queued, and /metrics says the store is down
+    assert _post(a.url("/learn?class=spam&user=carol"), ham)["outcome"] == "queued"
+    assert _metric(a, "mailsift_store_outage") == 1.0
+    assert _metric(a, "mailsift_store_queued") == 1.0
+    assert _metric(a, 'mailsift_learn_total{class="spam",outcome="queued"}') == 1.0
+
+    shared.restart()  # no traffic: the service's watch loop replays the queue
+    _until(lambda: _metric(a, "mailsift_store_queued") == 0.0, 15.0)
+    assert _metric(a, "mailsift_store_replayed_total") == 1.0
+    assert _metric(a, "mailsift_store_outage") == 0.0
+    carol = _post(b.url("/score?user=carol"), ham)
+    assert carol["user_spam"] == 1 and carol["log_odds"] > site["log_odds"] + 1.0
+
+
+def test_a_bad_user_name_is_a_clear_400_on_the_http_door(serving, small_model, tmp_path, ham):
+    node = serving(small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n')
+    for path in ("/score?user=../etc", "/learn?class=spam&user=a%20b"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(node.url(path), ham)
+        assert err.value.code == 400 and "user name" in json.loads(err.value.read())["error"]
+
+
+@pytest.mark.skipif(shutil.which("spamc") is None, reason="spamc not installed (.ci/run installs it)")
+def test_spamc_u_alice_learns_for_alice_only(redis_server, serving, small_model, tmp_path, ham):
+    node = serving(small_model, ("spamd", "http"), _store(redis_server.url))
+    site = _post(node.url("/score"), ham)
+    bob_before = _post(node.url("/score?user=bob"), ham)
+
+    def spamc(*args: str) -> subprocess.CompletedProcess:
+        cmd = ["/usr/bin/spamc", "-d", "127.0.0.1", "-p", str(node.ports["spamd"]), "-t", "30", *args]
+        return subprocess.run(cmd, input=ham, capture_output=True, timeout=60)
+
+    before = float(spamc("-u", "alice", "-c").stdout.decode().split("/")[0])
+    assert abs(before - site["score"]) < 0.051  # a new user is the site model
+    out = spamc("-u", "alice", "-L", "spam")
+    assert out.returncode == 0 and out.stdout.decode().strip() == "Message successfully un/learned"
+    alice = _post(node.url("/score?user=alice"), ham)
+    assert alice["user_spam"] == 1 and alice["log_odds"] > site["log_odds"] + 1.0
+    assert float(spamc("-u", "alice", "-c").stdout.decode().split("/")[0]) > before
+    bob = _post(node.url("/score?user=bob"), ham)
+    assert bob["log_odds"] == bob_before["log_odds"] and bob["score"] == bob_before["score"]
+    assert _post(node.url("/score"), ham)["log_odds"] == site["log_odds"]
+    again = spamc("-u", "alice", "-L", "spam")
+    assert again.stdout.decode().strip() == "Message was already un/learned"
+    assert "spamd TELL user=alice class=spam set -> already-learned" in node.log_text()
+    undo = _post(node.url("/unlearn?class=spam&user=alice"), ham)
+    assert undo == {"outcome": "unlearned", "class": "spam", "user": "alice"}
+    assert _post(node.url("/score?user=alice"), ham)["log_odds"] == site["log_odds"]  # exact
+
+
+def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
+    redis_server, serving, small_model, sink, ham
+):
+    node = serving(
+        small_model, ("smtp", "http"), _store(redis_server.url), extra=("--relay", f"127.0.0.1:{sink.port}")
+    )
+    alice = "alice@example.net"
+    site = _post(node.url("/score"), ham)["score"]
+    assert _post(node.url(f"/learn?class=spam&user={alice}"), ham)["outcome"] == "learned"
+    hers = _post(node.url(f"/score?user={alice}"), ham)["score"]
+    assert hers > site + 1.0
+
+    def delivered_score(rcpts: list[str]) -> float:
+        with smtplib.SMTP("127.0.0.1", node.ports["smtp"], timeout=30) as c:
+            c.sendmail("s@example.org", rcpts, ham)
+        return float(email.message_from_bytes(sink.received[-1][2])["X-Spam-Score"])
+
+    assert delivered_score([alice]) == pytest.approx(hers, abs=0.051)
+    assert delivered_score(["Alice@Example.NET"]) == pytest.approx(hers, abs=0.051)  # one user, any case
+    assert delivered_score([alice, "bob@example.net"]) == pytest.approx(site, abs=0.051)  # two: the site's
+    assert delivered_score(["bob@example.net"]) == pytest.approx(site, abs=0.051)
