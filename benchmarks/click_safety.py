@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 
 def online(data: Path, caps: list[float]) -> None:
     from learner import _metrics, mailsift_learner_online
+
     from mailsift.corpus import read_index
     from mailsift.model import TrainParams
     from mailsift.tokens import FeatureSettings
@@ -37,7 +38,11 @@ def online(data: Path, caps: list[float]) -> None:
     for cap in caps:
         scores, secs = mailsift_learner_online(items, FeatureSettings(), TrainParams(max_move=cap))
         auc, caught = _metrics([i.spam for i in items], scores)
-        print(f"online max_move={cap:g}: (1-AUC)% {auc:.4f}  caught@0.1% {caught:.2f}  {len(items) / secs:,.0f} msg/s", flush=True)
+        rate = len(items) / secs
+        print(
+            f"online max_move={cap:g}: (1-AUC)% {auc:.4f}  caught@0.1% {caught:.2f}  {rate:,.0f} msg/s",
+            flush=True,
+        )
 
 
 def clicks(caps: list[float]) -> None:
