@@ -38,7 +38,8 @@ from ..config import is_loopback
 from ..rules import Context
 from ..store import StoreError, user_name
 from . import doorlog
-from .service import LearnRefused, NotMail, Service
+from .door import StreamDoor
+from .service import LearnRefused, NotMail
 
 log = logging.getLogger("mailsift.http")
 
@@ -57,14 +58,9 @@ class HttpError(Exception):
         self.status = status
 
 
-class HttpDoor:
+class HttpDoor(StreamDoor):
     name = "http"
-
-    def __init__(self, service: Service, host: str, port: int):
-        self.service = service
-        self.host, self.port = host, port
-        self.server: asyncio.base_events.Server | None = None
-        self.active = 0
+    line_limit = _MAX_LINE * 2
 
     @property
     def needs_token(self) -> bool:
@@ -73,27 +69,9 @@ class HttpDoor:
         return not is_loopback(self.host) or bool(self.service.config.serve.http_token)
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._session, self.host, self.port, limit=_MAX_LINE * 2)
-        self.port = self.server.sockets[0].getsockname()[1]
+        await super().start()
         if not is_loopback(self.host) and not self.service.config.serve.http_token:
             log.warning("HTTP door beyond loopback without serve.http_token: learning is refused (403)")
-        log.info("http door listening on %s:%d", self.host, self.port)
-
-    def close(self) -> None:
-        """Stop accepting: new connections are refused from here on."""
-        if self.server is not None:
-            self.server.close()
-
-    async def stop(self, grace: float = 30.0) -> None:
-        """Let requests in flight finish for up to ``grace`` seconds."""
-        if self.server is None:
-            return
-        self.server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.active and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        await self.server.wait_closed()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1

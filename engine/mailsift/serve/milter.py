@@ -51,6 +51,7 @@ from ..rules import Context
 from ..score import REJECT, Verdict
 from ..users import user_for_recipients
 from . import doorlog
+from .door import StreamDoor
 
 log = logging.getLogger("mailsift.milter")
 
@@ -402,7 +403,7 @@ class MilterSession:
         )  # fmt: skip
 
 
-class MilterDoor:
+class MilterDoor(StreamDoor):
     """The milter door of ``mailsift serve`` (``--milter HOST:PORT``,
     ``[serve] milter``): one :class:`MilterSession` per MTA connection, all
     scoring through the shared service."""
@@ -410,17 +411,10 @@ class MilterDoor:
     name = DOOR
 
     def __init__(self, service: Service, host: str, port: int):
-        self.service = service
-        self.host, self.port = host, port
-        self.server: asyncio.base_events.Server | None = None
+        super().__init__(service, host, port)
         self.sessions: set[MilterSession] = set()
 
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-        log.info("milter door listening on %s:%d", self.host, self.port)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = MilterSession(self.service, reader, writer)
         self.sessions.add(session)
         try:
@@ -431,26 +425,14 @@ class MilterDoor:
         finally:
             self.sessions.discard(session)
 
-    def close(self) -> None:
-        """Stop accepting: Postfix's next connection is refused and it applies
-        milter_default_action (tempfail in the README) until we are back."""
-        if self.server is not None:
-            self.server.close()
+    # close(): Postfix's next connection is refused and it applies
+    # milter_default_action (tempfail in the README) until we are back.
+    def busy(self) -> bool:
+        """Messages being scored get their verdict within the grace period."""
+        return any(s.scoring for s in self.sessions)
 
-    async def stop(self, grace: float = 30.0) -> None:
-        """Let messages being scored get their verdict (up to ``grace``
-        seconds), then close every connection: an MTA between messages
-        reconnects to whoever listens next; one mid-message tempfails it."""
-        if self.server is None:
-            return
-        self.server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while any(s.scoring for s in self.sessions) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+    def drop(self) -> None:
+        """Then every connection closes: an MTA between messages reconnects to
+        whoever listens next; one mid-message tempfails it."""
         for session in list(self.sessions):
             session.writer.close()
-        try:
-            await asyncio.wait_for(self.server.wait_closed(), 5)
-        except TimeoutError:
-            pass

@@ -38,7 +38,8 @@ from ..report import add_headers_after_from_line, spam_headers
 from ..score import Verdict, explain
 from ..store import StoreError, user_name
 from . import doorlog
-from .service import LearnRefused, NotMail, Service
+from .door import StreamDoor
+from .service import LearnRefused, NotMail
 
 log = logging.getLogger("mailsift.spamd")
 
@@ -59,37 +60,11 @@ class ProtocolError(Exception):
         self.code = code
 
 
-class SpamdDoor:
+class SpamdDoor(StreamDoor):
     """An asyncio server speaking spamd to spamc."""
 
     name = "spamd"
-
-    def __init__(self, service: Service, host: str, port: int):
-        self.service = service
-        self.host, self.port = host, port
-        self.server: asyncio.base_events.Server | None = None
-        self.active = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._session, self.host, self.port, limit=_MAX_LINE * 2)
-        self.port = self.server.sockets[0].getsockname()[1]
-        log.info("spamd door listening on %s:%d", self.host, self.port)
-
-    def close(self) -> None:
-        """Stop accepting: new connections are refused from here on."""
-        if self.server is not None:
-            self.server.close()
-
-    async def stop(self, grace: float = 30.0) -> None:
-        """Let requests in flight finish for up to ``grace`` seconds."""
-        if self.server is None:
-            return
-        self.server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.active and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        await self.server.wait_closed()
+    line_limit = _MAX_LINE * 2
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
