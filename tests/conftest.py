@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -228,6 +228,25 @@ def sink():
     yield handler
     if controller._thread is not None:  # a test may have stopped it already
         controller.stop()
+
+
+@pytest.fixture
+def make_proxy(sink):
+    """``make(**[proxy] settings)`` starts a ProxyThread relaying to ``sink``
+    (stopped at the end of the test)."""
+    started = []
+
+    def make(**proxy_settings) -> ProxyThread:
+        config = Config()
+        settings = {"listen": "127.0.0.1:0", "relay": f"127.0.0.1:{sink.port}", "relay_timeout": 2.0}
+        config.proxy = replace(config.proxy, **{**settings, **proxy_settings})
+        p = ProxyThread(config)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
 
 
 @pytest.fixture(scope="session")

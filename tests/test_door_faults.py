@@ -19,23 +19,6 @@ from mailsift.config import Config, ConfigError
 from mailsift.proxy import ProxyServer
 
 
-@pytest.fixture
-def make_proxy(sink):
-    started = []
-
-    def make(**proxy_settings) -> ProxyThread:
-        config = Config()
-        settings = {"listen": "127.0.0.1:0", "relay": f"127.0.0.1:{sink.port}", "relay_timeout": 2.0}
-        config.proxy = replace(config.proxy, **{**settings, **proxy_settings})
-        p = ProxyThread(config)
-        started.append(p)
-        return p
-
-    yield make
-    for p in started:
-        p.stop()
-
-
 def _client(proxy: ProxyThread) -> smtplib.SMTP:
     return smtplib.SMTP("127.0.0.1", proxy.port, timeout=10)
 
