@@ -59,14 +59,13 @@ from ..config import (
 from ..corpus import mail_problem
 from ..filter import DEFAULT_MODEL, Filter
 from ..model import LinearModel, model_lock
-from ..parse import parse
 from ..pool import PoolStats
 from ..proxy import ListenError, ProxyServer, Scorer
 from ..report import strip_verdict_headers
 from ..rules import Context
 from ..score import Verdict
 from ..store import StoreStatus, user_name
-from ..tokens import extract
+from ..tokens import extract_bytes
 from ..train import message_digest
 from ..users import Users
 from .metrics import Metrics
@@ -323,7 +322,8 @@ class Service:
             if job.forget and job.spam is not None and entry is not None and entry[0] != int(job.spam):
                 outcomes.append(OTHER_CLASS)
                 continue
-            vec = extract(parse(job.raw), model.settings).vec
+            # as `mailsift learn` reads it: no parse for a raw-byte model
+            vec = extract_bytes(job.raw, model.settings).vec
             if job.forget:
                 status, _ = model.unlearn_one(vec, digest)
             else:
