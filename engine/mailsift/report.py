@@ -118,6 +118,11 @@ _HEAD_END_RE = re.compile(rb"\n\r?\n")
 _FIRST_LINES_RE = re.compile(rb"(?:[^\n]*\n){%d}" % MAX_HEADER_LINES)
 
 
+#: bytes the fast path of :func:`strip_verdict_headers` scans for the end of
+#: the header block before it counts lines (counting the first
+#: MAX_HEADER_LINES lines ran through the whole of most messages: 60 us of a
+#: 700 us score on trec07p-dev)
+_SCAN_WINDOW = 1 << 16
 #: lines :func:`strip_verdict_headers` reads at most
 _STRIP_BUDGET = 4 * MAX_HEADER_LINES
 #: one line as bytes.splitlines(keepends=True) splits them
@@ -243,6 +248,91 @@ def _header_end(raw: bytes) -> int:
     return crlf + 2 if crlf >= 0 else len(raw)
 
 
+_EOL_OPT = rb"(?:\r\n|\r|\n|\Z)"
+#: the header block as the line loop of :func:`strip_verdict_headers` reads
+#: it: lines that are a continuation, a field (``_FIELD_RE``) or an mbox
+#: ``From `` line, each with its line ending (``\r\n``, ``\r`` or ``\n``,
+#: as splitlines cuts them)
+_BLOCK_RE = re.compile(rb"(?:(?:[ \t]|From |" + _FTEXT + rb"*+[ \t]*:)[^\r\n]*+" + _EOL_OPT + rb")*+")
+#: a line ending, then a run of verdict header lines with their
+#: continuation lines (the loop's "skipping"): removed, the ending kept
+_VERDICT_RUN_RE = re.compile(
+    rb"(\r\n|\r|\n)(?:"
+    + _VERDICT_NAME
+    + rb"[^\r\n]*+"
+    + _EOL_OPT
+    + rb"(?:[ \t][^\r\n]*+"
+    + _EOL_OPT
+    + rb")*+)++",
+    re.I,
+)
+#: header blocks longer than this take the line loop
+_BLOCK_WINDOW = 1 << 18
+
+
+def _strip_short_block(raw: bytes, first: int) -> bytes | None:
+    """What the line loop of :func:`strip_verdict_headers` returns, without
+    a Python step per line, for a header block it reads whole: one shorter
+    than :data:`_BLOCK_WINDOW` bytes and fewer than MAX_HEADER_LINES lines,
+    so neither of the loop's limits applies, and holding the verdict header
+    the first scan found at ``first``.  None otherwise (the exact path
+    decides).  Measured on trec07p-dev, where half the mail carries a
+    filter's headers: about 10 us instead of 120 us a message."""
+    stop = min(len(raw), _BLOCK_WINDOW)
+    blank = raw.find(b"\n\n", 0, stop)
+    if blank < 0 and stop < len(raw):
+        return None  # no end of the header block in the window
+    head_stop = blank + 1 if blank >= 0 else stop
+    lf_only = raw.find(b"\r", 0, head_stop) < 0
+    if lf_only:
+        # lines start after each "\n": the first line that is no header
+        # line is found by a scan that skips from line start to line start
+        if not _HEADER_LINE_RE.match(raw, 0, head_stop):
+            end = 0
+        else:
+            bad = _NOT_HEADER_LINE_RE.search(raw, 0, head_stop)
+            end = bad.start() + 1 if bad else head_stop
+    else:  # bare CRs end lines too: the block's lines one regex pass each
+        end = _BLOCK_RE.match(raw, 0, stop).end()
+        if stop < len(raw) and (end == stop or not _EOL_RE.search(raw, end, stop)):
+            return None  # the block may go on past the window: its last line was not read whole
+    if first >= end:
+        return None  # what the scan found lies past the block: the line cut decides
+    block = raw[:end]
+    if block.count(b"\n") + block.count(b"\r") + 1 >= MAX_HEADER_LINES:
+        return None
+    if not lf_only:
+        out = _VERDICT_RUN_RE.sub(rb"\1", b"\n" + block)
+        return raw if len(out) == end + 1 else out[1:] + raw[end:]
+    # each verdict line, with its continuation lines, is cut out
+    parts: list[bytes] = []
+    last = 0
+    starts = [m.start() + 1 for m in _VERDICT_LF_RE.finditer(raw, 0, end)]
+    if _VERDICT_LINE_RE.match(raw):
+        starts.insert(0, 0)
+    for line in starts:
+        eol = raw.find(b"\n", line, end)
+        nxt = end if eol < 0 else eol + 1
+        while nxt < end and raw[nxt] in (32, 9):  # continuation lines go with it
+            eol = raw.find(b"\n", nxt, end)
+            nxt = end if eol < 0 else eol + 1
+        parts.append(raw[last:line])
+        last = nxt
+    if not parts:
+        return raw
+    parts.append(raw[last:])
+    return b"".join(parts)
+
+
+#: a line that the line loop reads as a header line (after "\n": the next)
+_HEADER_LINE = rb"(?:[ \t]|From |" + _FTEXT + rb"*+[ \t]*:)"
+_HEADER_LINE_RE = re.compile(_HEADER_LINE)
+_NOT_HEADER_LINE_RE = re.compile(rb"\n(?!" + _HEADER_LINE + rb")")
+#: a verdict header at a line start (after its "\n")
+_VERDICT_LF_RE = re.compile(rb"\n" + _VERDICT_NAME, re.I)
+_EOL_RE = re.compile(rb"[\r\n]")
+
+
 def strip_verdict_headers(raw: bytes) -> bytes:
     """``raw`` without the header fields of :data:`VERDICT_PREFIXES` and
     :data:`VERDICT_SUBSTRINGS` (with their folded continuation lines).
@@ -260,6 +350,27 @@ def strip_verdict_headers(raw: bytes) -> bytes:
     regex scan of its header block; everything else (line endings, order,
     body) is kept byte for byte.
     """
+    first_is_verdict = _VERDICT_LINE_RE.match(raw) is not None
+    m = None
+    if not first_is_verdict:
+        # the common case first, without counting lines: the scan stops at
+        # the blank line (or a verdict header) within the first _SCAN_WINDOW
+        # bytes.  A match that fits the window is the first one in the whole
+        # message (a match spans one line, but a blank line's two ends), so
+        # a blank line found first decides as the bounded scan below would
+        m = _SCAN_RE.search(raw, 0, _SCAN_WINDOW)
+        if m is None:
+            if len(raw) <= _SCAN_WINDOW:
+                return raw
+        elif m.end() - m.start() <= 3:
+            return raw
+    if first_is_verdict or m is not None:
+        # a verdict header comes first (mail a filter has seen: half of
+        # trec07p-dev): where the loop below reads the whole header block,
+        # two regex passes give what it would
+        out = _strip_short_block(raw, 0 if m is None else m.start() + 1)
+        if out is not None:
+            return out
     cut = _header_cut(raw)
     if not _VERDICT_LINE_RE.match(raw):
         m = _SCAN_RE.search(raw, 0, cut + 2)  # + 2: a blank line right at the cut still ends the block

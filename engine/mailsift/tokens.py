@@ -456,9 +456,23 @@ _CUT_RECEIVER = _header_cutter(FILTER_HEADERS + RECEIVER_HEADERS)
 _FILTER_NAMES = b"|".join(re.escape(n.encode()) for n in FILTER_HEADERS)
 _FILTER_FIRST = re.compile(rb"(?:" + _FILTER_NAMES + rb")", re.I)
 _FILTER_LINE = re.compile(rb"\n(?:" + _FILTER_NAMES + rb")", re.I)
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 #: how far past ngram_bytes the header block is searched for lines to cut
 _HEAD_SLACK = 16384
+
+
+def _header_end(raw: bytes, start: int, stop: int) -> int:
+    r"""Offset in ``raw`` just past the line break that ends the last header
+    line: where ``\r?\n\r?\n`` first matches in ``raw[start:stop]``, plus
+    one for its leading ``\r`` if any and one for its ``\n``; ``stop`` if
+    it does not match.  Two literal finds instead of that regex, which
+    cannot skip ahead to a literal (39 us a message): its first match starts
+    at, or one ``\r`` before, the first ``\n`` followed by ``\n`` or
+    ``\r\n``, so either way the header ends just past that ``\n``."""
+    i = raw.find(b"\n\n", start, stop)
+    j = raw.find(b"\n\r\n", start, i + 2 if i >= 0 else stop)  # only one that starts before i
+    if j >= 0:
+        i = j
+    return i + 1 if i >= 0 else stop
 
 
 def raw_view(raw: bytes, settings: FeatureSettings) -> bytes:
@@ -469,17 +483,17 @@ def raw_view(raw: bytes, settings: FeatureSettings) -> bytes:
     if raw.startswith(b"From "):  # an mbox separator line is the mailbox's, not the mail's
         eol = raw.find(b"\n", 0, 1000)
         start = eol + 1 if eol > 0 else 0
-    chunk = raw[start : start + settings.ngram_bytes + _HEAD_SLACK]
-    end = _HEAD_END.search(chunk)
-    # keep the line break that ends the last header line
-    cut = end.start() + (2 if end.group().startswith(b"\r") else 1) if end else len(chunk)
+    stop = min(len(raw), start + settings.ngram_bytes + _HEAD_SLACK)
+    cut = _header_end(raw, start, stop) - start
     if settings.receiver_headers:
-        # a cheap look first: most mail carries no filter header at all
-        if not (_FILTER_FIRST.match(chunk, 0, cut) or _FILTER_LINE.search(chunk, 0, cut)):
-            return chunk[: settings.ngram_bytes]
+        # a cheap look first, on raw itself (no copy): most mail carries no
+        # filter header at all
+        if not (_FILTER_FIRST.match(raw, start, start + cut) or _FILTER_LINE.search(raw, start, start + cut)):
+            return raw[start : start + settings.ngram_bytes]
         cutter = _CUT_FILTER
     else:
         cutter = _CUT_RECEIVER
+    chunk = raw[start:stop]
     head = cutter.sub(b"", chunk[:cut])
     if len(head) == cut:
         return chunk[: settings.ngram_bytes]
@@ -489,42 +503,75 @@ def raw_view(raw: bytes, settings: FeatureSettings) -> bytes:
 _IS_GRAPH = (_RAW_CLASS == _WORD).astype(np.int8)
 
 
+#: the 4-gram at each byte offset: four bytes read as one big-endian uint32
+_BE32 = np.dtype(">u4")
+_M1, _M2 = np.uint32(0x9E3779B1), np.uint32(0x85EBCA6B)
+
+
 def _extract_raw(raw: bytes, settings: FeatureSettings) -> Features:
     """Binary features of the raw bytes (see the module docstring), in a few
-    whole-array numpy steps: every family's keys are mixed into slots in one
-    pass and made unique in one sort."""
+    whole-array numpy steps: every family's keys are written into one
+    buffer, mixed into slots in place (the arithmetic of :func:`_slots`) and
+    made unique in one sort.
+
+    Each step is one pass over the bytes or the keys, with no temporary the
+    size of the message where an ``out=`` does: numpy's per-call and
+    per-copy costs were most of the time at these sizes (a few thousand
+    keys).  The keys, their order and the slots are those of the plain
+    version (``tests/test_fast_paths.py`` holds it and compares the two on
+    corpus mail), so models and figures keep their meaning."""
     n_bits = settings.n_bits
     view = raw_view(raw, settings)
-    b = np.frombuffer(view, dtype=np.uint8)
-    n = len(b)
-    keys = [np.zeros(0, dtype=np.uint32)]
-    if n >= 4:
-        b32 = b.astype(np.uint32)
-        grams = (b32[:-3] << 24) | (b32[1:-2] << 16) | (b32[2:-1] << 8) | b32[3:]
-        keys.append(grams ^ np.uint32(_SEED["4g"]))
-    starts = ends = np.zeros(0, dtype=np.int64)
+    n = len(view)
+    n4 = n - 3 if n >= 4 else 0
+    starts = ends = _NO_SPANS
+    h = None
+    sizes = [n4] if n4 else []
     if settings.raw_tokens and n:
+        b = np.frombuffer(view, dtype=np.uint8)
         padded = np.zeros(n + 2, dtype=np.int8)
-        padded[1:-1] = _IS_GRAPH.take(b)
+        _IS_GRAPH.take(b, out=padded[1:-1], mode="clip")  # clip: no buffered copy; a byte is < 256
         edges = np.flatnonzero(padded[1:] != padded[:-1])
         starts, ends = edges[0::2], edges[1::2]
-        prefix = np.zeros(n + 1, dtype=np.uint64)
-        np.cumsum(b * _POW[:n], out=prefix[1:])
-        h = (prefix[ends] - prefix[starts]) * _INVPOW[starts]
-        h = (h ^ (h >> np.uint64(32))).astype(np.uint32)
-        keys.append(h ^ np.uint32(_SEED["rawword"]))
-        for d in range(1, settings.osb_window + 1):
-            if len(h) > d:
-                keys.append(
-                    (h[:-d] * np.uint32(0x85EBCA6B) + h[d:] * np.uint32(2 * d + 1))
-                    ^ np.uint32(_SEED["rawpair"] + d)
-                )
-    sizes = [len(k) for k in keys[1:]]
-    slots = _slots(np.concatenate(keys), n_bits)
-    indices = _unique(slots)
+        prefix = np.empty(n + 1, dtype=np.uint64)
+        prefix[0] = 0
+        np.multiply(b, _POW[:n], out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
+        hw = prefix[ends]
+        hw -= prefix[starts]
+        hw *= _INVPOW[starts]
+        hw ^= hw >> np.uint64(32)
+        h = hw.astype(np.uint32)
+        sizes.append(len(h))
+        sizes += [len(h) - d for d in range(1, settings.osb_window + 1) if len(h) > d]
+    keys = np.empty(sum(sizes), dtype=np.uint32)
+    if n4:
+        grams = np.ndarray((n4,), dtype=_BE32, buffer=view, strides=(1,))
+        np.bitwise_xor(grams, np.uint32(_SEED["4g"]), out=keys[:n4])
+    if h is not None:
+        pos = n4 + len(h)
+        np.bitwise_xor(h, np.uint32(_SEED["rawword"]), out=keys[n4:pos])
+        for d, size in enumerate(sizes[2 if n4 else 1 :], 1):
+            out = keys[pos : pos + size]
+            np.multiply(h[:-d], _M2, out=out)
+            out += h[d:] * np.uint32(2 * d + 1)
+            out ^= np.uint32(_SEED["rawpair"] + d)
+            pos += size
+    # _slots, in place: two xorshift-multiply rounds, then the top n_bits
+    tmp = keys >> np.uint32(15)
+    keys ^= tmp
+    keys *= _M1
+    np.right_shift(keys, np.uint32(13), out=tmp)
+    keys ^= tmp
+    keys *= _M2
+    keys >>= np.uint32(32 - n_bits)
+    indices = _unique(keys)
     return Features(
-        indices, np.ones(len(indices), dtype=np.float32), _raw_streams(view, slots, sizes, starts, ends)
+        indices, np.ones(len(indices), dtype=np.float32), _raw_streams(view, keys, sizes, starts, ends)
     )
+
+
+_NO_SPANS = np.zeros(0, dtype=np.int64)
 
 
 def _raw_streams(view: bytes, slots: np.ndarray, sizes: list[int], starts, ends) -> list[_Stream]:
