@@ -114,7 +114,7 @@ def plain_extract(raw: bytes, settings: FeatureSettings) -> tuple[np.ndarray, np
         keys.append(grams ^ np.uint32(tokens._SEED["4g"]))
     if settings.raw_tokens and n:
         padded = np.zeros(n + 2, dtype=np.int8)
-        padded[1:-1] = tokens._IS_GRAPH.take(b)
+        padded[1:-1] = (tokens._RAW_CLASS == tokens._WORD).astype(np.int8).take(b)
         edges = np.flatnonzero(padded[1:] != padded[:-1])
         starts, ends = edges[0::2], edges[1::2]
         prefix = np.zeros(n + 1, dtype=np.uint64)

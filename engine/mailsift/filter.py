@@ -179,10 +179,14 @@ class Filter:
         scoring and per-user learning both read."""
         kept = strip_verdict_headers(raw)  # bounded: a flood of them is cut, not scanned whole
         msg = parse(kept)
+        settings = self.model.settings
+        # a v1 model reads the parse: this one (extract_bytes would parse
+        # ``kept`` again, to the same message), before the defect below
+        feats = extract(msg, settings) if settings.scheme != "raw" else extract_bytes(kept, settings)
         if len(raw) > MAX_PARSE_BYTES and len(kept) <= MAX_PARSE_BYTES:
             # the size is still what the sender sent: say so, as parse would have
             msg.defects.append(f"truncated: {len(raw)} bytes, {len(kept)} left without verdict headers")
-        return msg, extract_bytes(kept, self.model.settings)
+        return msg, feats
 
     def site_log_odds(self, feats: Features) -> float:
         """The site model's calibrated log-odds for these features."""
@@ -245,9 +249,12 @@ class Filter:
         log_odds = self.site_log_odds(feats)
         if view is not None and view.log_odds:
             log_odds += view.log_odds
-        weight = self.model_weight
+        generic = self.is_generic
+        from_default = self.started_from_default
         m = self.config.model
-        cap = m.default_cap if self.uses_default_scale else None
+        default_scale = generic or from_default  # self.uses_default_scale, read once
+        weight = m.default_weight if default_scale else m.weight
+        cap = m.default_cap if default_scale else None
         points = model_points(log_odds, weight, cap)
         named = self._evidence(self.model, feats, evidence, 1.0) if evidence else []
         share = self.base_share
@@ -281,15 +288,15 @@ class Filter:
             model_points=points,
             model_weight=weight,
             model_name=str(self.model_path),
-            default_model=self.is_generic,
+            default_model=generic,
             model_cap=cap,
             evidence=named,
             hits=hits,
             defects=list(msg.defects),
             n_ham=self.model.n_ham,
             n_spam=self.model.n_spam,
-            started_from_default=self.started_from_default,
-            default_share=1.0 if self.is_generic else round(share, 4),
+            started_from_default=from_default,
+            default_share=1.0 if generic else round(share, 4),
             blended_with=str(self.base_path) if self.base is not None else "",
             blend_until=m.blend_until,
             user=view.name if view else "",
