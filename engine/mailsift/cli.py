@@ -30,7 +30,7 @@ from .report import strip_verdict_headers
 from .rules import Context
 from .rules.lists import AddressLists, normalise, pattern_problem
 from .score import explain
-from .store import StoreError, user_name
+from .store import SITE, StoreError, user_name
 from .tokens import extract_bytes
 from .train import MIN_PER_CLASS, PROFILES, collect, fit_model, labelled_stream, message_digest, progress
 
@@ -231,16 +231,25 @@ def _user(args) -> str | None:
 def _learn_user(args, raw: bytes, user: str, unlearn: bool) -> int:
     """learn/unlearn for one user: the user's own state in the store; the
     site model (whichever ``score`` would use, the shipped default included)
-    is only read."""
+    is only read.  ``user`` ``SITE``: the site's learns in the shared store
+    (``[store] url`` and no service to hand them to), the same way."""
     flt = Filter(load_config(args.config), args.model)
     what = "spam" if args.spam else "ham"
     try:
-        outcome = flt.learn_user(raw, args.spam, user, forget=unlearn)
+        if user == SITE:
+            outcome = flt.learn_site(raw, args.spam, forget=unlearn)
+        else:
+            outcome = flt.learn_user(raw, args.spam, user, forget=unlearn)
     except StoreError as exc:
         raise CliError(f"{args.file}: {exc}; nothing {'un' if unlearn else ''}learned", EX_TEMPFAIL) from None
     finally:
         if flt._users is not None:
             flt.users.close()
+    if user == SITE:
+        if outcome == "queued":
+            print(f"{args.file}: the shared store does not answer; queued as {what}, applied when it is back")
+            return 0
+        return _print_outcome(args.file, outcome, args.spam, unlearn, " (for the site, in the shared store)")
     messages = {
         "learned": f"learned as {what} for {user}",
         "relabelled": f"learned as {what} for {user} (was learned as the other class before)",
@@ -407,7 +416,8 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
             raise CliError(
                 f"{url}: service not reachable ({getattr(exc, 'reason', exc)})", EX_UNAVAILABLE
             ) from None
-        print(f"mailsift: no service at {url} (serve.http); learning into the model file", file=sys.stderr)
+        into = "the shared store" if config.store.url else "the model file"
+        print(f"mailsift: no service at {url} (serve.http); learning into {into}", file=sys.stderr)
         return None
     except (ValueError, KeyError, TypeError, http.client.HTTPException):
         # something answers there, but not our HTTP door (the spamd port, another daemon)
@@ -456,6 +466,8 @@ def cmd_learn(args, unlearn: bool = False) -> int:
         handed = _learn_via_service(args, raw, unlearn)
         if handed is not None:
             return handed
+        if load_config(args.config).store.url:  # the site's learns live in the shared store
+            return _learn_user(args, raw, SITE, unlearn)
     path = _own_model_path(args)
     if not path.exists() and not args.model:
         if unlearn:
@@ -552,7 +564,7 @@ def cmd_eval(args) -> int:
     test_dropped, dedup_note = None, None
     if args.online:
         profile = PROFILES[args.features]
-        flt = Filter(config, model=LinearModel(profile.features, profile.params))
+        flt = Filter(config, model=LinearModel(profile.features, profile.params), shared_site=False)
         scored = score_online(flt, ordered(read_index(args.online), args.order, args.seed), _progress)
     else:
         items = read_index(args.test)  # a bad index fails before any training
@@ -569,9 +581,9 @@ def cmd_eval(args) -> int:
                     f"{ts.duplicates} repeats dropped from train, {test_dropped} test messages "
                     "also in train dropped from test (same subject and body; --keep-duplicates keeps them)"
                 )
-            flt = Filter(config, model=model)
-        else:
-            flt = Filter(config, args.model)
+            flt = Filter(config, model=model, shared_site=False)
+        else:  # the model alone: not the site's learns in a shared store
+            flt = Filter(config, args.model, shared_site=False)
         scored = score_split(flt, items, _progress)  # msgs/s is scoring speed; training has its own
     labels, scores, paths, seconds = scored.labels, scored.scores, scored.paths, scored.seconds
     result = metrics(np.array(labels), np.array(scores), threshold_points, seconds)

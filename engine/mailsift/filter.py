@@ -3,7 +3,11 @@ path raw bytes -> parse -> features -> model (+ user) (+ rules) -> Verdict.
 
 With a user (``score(raw, user="alice")``) the verdict adds that user's
 learned share to the site model's log-odds and that user's address lists to
-the site's (``users.py``); without one it is the site's alone.
+the site's (``users.py``); without one it is the site's alone.  With a
+shared store (``[store] url``) the site's own learns are kept there too, as
+a delta over the site model file under the reserved key ``store.SITE``
+(so every node scores with them), and every verdict, a user's included,
+adds that delta: user log-odds = site model + site delta + user delta.
 
 A model trained on a little of the user's mail is blended with the shipped
 default until it has learned enough: model points = own points + share x
@@ -29,7 +33,7 @@ from .rules import Context, NetworkRules, headers, tld
 from .rules import lists as address_lists
 from .rules.lists import AddressLists
 from .score import Evidence, RuleHit, Verdict, action_for, model_points
-from .store import StoreError
+from .store import SITE, StoreError
 from .tokens import Features, extract, extract_bytes
 from .users import Users, UserView, feature_space
 
@@ -37,6 +41,11 @@ log = logging.getLogger("mailsift.filter")
 
 #: the model that ships with mailsift (see models/default/README.md)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default-model.npz"
+
+#: :meth:`Filter.learn_site` of a message the model file was trained on as
+#: the class asked: what undoing a store learn of the other class answered,
+#: as the learn's outcome (queued stays queued)
+_FILE_KNOWS = {"unlearned": "relabelled", "not-learned": "already-learned", "other-class": "already-learned"}
 
 #: ``info["started_from"]`` of a user's model that ``learn`` created as a copy
 #: of the shipped default
@@ -97,7 +106,9 @@ class Filter:
     object is used alone (evaluation measures the learner) unless ``base``
     names the model to blend it with.  ``users``:
     where per-user state lives (default: opened from ``[store]`` the first
-    time a user is named).
+    time a user is named).  ``shared_site``: read (and learn) the site's
+    delta in the shared store (default: when ``[store] url`` is set;
+    evaluation turns it off to measure the model alone).
     """
 
     def __init__(
@@ -107,6 +118,7 @@ class Filter:
         model: LinearModel | None = None,
         base: LinearModel | None = None,
         users: Users | None = None,
+        shared_site: bool | None = None,
     ):
         self.config = config or Config()
         if model is not None:
@@ -132,6 +144,7 @@ class Filter:
         #: the feature space users' learned sums are kept under (store keys)
         self.space = feature_space(self.model.settings)
         self._users = users
+        self.shared_site = bool(self.config.store.url) if shared_site is None else shared_site
 
     @property
     def users(self) -> Users:
@@ -202,7 +215,53 @@ class Filter:
         raw = strip_verdict_headers(raw)
         _, feats = self.features(raw)
         digest = message_digest(raw)
-        return self.users.learn(user, feats.vec, self.site_log_odds(feats), spam, digest, self.space, forget)
+        site = self.site_log_odds(feats)
+        if self.shared_site:  # the user's step is taken on top of what the site learned
+            view, _ = self._site_view(feats)
+            site += view.log_odds if view is not None else 0.0
+        return self.users.learn(user, feats.vec, site, spam, digest, self.space, forget)
+
+    def learn_site(self, raw: bytes, spam: bool | None, forget: bool = False) -> str:
+        """Learn (or with ``forget`` unlearn) ``raw`` for the site in the
+        shared store (``[store] url``): the site's delta, ledger and outage
+        queue are a user's under the reserved key :data:`store.SITE`, so a
+        click on any node is seen by all of them; the model file is only
+        read.  Its ledger still counts: a message it was trained on as this
+        class is already learned (a store learn of the other class is taken
+        back, reported relabelled); as the other class, the store learns it
+        (relabelled).  An unlearn takes back what the store learned; a
+        message only in the model file stays until the next train
+        (not-learned).  Returns :meth:`Users.learn`'s outcomes."""
+        from .train import message_digest
+
+        raw = strip_verdict_headers(raw)
+        _, feats = self.features(raw)
+        digest = message_digest(raw)
+        site = self.site_log_odds(feats)
+
+        def learn(label: bool | None, undo: bool) -> str:
+            return self.users.learn(SITE, feats.vec, site, label, digest, self.space, undo)
+
+        trained = self.model.ledger.digests.get(digest)
+        if forget or trained is None:
+            return learn(spam, forget)
+        if bool(trained[0]) == spam:
+            # the file knows it as this class: only a store learn of the other class can be undone
+            outcome = learn(not spam, True)
+            return _FILE_KNOWS.get(outcome, outcome)
+        outcome = learn(spam, False)
+        return "relabelled" if outcome == "learned" else outcome
+
+    def _site_view(self, feats: Features) -> tuple[UserView | None, list[RuleHit]]:
+        """The site's delta in the shared store, or none with a zero-point
+        hit saying why (state that cannot be read never costs mail)."""
+        try:
+            return self.users.view(SITE, feats.vec, self.space), []
+        except StoreError as exc:
+            log.error("scored without the site's learns in the store: %s", exc)
+            return None, [
+                RuleHit("SITE_STATE_ERROR", 0.0, "site learns unreadable: site model file only", str(exc))
+            ]
 
     def _user_view(self, user: str, feats: Features) -> tuple[UserView | None, list[RuleHit]]:
         """The user's share, or the site's alone with a zero-point hit
@@ -228,7 +287,9 @@ class Filter:
         the features (online evaluation learns from them afterwards).
         ``raw`` is the whole message (DKIM is verified on all of it, not on
         the parser's cut); default ``msg.raw``."""
-        view, hits = self._user_view(user, feats) if user else (None, [])
+        site_view, hits = self._site_view(feats) if self.shared_site else (None, [])
+        view, user_hits = self._user_view(user, feats) if user else (None, [])
+        hits += user_hits
         mail_from = context.mail_from if context else ""
         hits += tld.check(msg, mail_from, self.config.domains)
         hits += headers.check(msg)
@@ -247,6 +308,8 @@ class Filter:
             weights = self.config.rule_weights
             hits = [replace(h, score=weights[h.name]) if h.name in weights else h for h in hits]
         log_odds = self.site_log_odds(feats)
+        if site_view is not None and site_view.log_odds:
+            log_odds += site_view.log_odds
         if view is not None and view.log_odds:
             log_odds += view.log_odds
         generic = self.is_generic
@@ -304,6 +367,11 @@ class Filter:
             user_spam=view.n_spam if view else 0,
             user_ham=view.n_ham if view else 0,
             user_stale=view.stale if view else False,
+            site_learned=site_view is not None,
+            site_log_odds=site_view.log_odds if site_view else 0.0,
+            site_spam=site_view.n_spam if site_view else 0,
+            site_ham=site_view.n_ham if site_view else 0,
+            site_stale=site_view.stale if site_view else False,
         )
 
     @staticmethod

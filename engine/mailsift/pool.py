@@ -85,6 +85,11 @@ class PoolStats:
     errors: int = 0  # exceptions raised by the filter inside a worker
     dns_hits: int = 0  # DNS lookups the workers' resolver caches answered
     dns_misses: int = 0  # DNS lookups sent to a server
+    #: the workers' own shared-store clients (each worker reads the store at
+    #: every message; the service's /metrics adds these to its own counts):
+    store_errors: int = 0  # store commands that failed or timed out, all workers
+    store_outages: int = 0  # outages as each worker saw them (one per worker per outage)
+    store_outage: bool = False  # the store was down for the last message a worker scored
 
 
 class DnsCount:
@@ -101,6 +106,34 @@ class DnsCount:
         out = (r.hits - self.hits, r.queries - self.misses)
         self.hits, self.misses = r.hits, r.queries
         return out
+
+
+class StoreCount:
+    """The shared-store failures one filter's store client had since the
+    last call, and whether it is down now: the client lives in the scoring
+    process, the metrics in the service, so each verdict travels back with
+    them, as with :class:`DnsCount`.  All zero until the filter opens a
+    store (``[store] url``)."""
+
+    def __init__(self, scorer) -> None:
+        self.scorer = scorer
+        self.errors = self.outages = 0
+
+    def delta(self) -> tuple[int, int, bool]:
+        users = self.scorer._users
+        if users is None or not users.store.remote:
+            return 0, 0, False
+        st = users.store.status()
+        out = (st.errors - self.errors, st.outages - self.outages, st.outage)
+        self.errors, self.outages = st.errors, st.outages
+        return out
+
+
+def add_store_counts(stats: PoolStats, delta: tuple[int, int, bool]) -> None:
+    errors, outages, down = delta
+    stats.store_errors += errors
+    stats.store_outages += outages
+    stats.store_outage = down
 
 
 # -- the worker process --------------------------------------------------------
@@ -210,13 +243,14 @@ def _serve(conn, config: Config, model_bytes: bytes, model_name: str) -> None:
         return
     del model_bytes
     conn.send(("ready", os.getpid()))
-    dns = DnsCount(scorer)
+    dns, store = DnsCount(scorer), StoreCount(scorer)
     while True:
         raw, context, user = conn.recv()
         try:
-            reply: tuple = ("ok", scorer.score(raw, evidence=3, context=context, user=user), dns.delta())
+            verdict = scorer.score(raw, evidence=3, context=context, user=user)
+            reply: tuple = ("ok", verdict, dns.delta(), store.delta())
         except Exception as exc:
-            reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}", dns.delta())
+            reply = ("error", f"{type(exc).__name__}: {exc}{_where(exc)}", dns.delta(), store.delta())
         conn.send(reply)
 
 
@@ -513,6 +547,7 @@ class WorkerPool:
             hits, misses = reply[2]
             self.stats.dns_hits += hits
             self.stats.dns_misses += misses
+            add_store_counts(self.stats, reply[3])
             if reply[0] == "ok":
                 return reply[1]
             self.stats.errors += 1

@@ -42,8 +42,10 @@ from .pool import (
     PoolStats,
     ScoringError,
     ScoringTimeout,
+    StoreCount,
     WorkerDied,
     WorkerPool,
+    add_store_counts,
 )
 from .report import add_headers, spam_headers
 from .rules import Context
@@ -158,6 +160,7 @@ class _ThreadScorer:
         self.filter = scorer
         self.stats = stats
         self.dns = DnsCount(scorer)
+        self.store = StoreCount(scorer)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailsift-score")
 
     def _score(self, raw: bytes, context: Context, user: str | None = None) -> Verdict:
@@ -167,6 +170,7 @@ class _ThreadScorer:
             hits, misses = self.dns.delta()
             self.stats.dns_hits += hits
             self.stats.dns_misses += misses
+            add_store_counts(self.stats, self.store.delta())
 
     async def run(
         self,

@@ -80,6 +80,19 @@ class Verdict:
     user_spam: int = 0
     user_ham: int = 0
     user_stale: bool = False
+    #: with a shared store (``[store] url``): the site's learns kept there
+    #: were read (``site_learned``), their share of ``log_odds``, the
+    #: messages learned so, and whether the store was down (last known values)
+    site_learned: bool = False
+    site_log_odds: float = 0.0
+    site_spam: int = 0
+    site_ham: int = 0
+    site_stale: bool = False
+
+    @property
+    def stale(self) -> bool:
+        """Scored with last known values from the shared store (it was down)."""
+        return self.user_stale or self.site_stale
 
     @property
     def is_spam(self) -> bool:
@@ -151,6 +164,12 @@ def explain(verdict: Verdict) -> str:
     if verdict.blended_with:
         s = verdict.default_share
         formula = f"{formula} of your model + {s:.2f} x the default's points"
+    if verdict.site_learned:
+        stale = "; the store is down: last known values" if verdict.site_stale else ""
+        lines.append(
+            f"site    learned through the shared store: {verdict.site_log_odds:+.3f} log-odds "
+            f"({verdict.site_spam} spam, {verdict.site_ham} ham){stale}"
+        )
     if verdict.user:
         stale = "; the store is down: last known values" if verdict.user_stale else ""
         lines.append(

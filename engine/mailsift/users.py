@@ -23,7 +23,16 @@ import numpy as np
 
 from . import usermodel
 from .rules.lists import AddressLists
-from .store import Store, StoreError, StoreStatus, StoreUnavailable, open_store, queue_path, user_name
+from .store import (
+    Store,
+    StoreError,
+    StoreStatus,
+    StoreUnavailable,
+    open_store,
+    queue_path,
+    store_key,
+    user_name,
+)
 from .store.queue import LearnQueue, QueuedLearn
 from .usermodel import UnitVec, UserParams
 
@@ -79,8 +88,9 @@ class Users:
     # -- scoring -------------------------------------------------------------
     def view(self, user: str, vec, space: str) -> UserView:
         """``user``'s share of the verdict for a message with features
-        ``vec`` (sorted unique slots, values)."""
-        name = user_name(user)
+        ``vec`` (sorted unique slots, values); ``user`` ``store.SITE``: the
+        site's learns kept in a shared store."""
+        name = store_key(user)
         x = UnitVec.of(vec, self.params.sample)
         got = self.store.read(name, self._space(space), x.slots)
         if not got.stale and self.queue is not None and self.queue.waiting():
@@ -112,8 +122,10 @@ class Users:
         for whichever class) one message for ``user``.  Returns learned,
         already-learned, relabelled, unlearned, not-learned, other-class,
         or queued (the shared store is down; replayed when it is back).
-        Raises StoreError when it can do neither (queue full, unwritable)."""
-        name = user_name(user)
+        Raises StoreError when it can do neither (queue full, unwritable).
+        ``user`` ``store.SITE`` learns for the site (a shared store's site
+        delta): the same path, queue and ledger as a user's."""
+        name = store_key(user)
         if spam is None and not forget:
             raise ValueError("learning needs a class: spam=True or spam=False")
         idx, val = vec

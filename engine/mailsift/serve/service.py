@@ -16,6 +16,12 @@ pool or a model of its own.
   disk meanwhile is read again before being changed.  The scoring pool is
   reloaded before any of the batch is answered: a message scored after its
   ``learn`` returned is scored by the model that learned it.
+- **With a shared store** (``[store] url``) a site-level learn does not
+  touch the model file: it is learned into the store under the reserved key
+  ``store.SITE`` (``Filter.learn_site``), exactly as a user's learn is (one
+  compare-and-set on the store's ledger, queued during an outage and
+  replayed), and every node's workers read that delta at each message, so
+  a click on any node is seen by all of them with no reload.
 
 :func:`run` is ``mailsift serve``: it opens the doors over one service,
 reloads on SIGHUP (or a model/config file changed on disk), and on
@@ -64,7 +70,7 @@ from ..proxy import ListenError, ProxyServer, Scorer
 from ..report import strip_verdict_headers
 from ..rules import Context
 from ..score import Verdict
-from ..store import StoreStatus, user_name
+from ..store import SITE, StoreStatus, user_name
 from ..tokens import extract_bytes
 from ..train import message_digest
 from ..users import Users
@@ -142,9 +148,13 @@ class Service:
         self._users: Users | None = None
         self._user_filter: Filter | None = None
         self._user_stamp: tuple = ()
-        #: verdicts scored with last known user values (the workers' reads during an outage)
+        #: verdicts scored with last known values (the workers' reads during an outage)
         self.stale_reads = 0
-        if config.store.url:
+        #: site-level learns go to the shared store (not the model file)
+        self.shared = bool(config.store.url)
+        #: learns answered ``queued`` (wait=False) still running in a thread
+        self._pending: set[asyncio.Task] = set()
+        if self.shared:
             self._users = Users.open(config)
         self.metrics.watch_store(self.store_status)
 
@@ -191,7 +201,7 @@ class Service:
             self.metrics.scored(door, None, time.perf_counter() - start)
             raise
         self.metrics.scored(door, verdict, time.perf_counter() - start)
-        self.stale_reads += verdict.user_stale
+        self.stale_reads += verdict.stale
         return verdict
 
     def store_status(self) -> StoreStatus | None:
@@ -200,6 +210,10 @@ class Service:
             return None
         st = self._users.status()
         st.stale_reads += self.stale_reads
+        pool = self.scorer.stats  # the scoring workers' own store clients
+        st.errors += pool.store_errors
+        st.outages += pool.store_outages
+        st.outage = st.outage or pool.store_outage
         return st
 
     def replay_queued(self) -> None:
@@ -243,17 +257,26 @@ class Service:
         is written to the model file and the pool is not reloaded (workers
         read the user's state from the store at each message); queued
         (the shared store is down) is one more outcome.  Raises StoreError
-        for a name the store refuses."""
+        for a name the store refuses.
+
+        Without ``user`` and with a shared store (``[store] url``): for the
+        site, in the store (``Filter.learn_site``), the same way; the model
+        file is not written.  ``wait=False`` then answers ``queued`` at once
+        and the learn runs on (:meth:`close` waits for it)."""
         if spam is None and not forget:
             raise ValueError("learning needs a class: spam=True or spam=False")
         problem = mail_problem(raw)
         if problem:
             raise NotMail(f"{problem}; nothing {'un' if forget else ''}learned")
-        if user:
-            name = user_name(user)
-            outcome = await asyncio.to_thread(self._learn_user, raw, spam, name, forget)
-            self.metrics.learned(spam, outcome)
-            return outcome
+        if user or self.shared:
+            name = user_name(user) if user else SITE
+            if wait:
+                return await self._learn_in_store(raw, spam, name, forget)
+            task = asyncio.create_task(self._learn_in_store(raw, spam, name, forget))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            task.add_done_callback(_log_queued_outcome)
+            return QUEUED
         await self.start()
         assert self._queue is not None
         future = asyncio.get_running_loop().create_future()
@@ -336,6 +359,16 @@ class Service:
             self._show_model(model)
         return outcomes, changed
 
+    async def _learn_in_store(self, raw: bytes, spam: bool | None, name: str, forget: bool) -> str:
+        """One learn in the store (a user's, or the site's: ``SITE``), counted."""
+        try:
+            outcome = await asyncio.to_thread(self._learn_user, raw, spam, name, forget)
+        except Exception:
+            self.metrics.learned(spam, "error")
+            raise
+        self.metrics.learned(spam, outcome)
+        return outcome
+
     def _learn_user(self, raw: bytes, spam: bool | None, user: str, forget: bool) -> str:
         if self._users is None:
             self._users = Users.open(self.config)
@@ -345,6 +378,8 @@ class Service:
             path = str(self.model_file)
             self._user_filter = Filter(self.config, model=model, model_path=path, users=self._users)
             self._user_stamp = stamp
+        if user == SITE:
+            return self._user_filter.learn_site(raw, spam, forget)
         return self._user_filter.learn_user(raw, spam, user, forget)
 
     def _refuse_default(self) -> None:
@@ -392,6 +427,8 @@ class Service:
         (anything left is refused) and the pool."""
         loop = asyncio.get_running_loop()
         until = loop.time() + drain
+        if self._pending:  # store learns answered queued (wait=False): let them land
+            await asyncio.wait(set(self._pending), timeout=drain)
         while self._task is not None and self._queue is not None and loop.time() < until:
             if self._queue.empty() and not self._busy:
                 break

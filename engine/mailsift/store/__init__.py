@@ -43,6 +43,19 @@ class StoreUnavailable(StoreError):
     """The shared store does not answer (Redis down or too slow)."""
 
 
+#: the store's key for the site's own learns (``[store] url`` set: site-level
+#: learns are kept in the store as a delta over the site model file, exactly
+#: as a user's are).  ``%`` is not allowed in a user name, so no user can
+#: ever read or write the site's state by naming it.
+SITE = "%site"
+
+
+def store_key(name: str) -> str:
+    """The key of ``name``'s state: :data:`SITE` as it is, else
+    :func:`user_name` (checked and lower-cased)."""
+    return SITE if name == SITE else user_name(name)
+
+
 def user_name(name: str) -> str:
     """A user name as the store keys it: lower case (mailbox names and
     addresses are case-insensitive in practice), letters, digits and
