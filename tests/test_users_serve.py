@@ -135,6 +135,74 @@ def test_two_serve_nodes_share_alices_learn_not_bobs_and_answer_with_redis_stopp
     assert carol["user_spam"] == 1 and carol["log_odds"] > site["log_odds"] + 1.0
 
 
+@pytest.fixture(scope="module")
+def hams():
+    """Two hams of the SA test half (the site model calls them ham)."""
+    return [i.path.read_bytes() for i in read_index(SA / "test.index") if not i.spam][:2]
+
+
+def test_a_site_learn_on_one_node_is_seen_by_every_node_and_user_and_queued_while_redis_is_down(
+    shared, serving, small_model, hams
+):
+    ham, other = hams
+    config = _store(shared.url)
+    a = serving(small_model, ("http",), config)
+    b = serving(small_model, ("http",), config)
+    model_bytes = small_model.read_bytes()
+    before = _post(b.url("/score"), ham)
+    assert before["site_learned"] and before["site_log_odds"] == 0.0 and before["site_spam"] == 0
+
+    learned = _post(a.url("/learn?class=spam"), ham)  # no user: the site's learn
+    assert learned == {"outcome": "learned", "class": "spam"}
+    took = _until(lambda: _post(b.url("/score"), ham)["log_odds"] > before["log_odds"] + 1.0, 5.0)
+    site = _post(b.url("/score"), ham)
+    print(f"site learn on A seen on B after {took:.3f} s (score {before['score']} -> {site['score']})")
+    assert site["site_spam"] == 1 and site["score"] > before["score"]
+    assert site["log_odds"] == pytest.approx(before["log_odds"] + site["site_log_odds"], abs=1e-9)
+    assert _post(a.url("/score"), ham)["log_odds"] == site["log_odds"]  # A reads the same store
+    assert _post(b.url("/learn?class=spam"), ham)["outcome"] == "already-learned"
+    assert small_model.read_bytes() == model_bytes  # the model file is not what learned
+
+    # every user starts from the site as it is now: the site model plus the site's learns
+    bob = _post(b.url("/score?user=bob"), ham)
+    assert bob["log_odds"] == site["log_odds"] and bob["user_log_odds"] == 0.0
+    assert _post(a.url("/learn?class=ham&user=alice"), ham)["outcome"] == "learned"
+    alice = _post(b.url("/score?user=alice"), ham)
+    assert alice["user_log_odds"] < 0 and alice["site_log_odds"] == site["site_log_odds"]
+    assert alice["log_odds"] == pytest.approx(
+        before["log_odds"] + site["site_log_odds"] + alice["user_log_odds"]
+    )
+    assert _post(b.url("/score?user=bob"), ham)["log_odds"] == site["log_odds"]  # alice's click is hers
+
+    shared.stop()
+    for node in (a, b):
+        start = time.monotonic()
+        during = _post(node.url("/score"), ham, timeout=2.0)
+        took = time.monotonic() - start
+        print(f"site /score with Redis stopped: {took:.3f} s, site_stale={during['site_stale']}")
+        assert took < 2.0 and during["site_stale"]
+        assert during["log_odds"] == site["log_odds"]  # the last known site learns, not the file alone
+    # only B's scoring workers met the outage (no learn on B): /metrics says so all the same
+    assert _metric(b, "mailsift_store_outage") == 1.0
+    assert _metric(b, "mailsift_store_errors_total") >= 1.0
+    assert _metric(b, "mailsift_store_stale_reads_total") >= 1.0
+    other_before = _post(b.url("/score"), other, timeout=2.0)
+    assert _post(a.url("/learn?class=spam"), other)["outcome"] == "queued"
+    assert _metric(a, "mailsift_store_queued") == 1.0
+
+    shared.restart()  # no traffic on A: its watch loop replays the queue
+    _until(lambda: _metric(a, "mailsift_store_queued") == 0.0, 15.0)
+    assert _metric(a, "mailsift_store_replayed_total") == 1.0
+    replayed = _post(b.url("/score"), other)
+    assert replayed["site_spam"] == 2 and replayed["log_odds"] > other_before["log_odds"] + 1.0
+    assert not replayed["site_stale"] and _metric(b, "mailsift_store_outage") == 0.0
+    assert _post(b.url("/learn?class=spam"), other)["outcome"] == "already-learned"
+    for message in (ham, other):  # taken back on either node: the site model file alone again
+        assert _post(b.url("/unlearn?class=spam"), message) == {"outcome": "unlearned", "class": "spam"}
+    back = _post(a.url("/score"), ham)
+    assert back["site_spam"] == 0 and back["log_odds"] == pytest.approx(before["log_odds"], abs=1e-9)
+
+
 def test_a_bad_user_name_is_a_clear_400_on_the_http_door(serving, small_model, tmp_path, ham):
     node = serving(small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n')
     for path in ("/score?user=../etc", "/learn?class=spam&user=a%20b"):
