@@ -261,3 +261,127 @@ def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
     assert delivered_score(["Alice@Example.NET"]) == pytest.approx(hers, abs=0.051)  # one user, any case
     assert delivered_score([alice, "bob@example.net"]) == pytest.approx(site, abs=0.051)  # two: the site's
     assert delivered_score(["bob@example.net"]) == pytest.approx(site, abs=0.051)
+
+
+@pytest.fixture(scope="module")
+def six_messages():
+    """Six messages of the SA test half, spam and ham."""
+    items = read_index(SA / "test.index")
+    return [
+        i.path.read_bytes()
+        for i in [*[i for i in items if i.spam][:3], *[i for i in items if not i.spam][:3]]
+    ]
+
+
+def _migrating(cluster, tag: str):
+    """Begin moving the hash slot of ``tag`` (a mailsift hash tag: the site's
+    ``%site`` or a user's name) to another master, as ``redis-cli --cluster
+    reshard`` does: IMPORTING on the target, MIGRATING on the source.
+    Returns (slot, source, target, the slot's keys)."""
+    slot = int(cluster.nodes[0].cli("CLUSTER", "KEYSLOT", tag))
+    src = cluster.node_of(tag)
+    dst = next(n for n in cluster.nodes if n is not src)
+    src_id, dst_id = src.cli("CLUSTER", "MYID").strip(), dst.cli("CLUSTER", "MYID").strip()
+    keys = src.cli("CLUSTER", "GETKEYSINSLOT", str(slot), "100").split()
+    assert keys, f"no mailsift keys in slot {slot} yet"
+    assert dst.cli("CLUSTER", "SETSLOT", str(slot), "IMPORTING", src_id).strip() == "OK"
+    assert src.cli("CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst_id).strip() == "OK"
+    return slot, src, dst, keys
+
+
+def _migrate(src, dst, keys: list[str]) -> None:
+    out = src.cli("MIGRATE", "127.0.0.1", str(dst.port), "", "0", "5000", "KEYS", *keys)
+    assert out.strip() == "OK", out
+
+
+def _redirects(cluster) -> dict[str, int]:
+    """ASK and MOVED error replies the masters sent (INFO errorstats)."""
+    counts = {"ASK": 0, "MOVED": 0}
+    for node in cluster.nodes:
+        for kind in counts:
+            m = re.search(rf"errorstat_{kind}:count=(\d+)", node.cli("INFO", "errorstats"))
+            counts[kind] += int(m.group(1)) if m else 0
+    return counts
+
+
+def test_scoring_and_learning_follow_a_cluster_slot_migration_with_nothing_lost(
+    redis_cluster, serving, small_model, six_messages
+):
+    """The site's and alice's slots move to other masters while the node
+    scores and learns: the keys of one user (or of the site) share a hash tag,
+    so the learn script's three keys move together; reads follow ASK (the
+    slot half moved) and MOVED (after SETSLOT NODE); a learn that meets
+    TRYAGAIN (its keys split between two masters for a moment) is queued and
+    replayed, never lost."""
+    node = serving(small_model, ("http",), _store(redis_cluster.url))
+    m = six_messages
+    base = {
+        who: _post(node.url(f"/score{q}"), m[0])["log_odds"]
+        for who, q in (("site", ""), ("alice", "?user=alice"))
+    }
+
+    def learn(message: bytes, user: str | None) -> str:
+        return _post(node.url("/learn?class=spam" + (f"&user={user}" if user else "")), message)["outcome"]
+
+    def scores() -> tuple[float, float]:
+        return _post(node.url("/score"), m[0])["log_odds"], _post(node.url("/score?user=alice"), m[0])[
+            "log_odds"
+        ]
+
+    assert learn(m[0], None) == "learned" and learn(m[1], "alice") == "learned"  # the keys exist now
+    known = scores()
+    moving = [_migrating(redis_cluster, tag) for tag in ("%site", "alice")]
+    before = _redirects(redis_cluster)
+
+    # 1. the big hash (the sums) moved, the ledger and counts not yet: reads are ASKed to the target
+    for _, src, dst, keys in moving:
+        _migrate(src, dst, [k for k in keys if ":d:" in k])
+    assert scores() == known
+    split = known
+    outcomes = [learn(m[2], None), learn(m[2], "alice")]
+    assert all(o in ("learned", "queued") for o in outcomes), outcomes  # TRYAGAIN: queued, not lost
+    print(f"learns while the keys were split: {outcomes}")
+
+    # 2. every key moved, the slot still MIGRATING: all of it is ASKed to the target
+    for slot, src, dst, _ in moving:
+        _migrate(src, dst, src.cli("CLUSTER", "GETKEYSINSLOT", str(slot), "100").split())
+    # the learns queued in 1. land once the store is asked again (retry_every), before the next
+    _until(lambda: _metric(node, "mailsift_store_queued") == 0.0, 15.0)
+    time.sleep(0.3)  # the TRYAGAIN marked the store down for retry_every (0.2 s): asked again after it
+    known = scores()
+    assert known[0] > split[0] and known[1] > split[1]  # 1.'s learns are in
+    assert learn(m[3], None) == "learned" and learn(m[3], "alice") == "learned"
+    known = scores()
+    assert _post(node.url("/score"), m[3])["site_spam"] == 3
+
+    # 3. the move is over (SETSLOT NODE on every master): the client is told MOVED
+    for slot, _, dst, _ in moving:
+        dst_id = dst.cli("CLUSTER", "MYID").strip()
+        for n in [dst, *[x for x in redis_cluster.nodes if x is not dst]]:
+            assert n.cli("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id).strip() == "OK"
+    for slot, src, dst, _ in moving:
+        assert src.cli("CLUSTER", "COUNTKEYSINSLOT", str(slot)).strip() == "0"
+        assert int(dst.cli("CLUSTER", "COUNTKEYSINSLOT", str(slot))) == 3
+    assert scores() == known  # read where the slot is now
+    assert learn(m[4], None) == "learned" and learn(m[4], "alice") == "learned"
+    after = _redirects(redis_cluster)
+    ask, moved = after["ASK"] - before["ASK"], after["MOVED"] - before["MOVED"]
+    print(f"redirects during the migration: {ask} ASK, {moved} MOVED")
+    assert ask > 0 and moved > 0
+
+    # nothing lost, nothing twice: every learn is in the ledger once, and undoing them all is exact
+    _until(lambda: _metric(node, "mailsift_store_queued") == 0.0, 15.0)
+    site = _post(node.url("/score"), m[0])
+    alice = _post(node.url("/score?user=alice"), m[0])
+    assert site["site_spam"] == 4 and alice["user_spam"] == 4
+    for message in (m[0], m[2], m[3], m[4]):
+        assert learn(message, None) == "already-learned"
+    for message in (m[1], m[2], m[3], m[4]):
+        assert learn(message, "alice") == "already-learned"
+    for message, user in [(x, None) for x in (m[0], m[2], m[3], m[4])] + [
+        (x, "alice") for x in (m[1], m[2], m[3], m[4])
+    ]:
+        q = f"&user={user}" if user else ""
+        assert _post(node.url(f"/unlearn?class=spam{q}"), message)["outcome"] == "unlearned"
+    assert _post(node.url("/score"), m[0])["log_odds"] == pytest.approx(base["site"], abs=1e-9)
+    assert _post(node.url("/score?user=alice"), m[0])["log_odds"] == pytest.approx(base["alice"], abs=1e-9)
