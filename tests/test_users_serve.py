@@ -193,6 +193,8 @@ def test_a_site_learn_on_one_node_is_seen_by_every_node_and_user_and_queued_whil
     shared.restart()  # no traffic on A: its watch loop replays the queue
     _until(lambda: _metric(a, "mailsift_store_queued") == 0.0, 15.0)
     assert _metric(a, "mailsift_store_replayed_total") == 1.0
+    # B's workers last found Redis down; B's watch loop asks it again, no mail needed
+    _until(lambda: _metric(b, "mailsift_store_outage") == 0.0, 10.0)
     replayed = _post(b.url("/score"), other)
     assert replayed["site_spam"] == 2 and replayed["log_odds"] > other_before["log_odds"] + 1.0
     assert not replayed["site_stale"] and _metric(b, "mailsift_store_outage") == 0.0

@@ -89,7 +89,9 @@ class PoolStats:
     #: every message; the service's /metrics adds these to its own counts):
     store_errors: int = 0  # store commands that failed or timed out, all workers
     store_outages: int = 0  # outages as each worker saw them (one per worker per outage)
-    store_outage: bool = False  # the store was down for the last message a worker scored
+    #: ``time.monotonic()`` here when a worker last said the store is down (0: its
+    #: last message found it up); the service compares it with its own last answer
+    store_down_at: float = 0.0
 
 
 class DnsCount:
@@ -133,7 +135,7 @@ def add_store_counts(stats: PoolStats, delta: tuple[int, int, bool]) -> None:
     errors, outages, down = delta
     stats.store_errors += errors
     stats.store_outages += outages
-    stats.store_outage = down
+    stats.store_down_at = time.monotonic() if down else 0.0
 
 
 # -- the worker process --------------------------------------------------------

@@ -70,7 +70,7 @@ from ..proxy import ListenError, ProxyServer, Scorer
 from ..report import strip_verdict_headers
 from ..rules import Context
 from ..score import Verdict
-from ..store import SITE, StoreStatus, user_name
+from ..store import SITE, StoreError, StoreStatus, user_name
 from ..tokens import extract_bytes
 from ..train import message_digest
 from ..users import Users
@@ -213,14 +213,23 @@ class Service:
         pool = self.scorer.stats  # the scoring workers' own store clients
         st.errors += pool.store_errors
         st.outages += pool.store_outages
-        st.outage = st.outage or pool.store_outage
+        # a worker found it down at its last message, and this process has had no answer since
+        st.outage = st.outage or pool.store_down_at > st.answered_at
         return st
 
     def replay_queued(self) -> None:
         """Replay learns queued during a store outage, if the store answers
         again (the watch loop calls it, so they land without traffic)."""
-        if self._users is not None and self._users.queue is not None and self._users.queue.waiting():
+        if self._users is None:
+            return
+        if self._users.queue is not None and self._users.queue.waiting():
             self._users.replay()
+        elif self.stats.store_down_at > self._users.store.status().answered_at:
+            # the workers last found it down: ask, so /metrics clears once it is back, without mail
+            try:
+                self._users.store.ping()
+            except StoreError:
+                pass  # still down: the store logged it and counts it
 
     # -- learning ------------------------------------------------------------
     async def start(self) -> None:

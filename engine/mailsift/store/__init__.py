@@ -107,6 +107,8 @@ class StoreStatus:
     #: messages scored with last known values during an outage
     stale_reads: int = 0
     last_error: str = ""
+    #: ``time.monotonic()`` of the last command the store answered (0: none yet)
+    answered_at: float = 0.0
 
 
 class Store(Protocol):

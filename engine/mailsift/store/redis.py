@@ -213,6 +213,7 @@ class RedisStore:
             raise StoreError(f"redis {self._status.where} refused: {exc}") from None
         recovered = False
         with self._lock:
+            self._status.answered_at = time.monotonic()
             if self._status.outage:
                 self._status.outage = False
                 recovered = True
@@ -344,6 +345,11 @@ class RedisStore:
         _, _, mkey = self._keys(user, "x")
         mapping = {"allow": json.dumps(list(lists.allow)), "block": json.dumps(list(lists.block))}
         self._call(lambda c: c.hset(mkey, mapping=mapping))
+
+    def ping(self) -> None:
+        """One PING: whether Redis answers now (raises StoreUnavailable if not;
+        an answer ends an outage as any command does)."""
+        self._call(lambda c: c.ping())
 
     def status(self) -> StoreStatus:
         with self._lock:
