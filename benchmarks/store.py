@@ -5,7 +5,10 @@ For each backend: ``--learns`` spam/ham clicks for one user (per-learn
 latency), then that user's share of the verdict for ``--messages`` messages
 (the per-message store read, ``Users.view``), then whole ``Filter.score``
 calls with and without the user (the baseline: the site model alone, same
-messages, same run).  Redis work is counted two ways, neither with MONITOR:
+messages, same run).  On Redis, then the site's own learns in the store
+(``[store] url``: ``Filter.learn_site``, key ``%site``) and whole verdicts
+that read them, without and with the user (site file + site delta + user
+delta).  Redis work is counted two ways, neither with MONITOR:
 round trips on the client (each ``RedisStore._call`` is one pipeline or one
 script call) and commands on the server (``INFO commandstats``, reset before
 each phase; a script's own HGET/HSET are counted there but cost no round
@@ -39,6 +42,7 @@ from conftest import RedisCluster, RedisProc  # noqa: E402
 from mailsift import Filter  # noqa: E402
 from mailsift.config import Config  # noqa: E402
 from mailsift.corpus import read_index  # noqa: E402
+from mailsift.store import SITE  # noqa: E402
 from mailsift.store.local import LocalStore  # noqa: E402
 from mailsift.store.queue import LearnQueue  # noqa: E402
 from mailsift.store.redis import RedisStore  # noqa: E402
@@ -152,6 +156,47 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
     out["score_user_p50_ms"] = statistics.median(with_user) * 1e3
     out["score_user_msgs_per_s"] = len(msgs) / sum(with_user)
     out["score_site_msgs_per_s"] = len(msgs) / sum(without)
+
+    if servers:  # [store] url: the site's learns in the store, read by every verdict
+        # the shipped default was trained on these messages: without its ledger they are new
+        # to the site (the ledger is only looked up; the store's work is the same either way)
+        flt.model.ledger.digests.clear()
+        reset(servers)
+        cpu0, trips0 = cpu(servers), store.trips
+        times = []
+        for k in range(learns):
+            t = time.perf_counter()
+            outcome = flt.learn_site(msgs[k][0], msgs[k][1])
+            times.append(time.perf_counter() - t)
+            assert outcome == "learned", outcome
+        out["site_learn_p50_ms"] = statistics.median(times) * 1e3
+        out["site_learn_trips"] = (store.trips - trips0) / learns
+        out["site_learn_redis_cpu_ms"] = (cpu(servers) - cpu0) / learns * 1e3
+        stats = commandstats(servers)
+        out["site_learn_commands"] = {k: round(v / learns, 1) for k, v in sorted(stats.items())}
+        flt.shared_site = True
+        shared_site, shared_user = [], []
+        reset(servers)
+        cpu0, trips0 = cpu(servers), store.trips
+        for raw, _ in msgs:
+            t = time.perf_counter()
+            flt.score(raw, evidence=0)
+            shared_site.append(time.perf_counter() - t)
+        out["score_shared_site_trips"] = (store.trips - trips0) / len(msgs)
+        out["score_shared_site_redis_cpu_ms"] = (cpu(servers) - cpu0) / len(msgs) * 1e3
+        trips0 = store.trips
+        for raw, _ in msgs:
+            t = time.perf_counter()
+            flt.score(raw, evidence=0, user="alice")
+            shared_user.append(time.perf_counter() - t)
+        out["score_shared_user_trips"] = (store.trips - trips0) / len(msgs)
+        flt.shared_site = False
+        out["score_shared_site_p50_ms"] = statistics.median(shared_site) * 1e3
+        out["score_shared_user_p50_ms"] = statistics.median(shared_user) * 1e3
+        out["score_shared_site_msgs_per_s"] = len(msgs) / sum(shared_site)
+        out["score_shared_user_msgs_per_s"] = len(msgs) / sum(shared_user)
+        skey = f"mailsift:{{{SITE}}}:d:{users._space(space)}"
+        out["site_delta_slots"] = int(store._client.hlen(skey))
 
     # memory of the user's state after the learns
     space = users._space(space)  # the store's name: feature space and sampling

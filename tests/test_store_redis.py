@@ -121,26 +121,43 @@ def test_a_learn_on_node_a_raises_alices_score_on_node_b_and_bob_does_not_move(s
 
 
 def test_a_users_keys_share_one_cluster_slot_and_a_message_costs_one_round_trip(shared, tmp_path, mail):
+    """Per message: one round trip for the site's learns (``%site``, read for
+    every verdict with a shared store) and one for the user's; per learn, the
+    site's read, the user's read with the ledger entry, then the script."""
     a = _node(shared, tmp_path, "a")
     assert a.learn_user(mail[1][0], True, "alice") == "learned"
+    # the shipped default was trained on this spam: learned as ham, the store keeps the relabel
+    assert a.learn_site(mail[1][2], False) == "relabelled"
     a.users.set_lists("alice", a.users.lists("alice"))
-    server = shared.server_of("alice")
-    keys = [k for k in server.cli("--scan", "--pattern", "mailsift:*").split() if "{alice}" in k]
-    assert len(keys) == 3, keys
-    assert len({server.cli("CLUSTER", "KEYSLOT", k).strip() for k in keys}) == 1 or shared.kind == "redis"
-    server.cli("CONFIG", "RESETSTAT")
+    for tag, n in (("alice", 3), ("%site", 3)):
+        server = shared.server_of(tag)
+        keys = [k for k in server.cli("--scan", "--pattern", "mailsift:*").split() if f"{{{tag}}}" in k]
+        assert len(keys) == n, keys
+        assert len({server.cli("CLUSTER", "KEYSLOT", k).strip() for k in keys}) == 1 or shared.kind == "redis"
+    for server in shared.servers:
+        server.cli("CONFIG", "RESETSTAT")
     a.score(mail[1][1], user="alice")
-    stats = _commandstats(server)
-    assert stats == {"hmget": 2}, stats  # the message's slots, then lists and counts: one pipeline
-    server.cli("CONFIG", "RESETSTAT")
+    stats = _all_commandstats(shared)
+    assert stats == {"hmget": 4}, stats  # each of site and user: slots, then lists and counts, one pipeline
+    assert _commandstats(shared.server_of("alice")).get("hmget", 0) >= 2
+    for server in shared.servers:
+        server.cli("CONFIG", "RESETSTAT")
     assert a.learn_user(mail[1][1], True, "alice") == "learned"
-    stats = _commandstats(server)
-    # sent by the client: the read (two HMGET and the ledger's HGET, written together), then the
-    # script; INFO also counts the script's own HGET of the ledger entry and HMGET/HSET per
-    # 1,000 slots, which cost no round trip
+    stats = _all_commandstats(shared)
+    # sent by the client: the site's read (two HMGET), the user's read (two HMGET and the ledger's
+    # HGET, written together), then the script; INFO also counts the script's own HGET of the
+    # ledger entry and HMGET/HSET per 1,000 slots, which cost no round trip
     assert stats.pop("evalsha", 0) + stats.pop("eval", 0) == 1
-    assert stats.pop("hget") == 2 and stats.pop("hmget") >= 2
+    assert stats.pop("hget") == 2 and stats.pop("hmget") >= 4
     assert set(stats) <= {"hset", "hdel", "hincrby"}, stats
+
+
+def _all_commandstats(shared: Shared) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for server in shared.servers:
+        for name, calls in _commandstats(server).items():
+            total[name] = total.get(name, 0) + calls
+    return total
 
 
 def _commandstats(server: RedisProc) -> dict[str, int]:
@@ -333,3 +350,43 @@ def test_the_scoring_pool_scores_with_a_users_model_from_its_own_store_client(re
         scorer.close()
     assert alice.user == "alice" and alice.user_spam == 1 and alice.log_odds > site.log_odds + 1.0
     assert bob.log_odds == site.log_odds and bob.user == "bob" and site.user == ""
+
+
+def test_a_site_learn_from_the_command_line_goes_to_the_store_not_the_model_file(
+    redis_server, tmp_path, mail
+):
+    """``mailsift learn`` with ``[store] url`` and no service running: the
+    site's learn lands in the store (every node's next verdict has it); the
+    model file is only read, and evaluation still measures the model alone."""
+    config = Config()
+    config.store = replace(config.store, url=redis_server.url, queue=str(tmp_path / "q.jsonl"))
+    node = Filter(config, users=Users.open(config))
+    alone = Filter(config, users=Users.open(config), shared_site=False)
+    ham = mail[0][1]
+    before = node.score(ham)
+    assert before.site_learned and before.site_log_odds == 0.0
+    model_bytes = node.model_path.read_bytes()
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[store]\nurl = "{redis_server.url}"\nqueue = "{tmp_path / "cli-queue.jsonl"}"\n')
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(ham)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "engine"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+    }
+    env.pop("MAILSIFT_CONFIG", None)
+    run = [sys.executable, "-m", "mailsift.cli", "--config", str(cfg)]
+    out = subprocess.run([*run, "learn", "--spam", str(msg)], capture_output=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert b"(for the site, in the shared store)" in out.stdout
+    after = node.score(ham)
+    assert after.site_spam == 1 and after.log_odds > before.log_odds + 1.0
+    assert node.learn_site(ham, True) == "already-learned"
+    assert alone.score(ham).log_odds == before.log_odds  # shared_site=False: the model alone
+    assert node.model_path.read_bytes() == model_bytes and not list((tmp_path / "data").rglob("*.npz"))
+    undo = subprocess.run([*run, "unlearn", "--spam", str(msg)], capture_output=True, env=env, timeout=120)
+    assert undo.returncode == 0 and b"unlearned as spam (for the site, in the shared store)" in undo.stdout
+    assert node.score(ham).log_odds == pytest.approx(before.log_odds, abs=1e-9)
