@@ -390,3 +390,32 @@ def test_a_site_learn_from_the_command_line_goes_to_the_store_not_the_model_file
     undo = subprocess.run([*run, "unlearn", "--spam", str(msg)], capture_output=True, env=env, timeout=120)
     assert undo.returncode == 0 and b"unlearned as spam (for the site, in the shared store)" in undo.stdout
     assert node.score(ham).log_odds == pytest.approx(before.log_odds, abs=1e-9)
+
+
+def test_a_site_learn_that_does_not_wait_answers_queued_and_lands_in_the_store(
+    redis_server, tmp_path, mail, small_model
+):
+    """``learn(wait=False)`` with ``[store] url`` answers queued at once (as
+    the model-file learner does for IMAPSieve's ``--no-wait``); the learn runs
+    on in a thread and lands in the store; the model file is not written."""
+    import asyncio
+
+    from mailsift.serve import Service
+
+    config = Config()
+    config.store = replace(config.store, url=redis_server.url, queue=str(tmp_path / "q.jsonl"))
+    model_bytes = small_model.read_bytes()
+    raws = mail[1][:3]
+
+    async def go():
+        service = Service(config, str(small_model), workers=-1)
+        try:
+            return [await service.learn(raw, True, wait=False) for raw in raws]
+        finally:
+            await service.close()
+
+    assert asyncio.run(go()) == ["queued"] * 3
+    node = Filter(config, str(small_model), users=Users.open(config))
+    assert all(node.learn_site(raw, True) == "already-learned" for raw in raws)
+    assert node.score(raws[0]).site_spam == 3
+    assert small_model.read_bytes() == model_bytes
