@@ -26,6 +26,7 @@ from .rules.lists import AddressLists
 from .store import Store, StoreError, StoreStatus, StoreUnavailable, open_store, queue_path, user_name
 from .store.queue import LearnQueue, QueuedLearn
 from .usermodel import UnitVec, UserParams
+from .usernames import fold
 
 log = logging.getLogger("mailsift.users")
 
@@ -206,10 +207,11 @@ class Users:
 def user_for_recipients(recipients: list[str]) -> str | None:
     """Whose model scores a message that arrived over SMTP or the milter:
     its recipient when it has exactly one (as Rspamd does), else None (the
-    site model: one verdict is written into one copy for all of them).  An
-    address that is not a usable user name gives None too, never an error
-    that would cost the message."""
-    addrs = {r.strip().strip("<>").lower() for r in recipients if r and r.strip("<> ")}
+    site model: one verdict is written into one copy for all of them).
+    Recipients are the same when they differ in ASCII case only (as user
+    names: ``usernames``).  An address that is not a usable user name gives
+    None too, never an error that would cost the message."""
+    addrs = {fold(r.strip().strip("<>")) for r in recipients if r and r.strip("<> ")}
     if len(addrs) != 1:
         return None
     try:

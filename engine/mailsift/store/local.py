@@ -29,7 +29,7 @@ import numpy as np
 
 from ..rules.lists import AddressLists, pattern_problem
 from ..usermodel import EMPTY, Change, Entry
-from . import StoreError, StoreStatus, UserRead, user_name
+from . import StoreError, StoreStatus, UserRead, user_key
 
 
 @dataclass
@@ -59,7 +59,7 @@ class LocalStore:
 
     # -- files ---------------------------------------------------------------
     def _dir(self, user: str) -> Path:
-        return self.path / user_name(user)
+        return self.path / user_key(user)
 
     @staticmethod
     def _stamp(path: Path) -> tuple | None:

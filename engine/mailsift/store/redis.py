@@ -52,7 +52,7 @@ import numpy as np
 
 from ..rules.lists import AddressLists
 from ..usermodel import EMPTY, Change, Entry
-from . import StoreError, StoreStatus, StoreUnavailable, UserRead, user_name
+from . import StoreError, StoreStatus, StoreUnavailable, UserRead, user_key
 
 log = logging.getLogger("mailsift.store")
 
@@ -244,7 +244,7 @@ class RedisStore:
     def _keys(self, user: str, space: str) -> tuple[str, str, str]:
         if not space.isalnum():
             raise StoreError(f"feature space {space!r} must be letters and digits")
-        tag = f"{self.prefix}:{{{user_name(user)}}}"
+        tag = f"{self.prefix}:{{{user_key(user)}}}"
         return f"{tag}:d:{space}", f"{tag}:l:{space}", f"{tag}:m"
 
     # -- reading -------------------------------------------------------------
