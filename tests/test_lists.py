@@ -104,7 +104,8 @@ def test_block_entry_counts_for_from_or_envelope_sender_without_any_authenticati
     by_from = flt.score(_msg("Boss@Spammer.Example"))
     by_envelope = flt.score(_msg("news@elsewhere.example"), context=Context(mail_from="x@spammer.example"))
     assert _hits(by_from)["BLOCK_LISTED"].score == 20.0
-    assert _hits(by_from)["BLOCK_LISTED"].detail == "*@spammer.example"
+    assert _hits(by_from)["BLOCK_LISTED"].detail == "*@spammer.example matches boss@spammer.example (From)"
+    assert _hits(by_envelope)["BLOCK_LISTED"].detail == "*@spammer.example matches x@spammer.example (envelope)"
     assert "BLOCK_LISTED" in _hits(by_envelope) and "BLOCK_LISTED" not in _hits(base)
     assert "BLOCK_LISTED" in _hits(flt.score(_msg("boss@spammer.example")))  # case does not matter
     assert by_from.action == "reject"
