@@ -215,7 +215,7 @@ def _addr_specs(text: str) -> list[tuple[str, str]]:
             if want_word and k == "w":
                 local.append(v)
             elif not want_word and k == ".":
-                local.append(".")
+                pass
             else:
                 break
             want_word = not want_word
@@ -231,13 +231,13 @@ def _addr_specs(text: str) -> list[tuple[str, str]]:
             if want_word and k in ("w", "["):
                 domain.append(v)
             elif not want_word and k == ".":
-                domain.append(".")
+                pass
             else:
                 break
             want_word = not want_word
             i += 1
         if local and domain:
-            found.append(("".join(reversed(local)).strip("."), "".join(domain).strip(".")))
+            found.append((".".join(reversed(local)), ".".join(domain)))
     return found
 
 
