@@ -5,13 +5,16 @@
                             ``mailsift score --json`` (Verdict.to_dict()).
                             Optional query: ``ip``, ``helo``, ``mail_from``,
                             ``user`` (whose model: the site's plus what
-                            that user taught it; default the site's).
+                            that user taught it; default the site's; a
+                            name that cannot be used scores with the
+                            site's, ``user_refused`` saying why).
 ``POST /learn?class=spam``  learn it (``class=spam|ham``); answer
                             ``{"outcome": "learned", "class": "spam"}``
 ``POST /unlearn``           take it back (``?class=`` optional); both take
                             ``?wait=0``: 202 ``queued`` once in the learner's
                             queue, without waiting for the model write
-                            ``?user=`` (for that user only)
+                            ``?user=`` (for that user only; 400 for a
+                            name that cannot be used)
 ``GET /metrics``            Prometheus text format
 ``GET /healthz``            ``{"status": "ok", ...}``
 ==========================  =================================================
