@@ -153,7 +153,7 @@ def test_http_user_names_are_any_mailbox_name_and_an_unusable_one_scores_with_th
         assert _post(node.url(f"/score?user={quoted}"), ham)["user_spam"] == 1
         for other in others:
             assert _post(node.url(f"/score?user={other}"), ham)["log_odds"] == site["log_odds"], other
-    for bad in ("a%00b", "", "a%0Ab"):
+    for bad in ("a%00b", "", "a%0Ab", "a%FFb", "a%FEb"):  # %FF: not UTF-8, never U+FFFD for all
         doc = _post(node.url(f"/score?user={bad}"), ham)  # scored, never refused: the site model
         assert doc["log_odds"] == site["log_odds"] and doc["user"] == "" and "user_refused" in doc
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -186,6 +186,7 @@ def test_spamc_u_takes_any_mailbox_name_on_redis_and_an_unusable_one_is_scored_n
         ("\u212aate", ("kate", "Kate")),
         ("first/last", ("last", "first%2flast")),
         ("a&b", ("a", "b")),
+        ("voilà", ("voila", "voil")),  # UTF-8 "à" ends in \xa0, a blank to str.strip()
     ]:
         out = spamc("-u", name, "-L", "spam")
         assert out.stdout.decode().strip() == "Message successfully un/learned", (name, out)

@@ -67,7 +67,8 @@ def canonical(name: str) -> str:
         raise UserNameError(f"user name of {len(norm)} characters: at most {MAX_CHARS}")
     for ch in norm:
         if unicodedata.category(ch) in _REFUSED_CATEGORIES:
-            raise UserNameError(f"user name {name[:80]!r} holds a control character (U+{ord(ch):04X})")
+            what = "a byte that is not UTF-8" if unicodedata.category(ch) == "Cs" else "a control character"
+            raise UserNameError(f"user name {name[:80]!r} holds {what} (U+{ord(ch):04X})")
     if len(_encode(norm)) > MAX_KEY:
         raise UserNameError(
             f"user name {name[:80]!r} is too long once encoded (at most {MAX_KEY} bytes; "

@@ -155,7 +155,7 @@ class HttpDoor(StreamDoor):
         if path in ("/learn", "/unlearn"):
             self._authorise(headers)  # before reading a body from someone who may not learn
         # before reading the body: a learn for a bad name is refused at once
-        user, refused = _user(query, learning=path != "/score")
+        user, refused = _user(url.query, learning=path != "/score")
         body = await asyncio.wait_for(self._body(reader, writer, headers), timeout)
         req["size"] = len(body)
         if path == "/score":
@@ -229,15 +229,18 @@ class HttpDoor(StreamDoor):
             raise HttpError(400, "body shorter than its Content-Length") from None
 
 
-def _user(query: dict[str, str], learning: bool) -> tuple[str | None, str]:
+def _user(query: str, learning: bool) -> tuple[str | None, str]:
     """``?user=alice``: whose model scores or learns (None: the site's), and
     why a given name was not used ("" if it was).  A name that cannot be
     used (``usernames``) is scored with the site model and logged, the
     answer saying so in ``user_refused``; a learn for it is a 400 (teaching
-    the site model instead would move everyone's scores)."""
-    if "user" not in query:
+    the site model instead would move everyone's scores).  Bytes that are
+    not UTF-8 stay undecodable (parse_qs would make every such name one
+    U+FFFD name) and are refused as such."""
+    values = parse_qs(query, keep_blank_values=True, errors="surrogateescape").get("user")
+    if not values:
         return None, ""
-    value = query["user"]
+    value = values[-1]
     try:
         return user_name(value), ""
     except StoreError as exc:

@@ -131,8 +131,10 @@ class SpamdDoor(StreamDoor):
             name, sep, value = line.partition(":")
             if not sep:
                 raise ProtocolError(EX_PROTOCOL, "bad header line")
-            headers[name.strip().lower()] = value.strip()
-        req["user"] = headers.get("user", "")[:64]
+            # blanks only: str.strip() would also take a trailing \xa0 or \x85, the last
+            # byte of a UTF-8 "à" or "Å" in a User header read as latin-1
+            headers[name.strip().lower()] = value.strip(" \t")
+        req["user"] = headers.get("user", "").encode("latin-1").decode("utf-8", "replace")[:64]
         if method in ("PING", "SKIP"):
             return method, version, headers, b""
         limit = self.service.config.proxy.max_message_size
