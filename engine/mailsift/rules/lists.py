@@ -44,7 +44,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..parse import MAX_ADDRESS_CHARS, ParsedMessage, decode_header, domain_of
+from ..parse import MAX_ADDRESS_CHARS, ParsedMessage, decode_header
 from ..score import RuleHit
 from ..usernames import fold
 from .auth import AuthResult, aligned
@@ -328,7 +328,10 @@ def _match(patterns: tuple[str, ...], addr: Shown, idna: bool = False) -> str | 
 
 def authenticated(addr: str, auth: AuthResult | None) -> str:
     """How ``addr``'s domain is authenticated ("SPF", "DKIM", "DMARC"), or ""."""
-    domain = domain_of(addr)
+    return _authenticated(fold(addr.rpartition("@")[2].strip().strip("<>[]. ")), auth)
+
+
+def _authenticated(domain: str, auth: AuthResult | None) -> str:
     if auth is None or not domain:
         return ""
     if auth.spf == "pass" and aligned(auth.spf_domain, domain, "r"):
@@ -385,7 +388,7 @@ def _allow(
     if matched is None:
         return None
     p, addr = matched
-    how = {a.text: authenticated(a.text, auth) for a in shown}
+    how = {a.text: _authenticated(a.domain, auth) for a in shown}
     others = [a.text for a in shown if a.text != addr.text]
     if how[addr.text] and all(how.values()):
         name = f"{prefix}ALLOW_LISTED"
