@@ -231,6 +231,13 @@ def test_smtp_doors_score_with_the_recipients_model_only_when_there_is_exactly_o
     assert user_for_recipients([]) is None and user_for_recipients(["<>"]) is None
     assert user_for_recipients(["a\x01b@example.org"]) is None  # not a user name: the site model
     assert user_for_recipients(["<o'brien@Example.org>"]) == "o'brien@example.org"
+    assert user_for_recipients(['<"o\'brien"@example.org>', "o'brien@example.org"]) == "o'brien@example.org"
+    assert user_for_recipients(['<"a\\"b"@example.org>']) == 'a"b@example.org'
+    assert (
+        user_for_recipients(['"a b"@example.org'])
+        == "a b@example.org"
+        != user_for_recipients(["b@example.org"])
+    )
     kelvin = user_for_recipients(["\u212aate@example.org"])
     assert kelvin == "\u212aate@example.org" != user_for_recipients(["Kate@example.org"])
     assert user_for_recipients(["\u212aate@example.org", "kate@example.org"]) is None  # two users

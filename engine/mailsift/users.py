@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -209,12 +210,26 @@ def user_for_recipients(recipients: list[str]) -> str | None:
     its recipient when it has exactly one (as Rspamd does), else None (the
     site model: one verdict is written into one copy for all of them).
     Recipients are the same when they differ in ASCII case only (as user
-    names: ``usernames``).  An address that is not a usable user name gives
-    None too, never an error that would cost the message."""
-    addrs = {fold(r.strip().strip("<>")) for r in recipients if r and r.strip("<> ")}
+    names: ``usernames``) or in quoting (``"alice"@x`` is ``alice@x``).  An
+    address that is not a usable user name gives None too, never an error
+    that would cost the message."""
+    addrs = {_mailbox(r) for r in recipients if r and r.strip("<> ")}
     if len(addrs) != 1:
         return None
     try:
         return user_name(addrs.pop())
     except StoreError:
         return None
+
+
+_QUOTED_LOCAL = re.compile(r'"((?:[^"\\]|\\.)*)"@([^@]+)')
+
+
+def _mailbox(recipient: str) -> str:
+    """A recipient as a user name: brackets off, a quoted local part unquoted
+    (RFC 5321: quoting does not change the mailbox), ASCII letters folded."""
+    addr = recipient.strip().strip("<>")
+    m = _QUOTED_LOCAL.fullmatch(addr)
+    if m:
+        addr = re.sub(r"\\(.)", r"\1", m.group(1)) + "@" + m.group(2)
+    return fold(addr)
