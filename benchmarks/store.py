@@ -42,7 +42,7 @@ from conftest import RedisCluster, RedisProc  # noqa: E402
 from mailsift import Filter  # noqa: E402
 from mailsift.config import Config  # noqa: E402
 from mailsift.corpus import read_index  # noqa: E402
-from mailsift.store import SITE  # noqa: E402
+from mailsift.store import SITE_KEY  # noqa: E402
 from mailsift.store.local import LocalStore  # noqa: E402
 from mailsift.store.queue import LearnQueue  # noqa: E402
 from mailsift.store.redis import RedisStore  # noqa: E402
@@ -195,7 +195,7 @@ def run_backend(name, store, servers, flt, msgs, learns, folder) -> dict:
         out["score_shared_user_p50_ms"] = statistics.median(shared_user) * 1e3
         out["score_shared_site_msgs_per_s"] = len(msgs) / sum(shared_site)
         out["score_shared_user_msgs_per_s"] = len(msgs) / sum(shared_user)
-        skey = f"mailsift:{{{SITE}}}:d:{users._space(space)}"
+        skey = f"mailsift:{{{SITE_KEY}}}:d:{users._space(space)}"
         out["site_delta_slots"] = int(store._client.hlen(skey))
 
     # memory of the user's state after the learns

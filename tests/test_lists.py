@@ -104,7 +104,10 @@ def test_block_entry_counts_for_from_or_envelope_sender_without_any_authenticati
     by_from = flt.score(_msg("Boss@Spammer.Example"))
     by_envelope = flt.score(_msg("news@elsewhere.example"), context=Context(mail_from="x@spammer.example"))
     assert _hits(by_from)["BLOCK_LISTED"].score == 20.0
-    assert _hits(by_from)["BLOCK_LISTED"].detail == "*@spammer.example"
+    assert _hits(by_from)["BLOCK_LISTED"].detail == "*@spammer.example matches boss@spammer.example (From)"
+    assert (
+        _hits(by_envelope)["BLOCK_LISTED"].detail == "*@spammer.example matches x@spammer.example (envelope)"
+    )
     assert "BLOCK_LISTED" in _hits(by_envelope) and "BLOCK_LISTED" not in _hits(base)
     assert "BLOCK_LISTED" in _hits(flt.score(_msg("boss@spammer.example")))  # case does not matter
     assert by_from.action == "reject"
@@ -200,3 +203,128 @@ def test_lists_command_keeps_a_users_lists_in_the_store(tmp_path, capsys):
     assert main(["lists", "--config", str(cfg), "--user", "alice", "--allow", "example.org"]) == 64
     users = Users.open(load_config(str(cfg)))
     assert users.lists("alice") == AddressLists((), ("x@junk.example",)) and not users.lists("bob")
+
+
+def _raw(*from_lines: str) -> bytes:
+    head = "".join(f"From: {line}\r\n" for line in from_lines)
+    return (
+        f"{head}To: bob@example.net\r\nSubject: hello\r\nDate: Mon, 01 Jul 2024 10:00:00 +0000\r\n"
+        "Message-ID: <2@example.org>\r\n\r\nHello Bob.\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "entry, from_lines",
+    [
+        ("bad@blocked.example", ["a@good.example, bad@blocked.example"]),  # two authors
+        ("bad@blocked.example", ["a@good.example", "bad@blocked.example"]),  # two From lines
+        ("x@blocked.example", ['"x"@blocked.example']),  # a quoted local part is the same mailbox
+        ("*@blocked.example", ['"a@b"@blocked.example']),  # an @ inside the quotes
+        ("bad@blocked.example", ["bad(a comment)@blocked.example"]),
+        ("bad@blocked.example", ['"ok@good.example" <bad@blocked.example>']),
+        ("bad@blocked.example", ["ok@good.example <bad@blocked.example>"]),
+        ("bad@blocked.example", ["=?utf-8?q?ok=40good.example?= <bad@blocked.example>"]),
+        ("bad@blocked.example", ['"bad@blocked.example" <ok@good.example>']),  # what the reader sees
+        ("bad@blocked.example", ["ok@good.example (bad@blocked.example)"]),
+        ("bad@blocked.example", ["friends: ok@good.example, bad@blocked.example;"]),
+        ("bad@blocked.example", ["Bad <BAD@Blocked.Example.>"]),
+        ("bad@blocked.example", ['"unterminated <bad@blocked.example>']),
+        ("*@bücher.example", ["x@xn--bcher-kva.example"]),  # either IDNA spelling
+        ("*@xn--bcher-kva.example", ["x@bücher.example"]),
+    ],
+)
+def test_a_block_entry_matches_any_address_the_from_lines_show(entry, from_lines):
+    flt = Filter(_config(None, block=[entry]), str(DEFAULT_MODEL))
+    hit = _hits(flt.score(_raw(*from_lines))).get("BLOCK_LISTED")
+    assert hit is not None and hit.score == 20.0, from_lines
+    assert hit.detail.startswith(f"{entry} matches ")
+
+
+@pytest.mark.parametrize(
+    "entry, from_line",
+    [
+        ("bad@blocked.example", "bad@blocked.example.evil"),
+        ("bad@blocked.example", "bad@sub.blocked.example"),
+        ("bad@blocked.example", '"bad x"@blocked.example'),
+        ("x@blocked.example", '"x."@blocked.example'),
+        ("kate@example.org", "\u212aate@example.org"),  # the Kelvin sign is not k
+        ("*@blocked.example", "ok@good.example"),
+    ],
+)
+def test_a_block_entry_does_not_match_other_mailboxes(entry, from_line):
+    flt = Filter(_config(None, block=[entry]), str(DEFAULT_MODEL))
+    assert "BLOCK_LISTED" not in _hits(flt.score(_raw(from_line)))
+
+
+def test_list_entries_fold_ascii_letters_only():
+    lists = AddressLists.of(["KATE@Example.ORG", "\u212aATE@example.org"], [])
+    assert lists.allow == ("kate@example.org", "\u212aate@example.org")
+    flt = Filter(_config(None, block=["Kate@EXAMPLE.org"]), str(DEFAULT_MODEL))
+    assert "BLOCK_LISTED" in _hits(flt.score(_raw("KATE@example.ORG")))
+    assert "BLOCK_LISTED" not in _hits(flt.score(_raw("\u212aate@example.org")))
+
+
+SPF_OK = Context(GOOD_IP, "mx.example.org", "bounce@example.org")
+
+
+@pytest.mark.parametrize(
+    "from_lines, loose",
+    [
+        (["alice@example.org, bad@evil.example"], "bad@evil.example"),
+        (["alice@example.org", "bad@evil.example"], "bad@evil.example"),
+        (["bad@evil.example", "alice@example.org"], "bad@evil.example"),
+        (['"bad@evil.example" <alice@example.org>'], "bad@evil.example"),
+        (["Alice <alice@example.org> (sent for boss@evil.example)"], "boss@evil.example"),
+    ],
+)
+def test_an_authenticated_allowed_address_never_launders_a_second_from(dns_server, from_lines, loose):
+    flt = Filter(_config(dns_server, allow=["*@example.org"]), str(DEFAULT_MODEL))
+    v = flt.score(_raw(*from_lines), context=SPF_OK)
+    assert "SPF_PASS" in _hits(v) and "ALLOW_LISTED" not in _hits(v)
+    hit = _hits(v)["ALLOW_LISTED_UNVERIFIED"]
+    assert f"also shows {loose}, not authenticated" in hit.detail and "SPF pass" in hit.detail
+    assert "ALLOW_LISTED_UNVERIFIED" in explain(v) and loose in explain(v)
+
+
+def test_two_from_addresses_of_the_authenticated_domain_are_honoured(dns_server):
+    flt = Filter(_config(dns_server, allow=["alice@example.org"]), str(DEFAULT_MODEL))
+    v = flt.score(_raw("alice@example.org, bob@example.org"), context=SPF_OK)
+    hit = _hits(v)["ALLOW_LISTED"]
+    assert hit.score == -20.0 and "other From addresses are authenticated too (bob@example.org)" in hit.detail
+    quoted = flt.score(_raw('"alice"@Example.ORG'), context=SPF_OK)  # the same mailbox, quoted
+    assert "ALLOW_LISTED" in _hits(quoted)
+
+
+def test_dkim_for_one_from_address_does_not_vouch_for_another(dns_server, dkim_key):
+    flt = Filter(_config(dns_server, allow=["alice@example.org"]), str(DEFAULT_MODEL))
+    ctx = Context(BAD_IP, "x", "bounce@lists.example.net")  # SPF fails: DKIM is all there is
+    alone = flt.score(_sign(_raw("alice@example.org"), dkim_key[0], b"example.org"), context=ctx)
+    assert "DKIM pass" in _hits(alone)["ALLOW_LISTED"].detail
+    two = flt.score(
+        _sign(_raw("alice@example.org, eve@other.example"), dkim_key[0], b"example.org"), context=ctx
+    )
+    assert "DKIM_PASS" in _hits(two) and "ALLOW_LISTED" not in _hits(two)
+    assert "also shows eve@other.example" in _hits(two)["ALLOW_LISTED_UNVERIFIED"].detail
+    # both domains signed: both authenticated, honoured
+    signed = _sign(_raw("alice@example.org, eve@other.example"), dkim_key[0], b"example.org")
+    both = _sign(signed, dkim_key[0], b"other.example")
+    assert "ALLOW_LISTED" in _hits(flt.score(both, context=ctx))
+
+
+def test_a_users_block_entry_matches_a_second_from_line_too(tmp_path):
+    config = _config(None, tmp_path=tmp_path)
+    users = Users.open(config)
+    users.set_lists("o'brien", AddressLists.of([], ["bad@blocked.example"]))
+    flt = Filter(config, str(DEFAULT_MODEL), users=users)
+    raw = _raw("ok@good.example", "bad@blocked.example")
+    assert _hits(flt.score(raw, user="o'brien"))["USER_BLOCK_LISTED"].score == 20.0
+    assert "USER_BLOCK_LISTED" not in _hits(flt.score(raw, user="obrien"))
+
+
+def test_hostile_from_headers_are_read_in_bounded_time():
+    raws = [
+        _raw(*[junk] * 30) for junk in ('"' * 2000, "(" * 2000, "a@" * 1000, "a." * 1000 + "@b", "<" * 2000)
+    ]
+    flt = Filter(_config(None, block=["*@blocked.example"]), str(DEFAULT_MODEL))
+    for raw in raws:
+        assert "BLOCK_LISTED" not in _hits(flt.score(raw))

@@ -263,11 +263,12 @@ def test_milter_scores_with_the_single_recipients_model_else_the_sites(scoring_s
         await c.session()
         await c.message(HAM, rcpts=("<Alice@Example.NET>",))
         await c.message(HAM, rcpts=("<alice@example.net>", "<bob@example.net>"))
-        await c.message(HAM, rcpts=("<a b@example.net>",))  # no usable user name: the site's
+        await c.message(HAM, rcpts=("<a\x01b@example.net>",))  # no usable user name: the site's
+        await c.message(HAM, rcpts=('<"o\'brien"@Example.NET>',))  # any mailbox name; quoting is no change
         c.close()
 
     run_with(service, test)
-    assert service.users == ["alice@example.net", None, None]
+    assert service.users == ["alice@example.net", None, None, "o'brien@example.net"]
 
 
 def test_milter_marks_authenticated_submissions(scoring_service):

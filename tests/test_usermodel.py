@@ -143,11 +143,15 @@ def test_two_processes_learning_at_once_lose_no_update(tmp_path, mail):
     assert {flt.learn_user(raw, True, "alice") for raw in mail[1][:12]} == {"already-learned"}
 
 
-def test_bad_user_names_are_refused_and_corrupt_state_scores_with_the_site_model(tmp_path, mail):
+def test_unusable_user_names_are_refused_and_corrupt_state_scores_with_the_site_model(tmp_path, mail):
     flt = Filter(_config(tmp_path))
-    for bad in ("../etc", "a b", "{alice}", "", ".hidden", "x" * 200):
+    for bad in ("", " ", "a\x00b", "a\nb", "a\x7fb", "x" * 255, "é" * 60):
         with pytest.raises(StoreError):
             flt.learn_user(mail[0][0], True, bad)
+    assert not (tmp_path / "users").exists() or not any((tmp_path / "users").iterdir())
+    v = flt.score(mail[0][0], user="a\x00b")  # scoring never fails over a name: the site model
+    assert v.log_odds == flt.score(mail[0][0]).log_odds
+    assert any(h.name == "USER_STATE_ERROR" and "control character" in h.detail for h in v.hits)
     assert flt.learn_user(mail[0][0], True, "Alice@Example.org") == "learned"
     assert flt.learn_user(mail[0][0], True, "alice@example.org") == "already-learned"
     state = next((tmp_path / "users" / "alice@example.org").glob("*.npz"))
@@ -173,7 +177,33 @@ def test_cli_learn_and_score_with_user(tmp_path, mail, capsys):
     users = Users.open(load_config(str(cfg)))
     flt = Filter(load_config(str(cfg)), users=users)
     assert flt.score(mail[0][0], user="alice").user_log_odds > 1.0
-    assert main(["score", "--config", str(cfg), "--user", "../x", str(msg)]) == 64
+    capsys.readouterr()
+    assert main(["score", "--config", str(cfg), "--user", "a\x01b", str(msg)]) == 0  # the site model
+    assert "warning: --user: user name 'a\\x01b' holds a control character" in capsys.readouterr().err
+    for bad in ("", "a\nb"):
+        assert main(["learn", "--config", str(cfg), "--spam", "--user", bad, str(msg)]) == 64
+    assert not (tmp_path / "users" / "%2e%2e").exists()
+
+
+def test_every_mailbox_or_login_name_has_its_own_state_in_a_folder_of_its_own(tmp_path, mail):
+    flt = Filter(_config(tmp_path))
+    ham = mail[0][0]
+    site = flt.score(ham).log_odds
+    names = ["o'brien", "a&b", "first.last", "first/last", "_alice", "DOMAIN\\alice", "alice+tag", "jörg",
+             "user@domain", "../etc", "\u212aate", "o%27brien"]  # fmt: skip
+    for i, name in enumerate(names):
+        assert flt.learn_user(ham, True, name) == "learned", name
+        for other in names[i + 1 :] + ["obrien", "kate", "jorg", "last", "etc"]:
+            assert flt.score(ham, user=other).log_odds == site, (name, other)  # nobody else moved
+        assert flt.score(ham, user=name).user_spam == 1
+    folders = sorted(p.name for p in (tmp_path / "users").iterdir())
+    assert len(folders) == len(names) and "first.last" in folders and "user@domain" in folders
+    assert "o%27brien" in folders and "o%2527brien" in folders and "%e2%84%aaate" in folders
+    assert not (tmp_path / "etc").exists() and all((tmp_path / "users" / f).is_dir() for f in folders)
+    # one user, any ASCII case; but the Kelvin sign is not k
+    assert flt.learn_user(ham, True, "O'Brien") == "already-learned"
+    assert flt.learn_user(ham, True, "\u212aATE") == "already-learned"
+    assert flt.score(ham, user="KATE").log_odds == site
 
 
 @pytest.mark.parametrize(
@@ -199,4 +229,15 @@ def test_smtp_doors_score_with_the_recipients_model_only_when_there_is_exactly_o
     assert user_for_recipients(["alice@example.org", "ALICE@example.org"]) == "alice@example.org"
     assert user_for_recipients(["alice@example.org", "bob@example.org"]) is None
     assert user_for_recipients([]) is None and user_for_recipients(["<>"]) is None
-    assert user_for_recipients(["a b@example.org"]) is None  # not a user name: the site model
+    assert user_for_recipients(["a\x01b@example.org"]) is None  # not a user name: the site model
+    assert user_for_recipients(["<o'brien@Example.org>"]) == "o'brien@example.org"
+    assert user_for_recipients(['<"o\'brien"@example.org>', "o'brien@example.org"]) == "o'brien@example.org"
+    assert user_for_recipients(['<"a\\"b"@example.org>']) == 'a"b@example.org'
+    assert (
+        user_for_recipients(['"a b"@example.org'])
+        == "a b@example.org"
+        != user_for_recipients(["b@example.org"])
+    )
+    kelvin = user_for_recipients(["\u212aate@example.org"])
+    assert kelvin == "\u212aate@example.org" != user_for_recipients(["Kate@example.org"])
+    assert user_for_recipients(["\u212aate@example.org", "kate@example.org"]) is None  # two users

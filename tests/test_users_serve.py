@@ -205,12 +205,82 @@ def test_a_site_learn_on_one_node_is_seen_by_every_node_and_user_and_queued_whil
     assert back["site_spam"] == 0 and back["log_odds"] == pytest.approx(before["log_odds"], abs=1e-9)
 
 
-def test_a_bad_user_name_is_a_clear_400_on_the_http_door(serving, small_model, tmp_path, ham):
+def test_http_user_names_are_any_mailbox_name_and_an_unusable_one_scores_with_the_site_model(
+    serving, small_model, tmp_path, ham
+):
     node = serving(small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n')
-    for path in ("/score?user=../etc", "/learn?class=spam&user=a%20b"):
+    site = _post(node.url("/score"), ham)
+    for quoted, name, others in [
+        ("o%27brien", "o'brien", ("obrien", "o%2527brien")),
+        ("%E2%84%AAate", "\u212aate", ("kate", "%25e2%2584%25aaate")),  # the Kelvin sign is not k
+        ("DOMAIN%5Calice", "domain\\alice", ("alice", "domain%255calice")),
+    ]:
+        assert _post(node.url(f"/learn?class=spam&user={quoted}"), ham) == {
+            "outcome": "learned",
+            "class": "spam",
+            "user": name,
+        }
+        assert _post(node.url(f"/score?user={quoted}"), ham)["user_spam"] == 1
+        for other in others:
+            assert _post(node.url(f"/score?user={other}"), ham)["log_odds"] == site["log_odds"], other
+    for bad in ("a%00b", "", "a%0Ab", "a%FFb", "a%FEb"):  # %FF: not UTF-8, never U+FFFD for all
+        doc = _post(node.url(f"/score?user={bad}"), ham)  # scored, never refused: the site model
+        assert doc["log_odds"] == site["log_odds"] and doc["user"] == "" and "user_refused" in doc
         with pytest.raises(urllib.error.HTTPError) as err:
-            _post(node.url(path), ham)
+            _post(node.url(f"/learn?class=spam&user={bad}"), ham)
         assert err.value.code == 400 and "user name" in json.loads(err.value.read())["error"]
+    assert "cannot name a user" in node.log_text()
+
+
+@pytest.mark.skipif(shutil.which("spamc") is None, reason="spamc not installed (.ci/run installs it)")
+def test_spamc_u_takes_any_mailbox_name_on_redis_and_an_unusable_one_is_scored_not_passed_through(
+    redis_server, serving, small_model, tmp_path, ham
+):
+    import redis
+
+    node = serving(small_model, ("spamd", "http"), _store(redis_server.url))
+    site = _post(node.url("/score"), ham)
+
+    def spamc(*args: str) -> subprocess.CompletedProcess:
+        cmd = ["/usr/bin/spamc", "-d", "127.0.0.1", "-p", str(node.ports["spamd"]), "-t", "30", *args]
+        return subprocess.run(cmd, input=ham, capture_output=True, timeout=60)
+
+    def checked(user: str) -> float:
+        out = spamc("-u", user, "-c")
+        assert out.returncode in (0, 1), out  # 0/1 ham/spam: scored; anything else: passed unscanned
+        return float(out.stdout.decode().split("/")[0])
+
+    for name, others in [
+        ("o'brien", ("obrien", "o%27brien")),
+        ("jörg", ("jorg", "j%c3%b6rg")),
+        ("\u212aate", ("kate", "Kate")),
+        ("first/last", ("last", "first%2flast")),
+        ("a&b", ("a", "b")),
+        ("voilà", ("voila", "voil")),  # UTF-8 "à" ends in \xa0, a blank to str.strip()
+    ]:
+        out = spamc("-u", name, "-L", "spam")
+        assert out.stdout.decode().strip() == "Message successfully un/learned", (name, out)
+        assert checked(name) > site["score"] + 0.5, name
+        for other in others:
+            assert abs(checked(other) - site["score"]) < 0.051, (name, other)
+    keys = {k.decode() for k in redis.Redis.from_url(redis_server.url).keys("*")}
+    assert any("{o%27brien}" in k for k in keys) and any("{%e2%84%aaate}" in k for k in keys), keys
+    assert not any("{obrien}" in k or "{kate}" in k for k in keys)  # scored, never written
+
+    # a name that cannot be a name: scored with the site model and logged, not EX_NOUSER (unscanned)
+    for bad in ("a\x01b", "x" * 300):
+        assert abs(checked(bad) - site["score"]) < 0.051
+        whole = spamc("-u", bad)  # plain spamc: the message comes back with our verdict in it
+        assert whole.returncode == 0 and b"X-Spam-Status: " in whole.stdout
+        learn = spamc("-u", bad, "-L", "spam")
+        assert "successfully" not in learn.stdout.decode()  # refused: the site model is not taught instead
+    assert _post(node.url("/score"), ham)["log_odds"] == site["log_odds"]
+    log_text = node.log_text()
+    assert re.search(r"spamd: User 'a\\x01b' cannot name a user \(.*control character.*site model", log_text)
+    assert re.search(r"spamd: User 'x+' cannot name a user \(.*at most 254.*site model", log_text)
+    # the unprintable name is logged escaped, never raw
+    assert re.search(r"method=TELL user='a\\x01b' .*EX_NOUSER", log_text), log_text[-3000:]
+    assert "\x01" not in log_text
 
 
 @pytest.mark.skipif(shutil.which("spamc") is None, reason="spamc not installed (.ci/run installs it)")

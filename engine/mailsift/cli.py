@@ -120,7 +120,7 @@ def cmd_score(args) -> int:
     if args.dns:
         split_hostport(args.dns, "--dns")
         config.dns.servers = [args.dns]
-    user = _user(args)
+    user = _score_user(args)
     flt = Filter(config, args.model)
     context = Context(client_ip=args.ip or "", helo=args.helo or "", mail_from=args.mail_from or "")
     verdict = flt.score(raw, evidence=8 if (args.explain or args.json) else 0, context=context, user=user)
@@ -217,10 +217,24 @@ def _print_skipped(ts) -> None:
         print(f"skipped {more} more", file=sys.stderr)
 
 
+def _score_user(args) -> str | None:
+    """--user for score: a name that cannot be used (``usernames``) scores
+    with the site model, with a warning (as the doors do: scoring never
+    fails over a name)."""
+    if getattr(args, "user", None) is None:
+        return None
+    try:
+        return user_name(args.user)
+    except StoreError as exc:
+        print(f"warning: --user: {exc}; scored with the site model", file=sys.stderr)
+        return None
+
+
 # -- learn / unlearn -----------------------------------------------------
 def _user(args) -> str | None:
-    """--user, checked (a bad name is a usage error, not the site model)."""
-    if not getattr(args, "user", None):
+    """--user, checked (a bad name, the empty one too, is a usage error: a
+    learn for it must not teach the site model instead)."""
+    if getattr(args, "user", None) is None:
         return None
     try:
         return user_name(args.user)

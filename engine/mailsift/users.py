@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -30,11 +31,12 @@ from .store import (
     StoreUnavailable,
     open_store,
     queue_path,
-    store_key,
+    state_name,
     user_name,
 )
 from .store.queue import LearnQueue, QueuedLearn
 from .usermodel import UnitVec, UserParams
+from .usernames import fold
 
 log = logging.getLogger("mailsift.users")
 
@@ -90,7 +92,7 @@ class Users:
         """``user``'s share of the verdict for a message with features
         ``vec`` (sorted unique slots, values); ``user`` ``store.SITE``: the
         site's learns kept in a shared store."""
-        name = store_key(user)
+        name = state_name(user)
         x = UnitVec.of(vec, self.params.sample)
         got = self.store.read(name, self._space(space), x.slots)
         if not got.stale and self.queue is not None and self.queue.waiting():
@@ -125,7 +127,7 @@ class Users:
         Raises StoreError when it can do neither (queue full, unwritable).
         ``user`` ``store.SITE`` learns for the site (a shared store's site
         delta): the same path, queue and ledger as a user's."""
-        name = store_key(user)
+        name = state_name(user)
         if spam is None and not forget:
             raise ValueError("learning needs a class: spam=True or spam=False")
         idx, val = vec
@@ -218,13 +220,28 @@ class Users:
 def user_for_recipients(recipients: list[str]) -> str | None:
     """Whose model scores a message that arrived over SMTP or the milter:
     its recipient when it has exactly one (as Rspamd does), else None (the
-    site model: one verdict is written into one copy for all of them).  An
+    site model: one verdict is written into one copy for all of them).
+    Recipients are the same when they differ in ASCII case only (as user
+    names: ``usernames``) or in quoting (``"alice"@x`` is ``alice@x``).  An
     address that is not a usable user name gives None too, never an error
     that would cost the message."""
-    addrs = {r.strip().strip("<>").lower() for r in recipients if r and r.strip("<> ")}
+    addrs = {_mailbox(r) for r in recipients if r and r.strip("<> ")}
     if len(addrs) != 1:
         return None
     try:
         return user_name(addrs.pop())
     except StoreError:
         return None
+
+
+_QUOTED_LOCAL = re.compile(r'"((?:[^"\\]|\\.)*)"@([^@]+)')
+
+
+def _mailbox(recipient: str) -> str:
+    """A recipient as a user name: brackets off, a quoted local part unquoted
+    (RFC 5321: quoting does not change the mailbox), ASCII letters folded."""
+    addr = recipient.strip().strip("<>")
+    m = _QUOTED_LOCAL.fullmatch(addr)
+    if m:
+        addr = re.sub(r"\\(.)", r"\1", m.group(1)) + "@" + m.group(2)
+    return fold(addr)

@@ -3,17 +3,33 @@ per site (``[lists]`` in the config) and per user (kept with the user's
 state in the store, see ``mailsift.store``).
 
 Entries are glob patterns on addresses (``*@example.com``,
-``news@*.example.org``, ``alice@example.net``), matched without regard to
-case.  A *block* entry matches the From address or the envelope sender and
-always counts: anybody may forge a sender, but a forged sender that lands
-mail on a block list costs only the forger.  An *allow* entry matches only
-the From address (what the reader sees) and counts only when that address
-is authenticated: SPF passed for an envelope domain aligned with the From
-domain, a DKIM signature aligned with it verified, or DMARC passed for it
-(relaxed alignment: same registered domain).  Otherwise an allow entry
-would let anybody who writes ``From: boss@example.com`` past the filter;
-an unauthenticated match shows as the zero-point ``ALLOW_LISTED_UNVERIFIED``
-saying why, so ``--explain`` tells the operator what happened.
+``news@*.example.org``, ``alice@example.net``): the part before the ``@``
+is matched against the local part (unquoted: ``"x"@example.com`` is
+``x@example.com``), the part after it against the domain.  Only ASCII
+letters fold to lower case; nothing else does (``str.lower`` would read the
+Kelvin sign U+212A as ``k``).
+
+Which addresses a message shows as its sender (:func:`shown_addresses`):
+every address in every ``From`` header line (a message may carry two lines,
+or one line listing two authors), parsed with quoted local parts, comments
+and angle brackets understood, plus any address written in a display name
+or a comment (``"ok@good.example" <bad@blocked.example>``): a reader may
+take any of them for the sender.
+
+A *block* entry counts when it matches ANY shown address or the envelope
+sender (a domain written in Unicode or as ``xn--`` labels matches either
+spelling): anybody may forge a sender, but a forged sender that lands mail
+on a block list costs only the forger.  An *allow* entry counts only when
+it matches a shown address AND every shown address is authenticated: SPF
+passed for an envelope domain aligned with its domain, a DKIM signature
+aligned with it verified, or DMARC passed for it (relaxed alignment: same
+registered domain).  Otherwise an allow entry would let anybody who writes
+``From: boss@example.com`` past the filter, or launder a second,
+unauthenticated address next to an authenticated one (``From:
+friend@example.com, bad@evil.example`` with SPF passing for example.com).
+An allow entry not honoured shows as the zero-point
+``ALLOW_LISTED_UNVERIFIED`` saying why, so ``--explain`` tells the operator
+what happened.
 
 The authentication results are the ones the network rules already computed
 for the message (``rules.auth.AuthResult``, trusted Authentication-Results
@@ -28,8 +44,9 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..parse import ParsedMessage, domain_of
+from ..parse import MAX_ADDRESS_CHARS, ParsedMessage, decode_header
 from ..score import RuleHit
+from ..usernames import fold
 from .auth import AuthResult, aligned
 
 #: points of a match; like SpamAssassin's USER_IN_WHITELIST / USER_IN_BLACKLIST
@@ -91,31 +108,230 @@ def pattern_problem(pattern: object) -> str | None:
 
 
 def normalise(pattern: str) -> str:
-    return pattern.strip().lower()
+    """An entry as it is kept and matched: trimmed, ASCII letters folded."""
+    return fold(pattern.strip())
+
+
+# -- the addresses a message shows ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One address a message shows as its sender."""
+
+    #: the local part, unquoted, ASCII-folded
+    local: str
+    #: the domain, ASCII-folded, without brackets or a trailing dot
+    domain: str
+    #: where: "From", "From (display name or comment)", "envelope"
+    where: str = "From"
+
+    @property
+    def text(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+#: at most this many From lines and addresses are read (a message has one or two)
+MAX_FROM_LINES = 10
+MAX_SHOWN = 50
+_ATOM_END = frozenset('()<>[]:;@\\,."') | frozenset(" \t\r\n")
+_SPECIALS = frozenset("<>@,:;.")
+#: an address written as text (in a display name or a comment); parse.py's
+#: pattern, the lookbehind keeping it linear on a long run of word characters
+_TEXT_ADDR_RE = re.compile(r"(?<![\w.+=-])[\w.+=-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    """RFC 5322 tokens of an address header, in one pass (the stdlib's parser
+    is quadratic on a run of quotes and recurses on nested comments): words
+    ("w", text: atoms and unquoted quoted-strings), domain literals ("[", text)
+    and the specials ``< > @ , : ; .``.  Comments and blanks become "s", which
+    separates words; an unterminated quote or comment runs to the end."""
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            buf = []
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(text[i])
+                i += 1
+            out.append(("w", "".join(buf)))
+            i += 1
+        elif c == "(":
+            depth, i = 1, i + 1
+            while i < n and depth:
+                if text[i] == "\\":
+                    i += 1
+                elif text[i] == "(":
+                    depth += 1
+                elif text[i] == ")":
+                    depth -= 1
+                i += 1
+            out.append(("s", ""))
+        elif c == "[":
+            j = text.find("]", i)
+            j = n - 1 if j < 0 else j
+            out.append(("[", text[i + 1 : j]))
+            i = j + 1
+        elif c in _SPECIALS:
+            out.append((c, c))
+            i += 1
+        elif c in " \t\r\n" or c in ")]\\":
+            out.append(("s", ""))
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in _ATOM_END:
+                j += 1
+            out.append(("w", text[i:j]))
+            i = j
+    return out
+
+
+def _addr_specs(text: str) -> list[tuple[str, str]]:
+    """Every ``local@domain`` of an address header, structurally: the words
+    joined by dots just before each ``@`` (blanks and comments allowed
+    around the dots, as RFC 5322's obsolete syntax has them) and the labels
+    after it.  A display name is words not followed by ``@``, so
+    ``ok@good.example <bad@blocked.example>`` gives both addresses and
+    ``"ok@good.example" <bad@blocked.example>`` only the second."""
+    toks = _tokens(text)
+    found: list[tuple[str, str]] = []
+    for at, (kind, _) in enumerate(toks):
+        if kind != "@":
+            continue
+        local: list[str] = []
+        i = at - 1
+        want_word = True
+        while i >= 0:
+            k, v = toks[i]
+            if k == "s":
+                i -= 1
+                continue
+            if want_word and k == "w":
+                local.append(v)
+            elif not want_word and k == ".":
+                pass
+            else:
+                break
+            want_word = not want_word
+            i -= 1
+        domain: list[str] = []
+        i = at + 1
+        want_word = True
+        while i < len(toks):
+            k, v = toks[i]
+            if k == "s":
+                i += 1
+                continue
+            if want_word and k in ("w", "["):
+                domain.append(v)
+            elif not want_word and k == ".":
+                pass
+            else:
+                break
+            want_word = not want_word
+            i += 1
+        if local and domain:
+            found.append((".".join(reversed(local)), ".".join(domain)))
+    return found
+
+
+def _shown(local: str, domain: str, where: str) -> Shown | None:
+    local, domain = fold(local.strip()), fold(domain.strip().strip("[]. "))
+    return Shown(local, domain, where) if local and domain else None
+
+
+def shown_addresses(msg: ParsedMessage) -> list[Shown]:
+    """Every address the message's From header lines show (see the module
+    text), each once, at most MAX_SHOWN."""
+    values = [v for k, v in msg.raw_headers if k == "from"][:MAX_FROM_LINES]
+    seen: dict[tuple[str, str], Shown] = {}
+
+    def add(local: str, domain: str, where: str) -> None:
+        a = _shown(local, domain, where)
+        if a is not None and (a.local, a.domain) not in seen and len(seen) < MAX_SHOWN:
+            seen[(a.local, a.domain)] = a
+
+    for value in values:
+        value = str(value)[:MAX_ADDRESS_CHARS]
+        decoded = decode_header(value)
+        # the structure before RFC 2047 decoding (an encoded word may decode to
+        # quotes or brackets), 8-bit text read as UTF-8 as decode_header reads it
+        raw = (
+            value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        )
+        for text in dict.fromkeys((raw, decoded)):
+            for local, domain in _addr_specs(text):
+                add(local, domain, "From")
+        for text in dict.fromkeys((raw, decoded)):
+            for found in _TEXT_ADDR_RE.findall(text):
+                local, _, domain = found.rpartition("@")
+                add(local, domain, "From (display name or comment)")
+    return list(seen.values())
+
+
+def envelope_address(mail_from: str) -> Shown | None:
+    """The envelope sender (MAIL FROM), as a list entry matches it."""
+    text = mail_from.strip().strip("<>")
+    if not text:
+        return None
+    specs = _addr_specs(text)
+    if specs:
+        return _shown(*specs[-1], "envelope")
+    local, _, domain = text.rpartition("@")
+    return _shown(local, domain, "envelope")
+
+
+# -- matching ----------------------------------------------------------------
 
 
 @lru_cache(maxsize=4096)
-def _regex(patterns: tuple[str, ...]) -> re.Pattern | None:
-    """All patterns of one list as one compiled alternation (fnmatch's
+def _compiled(patterns: tuple[str, ...]) -> tuple[tuple[str, re.Pattern, re.Pattern], ...]:
+    """Each pattern as (pattern, local glob, domain glob), compiled (fnmatch's
     translation: ``*``, ``?`` and ``[...]`` as in the shell)."""
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    out = []
+    for p in patterns:
+        local, _, domain = p.rpartition("@")
+        out.append((p, re.compile(fnmatch.translate(local)), re.compile(fnmatch.translate(domain))))
+    return tuple(out)
 
 
-def _first_match(patterns: tuple[str, ...], addrs: list[str]) -> str | None:
-    rx = _regex(patterns)
-    if rx is None:
-        return None
-    for addr in addrs:
-        if addr and rx.match(addr):
-            return next((p for p in patterns if fnmatch.fnmatchcase(addr, p)), addr)
+def _domain_forms(domain: str) -> tuple[str, ...]:
+    """``domain`` and its other IDNA spelling (``xn--`` labels or Unicode), if
+    it has one: a block entry for either spelling matches both."""
+    try:
+        if domain.isascii():
+            if "xn--" not in domain:
+                return (domain,)
+            other = domain.encode("ascii").decode("idna")
+        else:
+            other = domain.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return (domain,)
+    other = fold(other)
+    return (domain,) if other == domain else (domain, other)
+
+
+def _match(patterns: tuple[str, ...], addr: Shown, idna: bool = False) -> str | None:
+    """The first of ``patterns`` matching ``addr``, or None."""
+    domains = _domain_forms(addr.domain) if idna else (addr.domain,)
+    for p, local_rx, domain_rx in _compiled(patterns):
+        if local_rx.match(addr.local) and any(domain_rx.match(d) for d in domains):
+            return p
     return None
 
 
 def authenticated(addr: str, auth: AuthResult | None) -> str:
     """How ``addr``'s domain is authenticated ("SPF", "DKIM", "DMARC"), or ""."""
-    domain = domain_of(addr)
+    return _authenticated(fold(addr.rpartition("@")[2].strip().strip("<>[]. ")), auth)
+
+
+def _authenticated(domain: str, auth: AuthResult | None) -> str:
     if auth is None or not domain:
         return ""
     if auth.spf == "pass" and aligned(auth.spf_domain, domain, "r"):
@@ -139,35 +355,58 @@ def check(
     """The list hits for one message.  ``auth``: the network rules' result
     (None when nothing was checked; ``unchecked`` then says why, for the
     explanation)."""
-    from_addr = msg.from_addr.lower()
-    senders = list(dict.fromkeys(a for a in (from_addr, mail_from.strip("<>").lower()) if a))
-    hits: list[RuleHit] = []
     owners = [("", "site", site)]
     if user:
         owners.append(("USER_", f"user {user_name}", user))
+    if not any(lists for _, _, lists in owners):
+        return []
+    shown = shown_addresses(msg)
+    envelope = envelope_address(mail_from)
+    senders = shown + ([envelope] if envelope is not None else [])
+    hits: list[RuleHit] = []
     for prefix, whose, lists in owners:
-        blocked = _first_match(lists.block, senders)
+        blocked = next(((p, a) for a in senders if (p := _match(lists.block, a, idna=True))), None)
         if blocked:
             name = f"{prefix}BLOCK_LISTED"
-            hits.append(RuleHit(name, DEFAULT_WEIGHTS[name], f"sender on the {whose} block list", blocked))
-        allowed = _first_match(lists.allow, [from_addr])
-        if not allowed:
-            continue
-        how = authenticated(from_addr, auth)
-        if how:
-            name = f"{prefix}ALLOW_LISTED"
-            detail = f"{allowed}, {how} pass"
-            hits.append(RuleHit(name, DEFAULT_WEIGHTS[name], f"From on the {whose} allow list", detail))
-        else:
-            why = unchecked or "no SPF, DKIM or DMARC pass aligned with the From domain"
-            if any(h.name == "ALLOW_LISTED_UNVERIFIED" for h in hits):
-                continue  # a rule counts once per message
-            hits.append(
-                RuleHit(
-                    "ALLOW_LISTED_UNVERIFIED",
-                    0.0,
-                    f"From matches the {whose} allow list but is not authenticated: not honoured",
-                    f"{allowed}; {why}",
-                )
-            )
+            p, a = blocked
+            detail = f"{p} matches {a.text} ({a.where})"
+            hits.append(RuleHit(name, DEFAULT_WEIGHTS[name], f"sender on the {whose} block list", detail))
+        hit = _allow(prefix, whose, lists, shown, auth, unchecked)
+        if hit is not None and not (
+            hit.name == "ALLOW_LISTED_UNVERIFIED" and any(h.name == hit.name for h in hits)
+        ):
+            hits.append(hit)  # the zero-point rule counts once per message
     return hits
+
+
+def _allow(
+    prefix: str, whose: str, lists: AddressLists, shown: list[Shown], auth: AuthResult | None, unchecked: str
+) -> RuleHit | None:
+    """The allow decision of one owner's list: honoured only when an address
+    From shows matches and every address From shows is authenticated."""
+    matched = next(((p, a) for a in shown if (p := _match(lists.allow, a))), None)
+    if matched is None:
+        return None
+    p, addr = matched
+    how = {a.text: _authenticated(a.domain, auth) for a in shown}
+    others = [a.text for a in shown if a.text != addr.text]
+    if how[addr.text] and all(how.values()):
+        name = f"{prefix}ALLOW_LISTED"
+        detail = f"{p} matches {addr.text}, {how[addr.text]} pass"
+        if others:
+            detail += f"; the other From addresses are authenticated too ({', '.join(others)})"
+        return RuleHit(name, DEFAULT_WEIGHTS[name], f"From on the {whose} allow list", detail)
+    if not how[addr.text]:
+        why = unchecked or "no SPF, DKIM or DMARC pass aligned with its domain"
+        detail = f"{p} matches {addr.text}; {why}"
+        if others:
+            detail += f"; From shows {len(shown)} addresses"
+        description = f"From matches the {whose} allow list but is not authenticated: not honoured"
+    else:
+        bare = [a for a, h in how.items() if not h]
+        detail = (
+            f"{p} matches {addr.text} ({how[addr.text]} pass), but From also shows {', '.join(bare)}, "
+            "not authenticated: an allow entry never vouches for another address"
+        )
+        description = f"From matches the {whose} allow list but shows unauthenticated addresses: not honoured"
+    return RuleHit("ALLOW_LISTED_UNVERIFIED", 0.0, description, detail)

@@ -41,4 +41,6 @@ def _text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "-"
     text = str(value)
-    return repr(text) if (" " in text or not text) else text
+    # quoted (escaped) when it has a blank or anything unprintable: a spamd User
+    # header may hold control characters, which must not reach a terminal raw
+    return repr(text) if (" " in text or not text or not text.isprintable()) else text

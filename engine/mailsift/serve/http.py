@@ -5,13 +5,16 @@
                             ``mailsift score --json`` (Verdict.to_dict()).
                             Optional query: ``ip``, ``helo``, ``mail_from``,
                             ``user`` (whose model: the site's plus what
-                            that user taught it; default the site's).
+                            that user taught it; default the site's; a
+                            name that cannot be used scores with the
+                            site's, ``user_refused`` saying why).
 ``POST /learn?class=spam``  learn it (``class=spam|ham``); answer
                             ``{"outcome": "learned", "class": "spam"}``
 ``POST /unlearn``           take it back (``?class=`` optional); both take
                             ``?wait=0``: 202 ``queued`` once in the learner's
                             queue, without waiting for the model write
-                            ``?user=`` (for that user only)
+                            ``?user=`` (for that user only; 400 for a
+                            name that cannot be used)
 ``GET /metrics``            Prometheus text format
 ``GET /healthz``            ``{"status": "ok", ...}``
 ==========================  =================================================
@@ -151,7 +154,8 @@ class HttpDoor(StreamDoor):
             return 200, "application/json", _json({"status": "ok", "model": str(self.service.model_file)})
         if path in ("/learn", "/unlearn"):
             self._authorise(headers)  # before reading a body from someone who may not learn
-        user = _user(query)  # before reading the body: a bad name is refused at once
+        # before reading the body: a learn for a bad name is refused at once
+        user, refused = _user(url.query, learning=path != "/score")
         body = await asyncio.wait_for(self._body(reader, writer, headers), timeout)
         req["size"] = len(body)
         if path == "/score":
@@ -167,7 +171,10 @@ class HttpDoor(StreamDoor):
             except Exception as exc:
                 raise HttpError(503, f"scoring failed ({type(exc).__name__})") from None
             req["verdict"], req["outcome"] = verdict, "answered"
-            return 200, "application/json", _json(verdict.to_dict())
+            doc = verdict.to_dict()
+            if refused:
+                doc["user_refused"] = refused
+            return 200, "application/json", _json(doc)
         cls = query.get("class", "")
         if cls not in ("spam", "ham") and (path == "/learn" or cls):
             raise HttpError(400, "class must be spam or ham")
@@ -222,15 +229,25 @@ class HttpDoor(StreamDoor):
             raise HttpError(400, "body shorter than its Content-Length") from None
 
 
-def _user(query: dict[str, str]) -> str | None:
-    """``?user=alice``: whose model scores or learns (None: the site's)."""
-    value = query.get("user", "").strip()
-    if not value:
-        return None
+def _user(query: str, learning: bool) -> tuple[str | None, str]:
+    """``?user=alice``: whose model scores or learns (None: the site's), and
+    why a given name was not used ("" if it was).  A name that cannot be
+    used (``usernames``) is scored with the site model and logged, the
+    answer saying so in ``user_refused``; a learn for it is a 400 (teaching
+    the site model instead would move everyone's scores).  Bytes that are
+    not UTF-8 stay undecodable (parse_qs would make every such name one
+    U+FFFD name) and are refused as such."""
+    values = parse_qs(query, keep_blank_values=True, errors="surrogateescape").get("user")
+    if not values:
+        return None, ""
+    value = values[-1]
     try:
-        return user_name(value)
+        return user_name(value), ""
     except StoreError as exc:
-        raise HttpError(400, str(exc)) from None
+        if learning:
+            raise HttpError(400, f"user: {exc}") from None
+        log.warning("http: user %r cannot name a user (%s): scored with the site model", value[:64], exc)
+        return None, str(exc)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:

@@ -184,11 +184,19 @@ class Service:
     ) -> Verdict:
         """Score ``raw`` in the pool within ``deadline`` seconds (default
         ``[proxy] scoring_deadline``), counted in the metrics under ``door``,
-        with ``user``'s model and lists (None: the site's).  Raises
-        StoreError for a user name the store refuses (before scoring),
-        TimeoutError or the pool's error, counted too."""
+        with ``user``'s model and lists (None: the site's; a name that
+        cannot be used, ``usernames``, too, logged: never an unscanned
+        message).  Raises TimeoutError or the pool's error, counted too."""
         deadline = self.config.proxy.scoring_deadline if deadline is None else deadline
-        user = user_name(user) if user else None
+        if user:
+            try:
+                user = user_name(user)
+            except StoreError as exc:
+                why = "%s: user %r cannot name a user (%s): scored with the site model"
+                log.warning(why, door or "library", user[:64], exc)
+                user = None
+        else:
+            user = None
         start = time.perf_counter()
         try:
             verdict = await self.scorer.score(raw, deadline, context, user)

@@ -46,8 +46,9 @@ log = logging.getLogger("mailsift.spamd")
 #: sysexits(3), as spamd answers them
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE, EX_SOFTWARE = 0, 64, 65, 67, 69, 70
 EX_TEMPFAIL, EX_PROTOCOL, EX_NOPERM, EX_TOOBIG = 75, 76, 77, 98
-_NAMES = {0: "EX_OK", 64: "EX_USAGE", 65: "EX_DATAERR", 69: "EX_UNAVAILABLE", 70: "EX_SOFTWARE",
-          75: "EX_TEMPFAIL", 76: "EX_PROTOCOL", 77: "EX_NOPERM", 98: "EX_TOOBIG"}  # fmt: skip
+_NAMES = {0: "EX_OK", 64: "EX_USAGE", 65: "EX_DATAERR", 67: "EX_NOUSER", 69: "EX_UNAVAILABLE",
+          70: "EX_SOFTWARE", 75: "EX_TEMPFAIL", 76: "EX_PROTOCOL", 77: "EX_NOPERM",
+          98: "EX_TOOBIG"}  # fmt: skip
 
 SCORING = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS")
 _MAX_LINE = 8192
@@ -130,8 +131,10 @@ class SpamdDoor(StreamDoor):
             name, sep, value = line.partition(":")
             if not sep:
                 raise ProtocolError(EX_PROTOCOL, "bad header line")
-            headers[name.strip().lower()] = value.strip()
-        req["user"] = headers.get("user", "")[:64]
+            # blanks only: str.strip() would also take a trailing \xa0 or \x85, the last
+            # byte of a UTF-8 "à" or "Å" in a User header read as latin-1
+            headers[name.strip().lower()] = value.strip(" \t")
+        req["user"] = headers.get("user", "").encode("latin-1").decode("utf-8", "replace")[:64]
         if method in ("PING", "SKIP"):
             return method, version, headers, b""
         limit = self.service.config.proxy.max_message_size
@@ -218,7 +221,7 @@ class SpamdDoor(StreamDoor):
         if want_set and cls not in ("spam", "ham"):
             raise ProtocolError(EX_PROTOCOL, "TELL Set needs Message-class: spam or ham")
         spam = None if cls not in ("spam", "ham") else cls == "spam"
-        user = _user(headers) if _per_user(self.service.config) else None
+        user = _user(headers, learning=True) if _per_user(self.service.config) else None
         extra: list[tuple[str, str]] = []
         try:
             # one model, ours: "local" is it; "remote" (Razor, Pyzor...) we do not have
@@ -294,18 +297,26 @@ def _per_user(config) -> bool:
     return bool(config.store.url or config.store.path)
 
 
-def _user(headers: dict[str, str]) -> str | None:
+def _user(headers: dict[str, str], learning: bool = False) -> str | None:
     """The ``User`` header (``spamc -u alice``): whose model scores or
-    learns (None: the site's).  A name the store refuses is EX_NOUSER, so
-    spamc passes the message on unscanned rather than score it as someone
-    else."""
-    value = headers.get("user", "").strip()
-    if not value:
+    learns (None: the site's).  The header's bytes are read as UTF-8
+    (``spamc -u jörg``).  A name that cannot be used (``usernames``: empty,
+    control characters, too long, not UTF-8) is scored with the site model
+    and logged: EX_NOUSER would make spamc pass the message on unscanned.
+    A learn for such a name is refused (EX_NOUSER): teaching the site model
+    instead would move everyone's scores."""
+    if "user" not in headers:
         return None
+    value = headers["user"]
     try:
+        value = value.encode("latin-1").decode("utf-8")  # _line read the bytes as latin-1
         return user_name(value)
-    except StoreError as exc:
-        raise ProtocolError(EX_NOUSER, str(exc)) from None
+    except (UnicodeError, StoreError) as exc:
+        why = "not UTF-8" if isinstance(exc, UnicodeError) else str(exc)
+        if learning:
+            raise ProtocolError(EX_NOUSER, f"User {value[:64]!r}: {why}") from None
+        log.warning("spamd: User %r cannot name a user (%s): scored with the site model", value[:64], why)
+        return None
 
 
 def _places(value: str) -> set[str]:

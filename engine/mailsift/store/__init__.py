@@ -21,17 +21,15 @@ retraining the site model with other features starts users afresh.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from .. import usernames
 from ..rules.lists import AddressLists
 from ..usermodel import Change, Entry
-
-_USER_RE = re.compile(r"[a-z0-9][a-z0-9._@+=-]{0,127}")
 
 
 class StoreError(Exception):
@@ -43,31 +41,46 @@ class StoreUnavailable(StoreError):
     """The shared store does not answer (Redis down or too slow)."""
 
 
-#: the store's key for the site's own learns (``[store] url`` set: site-level
+#: the name that means the site's own learns (``[store] url`` set: site-level
 #: learns are kept in the store as a delta over the site model file, exactly
-#: as a user's are).  ``%`` is not allowed in a user name, so no user can
-#: ever read or write the site's state by naming it.
-SITE = "%site"
+#: as a user's are).  It holds a control character, which :func:`user_name`
+#: refuses, so no user name (``spamc -u``, ``?user=``) can ever be it.
+SITE = "\x00site"
+
+#: the site's key in a store (a folder, a Redis hash tag).  :func:`user_key`
+#: always encodes ``%``, so no user's key can be it either.
+SITE_KEY = "%site"
 
 
-def store_key(name: str) -> str:
-    """The key of ``name``'s state: :data:`SITE` as it is, else
-    :func:`user_name` (checked and lower-cased)."""
+def state_name(name: str) -> str:
+    """:data:`SITE` as it is, else the user ``name`` names (:func:`user_name`)."""
     return SITE if name == SITE else user_name(name)
 
 
+def store_key(name: str) -> str:
+    """The key of ``name``'s state: :data:`SITE_KEY` for :data:`SITE`, else
+    :func:`user_key`."""
+    return SITE_KEY if name == SITE else user_key(name)
+
+
 def user_name(name: str) -> str:
-    """A user name as the store keys it: lower case (mailbox names and
-    addresses are case-insensitive in practice), letters, digits and
-    ``. _ @ + = -``, 1 to 128 characters.  Anything else (a path, a Redis
-    hash-tag brace, a space) is refused rather than rewritten, so two
-    spellings never silently share one user's state."""
-    norm = name.strip().lower()
-    if not _USER_RE.fullmatch(norm):
-        raise StoreError(
-            f"user name {name!r}: must be 1-128 letters, digits or . _ @ + = - (not starting with . or -)"
-        )
-    return norm
+    """The user ``name`` names (``usernames.canonical``: surrounding blanks
+    dropped, ASCII letters folded, nothing else changed); StoreError for a
+    name that cannot be used (empty, too long, control characters)."""
+    try:
+        return usernames.canonical(name)
+    except usernames.UserNameError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def user_key(name: str) -> str:
+    """The one place a store names a user's state (a folder, a Redis hash
+    tag): ``usernames.key``, injective and safe as either, and unchanged for
+    names of ``a-z 0-9 . _ @ + = -`` so existing state keeps its name."""
+    try:
+        return usernames.key(name)
+    except usernames.UserNameError as exc:
+        raise StoreError(str(exc)) from None
 
 
 @dataclass
