@@ -791,6 +791,36 @@ def _label_tlds(tlds: frozenset[str]) -> frozenset[str]:
 
 
 @lru_cache(maxsize=64)
+def _tld_chars(tlds: frozenset[str]) -> frozenset[str]:
+    """What a reference's text must not hold to be inert: ".", and the
+    characters of the labels (either case)."""
+    return frozenset(".".join(tlds) + ".") | frozenset(".".join(tlds).upper())
+
+
+#: references looked at one by one at most, per part
+_MAX_REFS_LOOKED_AT = 500
+
+
+def _refs_inert(text: str, chars: frozenset[str]) -> bool:
+    """True if no character reference in ``text`` reads (as _unescape reads
+    it) to text that is empty or holds any of ``chars`` in either case:
+    each is then left as it is or replaced by text that can neither join
+    two pieces of a host name nor be one."""
+    if text.count("&") > _MAX_REFS_LOOKED_AT:
+        return False
+    for m in _CHARREF.finditer(text):
+        ref = m.group(0)
+        out = _LONG_CHARREF.sub(_long_charref, ref) if ref.startswith("&#") else ref
+        if out.startswith("&"):
+            out = _named_or_numeric(_CHARREF.match(out))
+        if out == ref:
+            continue
+        if not out or not chars.isdisjoint(out) or not chars.isdisjoint(out.lower()):
+            return False
+    return True
+
+
+@lru_cache(maxsize=64)
 def _tld_scan(tlds: frozenset[str]) -> re.Pattern[str]:
     return re.compile(r"\.(?:" + "|".join(re.escape(t) for t in sorted(tlds, key=len, reverse=True)) + ")")
 
@@ -816,7 +846,7 @@ def _may_end_in(text: str, html_part: bool, tlds: frozenset[str]) -> bool:
     tlds = _label_tlds(tlds)
     if not tlds:
         return False
-    if html_part and "&" in text and _LIVE_REF.search(text):
+    if html_part and "&" in text and _LIVE_REF.search(text) and not _refs_inert(text, _tld_chars(tlds)):
         return True
     low = text.lower()
     if "." not in low:
