@@ -764,10 +764,10 @@ def _leaf(walk: _Walk, ctype: str, headers: list[tuple[str, str]], ct_value, sta
 #: character references whose text has no letter, digit or dot in any case
 #: (html.unescape's table): they cannot make or end a host name
 _INERT_REFS = (
-    "nbsp amp lt gt quot apos copy reg trade middot bull mdash ndash hellip laquo raquo "
-    "lsquo rsquo ldquo rdquo sbquo bdquo shy times divide deg euro pound cent yen sect para "
-    "iexcl iquest plusmn"
-).split()
+    "nbsp amp quot lt gt copy reg #160 #169 #174 apos trade middot bull mdash ndash hellip "
+    "laquo raquo lsquo rsquo ldquo rdquo sbquo bdquo shy times divide deg euro pound cent yen "
+    "sect para iexcl iquest plusmn"
+).split()  # the commonest first: the look tries them in this order at every "&"
 #: an "&" that may start a reference that is not one of those (it is kept
 #: as it is before a space, tab, newline, form feed, "<" or "&")
 _LIVE_REF = re.compile(r"&(?!(?:" + "|".join(_INERT_REFS) + r");|[\t\n\f <&])")
@@ -808,16 +808,26 @@ def _refs_inert(text: str, chars: frozenset[str]) -> bool:
     two pieces of a host name nor be one."""
     if text.count("&") > _MAX_REFS_LOOKED_AT:
         return False
-    for m in _CHARREF.finditer(text):
+    # no reference holds an "&" but the one it starts with: each "&" starts
+    # its own, and those _LIVE_REF passes over are inert
+    for live in _LIVE_REF.finditer(text):
+        m = _CHARREF.match(text, live.start())
+        if m is None:
+            continue  # a bare "&": kept as it is
         ref = m.group(0)
-        out = _LONG_CHARREF.sub(_long_charref, ref) if ref.startswith("&#") else ref
-        if out.startswith("&"):
-            out = _named_or_numeric(_CHARREF.match(out))
+        out = _ref_text(ref)
         if out == ref:
             continue
         if not out or not chars.isdisjoint(out) or not chars.isdisjoint(out.lower()):
             return False
     return True
+
+
+@lru_cache(maxsize=4096)
+def _ref_text(ref: str) -> str:
+    """What _unescape makes of one reference (cached: mail repeats them)."""
+    out = _LONG_CHARREF.sub(_long_charref, ref) if ref.startswith("&#") else ref
+    return _named_or_numeric(_CHARREF.match(out)) if out.startswith("&") else out
 
 
 @lru_cache(maxsize=64)
