@@ -336,7 +336,6 @@ class _Walk:
         "links_left",
         "tags_left",
         "part_defects",
-        "defer",
         "counts",
     )
 
@@ -349,9 +348,8 @@ class _Walk:
         self.links_left = MAX_LINK_ATTRS  # href/src attributes
         self.tags_left = MAX_TAGS  # tags removed from HTML
         self.part_defects: list[str] = []
-        #: text parts are deferred from the first HTML part on (see _defer),
-        #: while the "=", "<" and "&" they hold stay below the budgets
-        self.defer = False
+        #: text parts are deferred (see _defer) while the "=", "<" and "&"
+        #: they hold stay below the budgets
         self.counts = [0, 0, 0]
 
 
@@ -756,7 +754,7 @@ def _leaf(walk: _Walk, ctype: str, headers: list[tuple[str, str]], ct_value, sta
     html_part = ctype == "text/html" or (ctype != "text/plain" and "<html" in text[:2000].lower())
     if html_part:
         msg.html_parts += 1
-    if (html_part or walk.defer) and _defer(walk, html_part, text):
+    if _defer(walk, html_part, text):
         return
     _part_text(walk, html_part, text)
 
@@ -891,8 +889,9 @@ def _defer(walk: _Walk, html_part: bool, text: str) -> bool:
     """Keep a text part to read on first use (True), or read it now: the
     rules of a current model read no text, and of the URLs only whether a
     host is in a blocked TLD, which :func:`_may_end_in` answers from the
-    undecoded HTML.  A part is deferred only while the "=", "<" and "&" of
-    the deferred parts stay below the per-message budgets of link
+    part's text as decoded (HTML not turned into text, no URL scan).  A
+    part is deferred only while the "=", "<" and "&" of the deferred parts
+    stay below the per-message budgets of link
     attributes, tags and character references (each use of a budget takes
     one of them at least), so reading them later, with fresh budgets, is
     reading them now: same text, URLs, order and defects.  Once a part
@@ -904,10 +903,8 @@ def _defer(walk: _Walk, html_part: bool, text: str) -> bool:
     counts[1] += text.count("<")
     counts[2] += text.count("&")
     if counts[0] < MAX_LINK_ATTRS and counts[1] < MAX_TAGS and counts[2] < MAX_ENTITIES:
-        walk.defer = True
         msg._pending.append((html_part, text))
         return True
-    walk.defer = False
     walk.counts = [MAX_LINK_ATTRS, MAX_TAGS, MAX_ENTITIES]  # never defer again
     pending, msg._pending = msg._pending, []
     for p_html, p_text in pending:  # no budget ran out in these: the walk's are still whole
