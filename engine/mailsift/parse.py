@@ -900,8 +900,8 @@ def _defer(walk: _Walk, html_part: bool, text: str) -> bool:
     rules of a current model read no text, and of the URLs only whether a
     host is in a blocked TLD, which :func:`_may_end_in` answers from the
     part's text as decoded (HTML not turned into text, no URL scan).  A
-    part is deferred only while the "=", "<" and "&" of the deferred parts
-    stay below the per-message budgets of link
+    part is deferred only while the "=", "<" and "&" of the deferred HTML
+    parts stay below the per-message budgets of link
     attributes, tags and character references (each use of a budget takes
     one of them at least), so reading them later, with fresh budgets, is
     reading them now: same text, URLs, order and defects.  Once a part
@@ -909,9 +909,10 @@ def _defer(walk: _Walk, html_part: bool, text: str) -> bool:
     later part is read at once."""
     msg = walk.msg
     counts = walk.counts
-    counts[0] += text.count("=")
-    counts[1] += text.count("<")
-    counts[2] += text.count("&")
+    if html_part:  # only HTML spends the budgets
+        counts[0] += text.count("=")
+        counts[1] += text.count("<")
+        counts[2] += text.count("&")
     if counts[0] < MAX_LINK_ATTRS and counts[1] < MAX_TAGS and counts[2] < MAX_ENTITIES:
         msg._pending.append((html_part, text))
         return True
