@@ -492,3 +492,21 @@ def test_link_targets_are_read_as_the_two_scans_read_them(corpus_messages):
             P._link_targets(text, got, fast)
             plain_link_targets(text, want, plain)
             assert (got, fast.links_left, fast.part_defects) == (want, plain.links_left, plain.part_defects)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'<a href="http://promo.example.top/x">go</a>',
+        b"<p>see www.shop.example.XYZ.</p>",
+        b"<p>http://a.example.buzz&nbsp;now</p>",
+        b'<a href="http://x.example.t&#111;p/">x</a>',
+    ],
+)
+def test_a_deferred_html_part_still_earns_the_url_tld_points(body):
+    raw = b"From: a@example.org\nContent-Type: text/html\n\n<html><body>" + body + b"</body></html>\n"
+    msg = P.parse(raw)
+    assert msg._pending  # deferred, and the TLD look still sees the host
+    hits = tld.check(msg, "", tld.DomainRules())
+    assert [h.name for h in hits] == ["URL_TLD_BLOCKED"]
+    assert hits == tld.check(eager_parse(raw), "", tld.DomainRules())
