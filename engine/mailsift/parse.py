@@ -861,6 +861,8 @@ def _may_end_in(text: str, html_part: bool, tlds: frozenset[str]) -> bool:
     is ruled out by a character no URL holds (or "/", which no host holds)
     within :data:`_CUT_MARGIN` before the place.  Lower-casing the whole
     part lower-cases every host in it, as url_host does."""
+    if not html_part and "://" not in text and "www." not in text and "WWW." not in text:
+        return False  # _find_urls finds no URL in it (the same look), and nothing else reads one
     tlds = _label_tlds(tlds)
     if not tlds:
         return False
