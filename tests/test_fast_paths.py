@@ -9,10 +9,18 @@ SpamAssassin corpus: 8-bit, CRLF, malformed MIME and all) and on hostile
 shapes, and wants identical bytes, identical feature vectors (slots, order,
 dtype, values) and identical per-family slot streams, so a model file and
 every accuracy figure keep their meaning.
+
+The parse defers its text parts (HTML to text, URL scans) to first use and
+the TLD rule asks whether any URL host can be in a blocked TLD before it
+reads them (benchmarks/README.md, "Scoring path made faster again"): the
+tests at the end compare every field and the rule's hits with the eager
+parse, on the same corpus mail, hostile bodies and generated URL pieces.
 """
 
 from __future__ import annotations
 
+import html
+import importlib
 import itertools
 import re
 
@@ -23,7 +31,8 @@ from hypothesis import strategies as st
 
 from mailsift import report, tokens
 from mailsift.corpus import read_index
-from mailsift.parse import MAX_HEADER_LINES
+from mailsift.parse import MAX_HEADER_LINES, ParsedMessage
+from mailsift.rules import tld
 from mailsift.tokens import FeatureSettings, extract_bytes
 from mailsift.train import PROFILES
 
@@ -279,3 +288,231 @@ def test_any_mix_of_header_lines_strips_as_the_line_loop_does(lines, tail):
     raw = b"".join(line + eol for line, eol in lines) + tail
     assert report.strip_verdict_headers(raw) == plain_strip_verdict_headers(raw)
     assert_same_features(raw, "generated")
+
+
+# -- the parse: deferred HTML, the TLD rule's look, To/Cc on first use ---------
+
+P = importlib.import_module("mailsift.parse")
+
+#: every field a caller reads of a ParsedMessage
+PARSE_FIELDS = (
+    "raw_start raw_headers subject from_addr from_name reply_to return_path to_addrs text html_parts "
+    "urls mime_types charsets attachments defects truncated url_hosts headers received"
+).split()
+
+
+def eager_parse(raw: bytes) -> ParsedMessage:
+    """parse() reading every part at once, as before deferral (commit 55ef2eb)."""
+    real = P._defer
+    P._defer = lambda walk, html_part, text: False
+    try:
+        return P.parse(raw)
+    finally:
+        P._defer = real
+
+
+def plain_to_addrs(msg: ParsedMessage) -> list[str]:
+    """To/Cc addresses as _read_headers computed them before they were lazy."""
+    first = msg._first_raw
+    if "to" not in first and "cc" not in first:
+        return []
+    raw = [v for k, v in msg.raw_headers if k == "to"] + [v for k, v in msg.raw_headers if k == "cc"]
+    return P._ADDR_RE.findall(" ".join(map(P.decode_header, raw))[:20000])[:50]
+
+
+def plain_link_targets(text: str, urls: list[str], walk=None) -> None:
+    """_link_targets before its spans served both ways of reading them."""
+    if "=" not in text:
+        return
+    low = text.lower()
+    src = text if len(low) == len(text) else low
+    left = walk.links_left if walk is not None else P.MAX_LINK_ATTRS
+    for scan in P._LINK_SCANS:
+        if left <= 0 or len(urls) >= P.MAX_URLS:
+            break
+        spans = [m.span(1) for m in itertools.islice(scan.finditer(low), left)]
+        if len(urls) + len(spans) < P.MAX_URLS and not any("&" in low[a:b] for a, b in spans):
+            urls += [src[a:b] for a, b in spans if low.startswith(P._LINK_SCHEMES, a, b)]
+            left -= len(spans)
+            continue
+        for m in scan.finditer(low):
+            left -= 1
+            a, b = m.span(1)
+            if "&" in low[a:b]:
+                target = html.unescape(src[a:b])
+                if target.lower().startswith(("http:", "https:", "www.")):
+                    urls.append(target)
+            elif low.startswith(P._LINK_SCHEMES, a, b):
+                urls.append(src[a:b])
+            if left <= 0 or len(urls) >= P.MAX_URLS:
+                break
+    if walk is not None:
+        if left <= 0 and walk.links_left > 0:
+            walk.part_defects.append(f"html: more than {P.MAX_LINK_ATTRS} link attributes, rest ignored")
+        walk.links_left = left
+
+
+#: the default blocked TLDs, and a list that hits ordinary mail often (so the
+#: "may be in a blocked TLD" answer is exercised both ways)
+TLD_LISTS = (
+    frozenset(tld.DEFAULT_BLOCKED_TLDS),
+    frozenset({"com", "net", "org", "de", "uk", "info", "biz", "ru", "cn", "jp", "html", "gif", "co"}),
+)
+
+
+def assert_same_parse(raw: bytes, what: str) -> None:
+    eager = eager_parse(raw)
+    for tlds in TLD_LISTS:
+        lazy = P.parse(raw)
+        defects = list(lazy.defects)  # before anything deferred is read
+        if not lazy.urls_may_end_in(tlds):
+            blocked = [h for h in eager.url_hosts[:50] if h.rpartition(".")[2] in tlds]
+            assert not blocked, (what, sorted(tlds)[:3], blocked)
+        assert lazy.to_addrs == plain_to_addrs(eager), what
+        for name in PARSE_FIELDS:
+            assert getattr(lazy, name) == getattr(eager, name), (what, name)
+        assert defects == eager.defects, what
+        rules = tld.DomainRules(blocked_tlds=sorted(tlds))
+        assert tld.check(P.parse(raw), "", rules) == tld.check(eager, "", rules), what
+
+
+def html_variants(raw: bytes) -> list[tuple[str, bytes]]:
+    """The shapes above, and URLs in blocked TLDs put where the TLD look
+    must see them: a link, the text, after a reference, at a cut."""
+    out = variants(raw)
+    for n, piece in enumerate(
+        [
+            b'<a href="http://promo.example.top/x">go</a>',
+            b"visit WWW.Example.TOP. today &nbsp;",
+            b"http://a.b.xyz&nbsp;and",
+            b"<p>http://shop.example.top</p>",
+            b"http://" + b"a" * 395 + b".top/",
+            b'<a href="http://' + b"b" * 790 + b'.top">x</a>',
+            b"x.top&#160; http://y.buzz.",
+        ]
+    ):
+        html_doc = b"Content-Type: text/html\n\n<html><body>" + piece + b"</body></html>\n"
+        out.append((f"blocked URL {n}", html_doc))
+        out.append((f"blocked URL {n} after the message", raw + b"\n" + piece))
+    return out
+
+
+def test_deferred_html_reads_as_the_eager_parse_on_corpus_mail(corpus_messages):
+    """Text, URLs, hosts, defects (before and after the deferred parts are
+    read), To/Cc and every other field are the eager parse's; a part whose
+    hosts the TLD look says cannot be blocked holds none; the TLD rule's
+    hits are the same."""
+    assert sum(b"text/html" in raw.lower() for _, raw in corpus_messages) >= 50
+    for path, raw in corpus_messages:
+        for what, shape in html_variants(raw):
+            assert_same_parse(shape, f"{path} ({what})")
+
+
+def test_most_html_mail_is_scored_without_turning_its_html_into_text(corpus_messages):
+    """The point of deferring: the default rules read no HTML of most mail."""
+    tlds = frozenset(tld.DEFAULT_BLOCKED_TLDS)
+    html_mail = [P.parse(raw) for _, raw in corpus_messages if b"text/html" in raw.lower()]
+    left = [m for m in html_mail if m._pending and not m.urls_may_end_in(tlds)]
+    assert len(left) >= 0.7 * len(html_mail)
+
+
+HOSTILE_HTML = [
+    b"<a href=http://x.top>",
+    b"<a href='http://x.TOP'>x</a>",
+    b'<a href="http://x.to&#112;">',
+    b'<a href="http://x&#46;top">',
+    b"http://x.t&#111;p/",
+    b"http://x.top&amp;y",
+    b"http://a&amp;b.top/",
+    b"http://x.&nbsp;top",
+    b"www.x.top..., and",
+    b"www.x.top.-y",
+    b"http://x.topaz.com http://y.top:80/",
+    b"http://user@x.top?q",
+    b"http://x.top\\path",
+    b"<b>http://x.</b>top",
+    b"http://x.top<!-- c -->",
+    b"<script>http://x.top</script>http://y.ga",
+    b"http://x.\xe2\x84\xaaim",  # a Kelvin sign lower-cases to k: x.kim
+    b"http://" + b"x" * 393 + b".top",
+    b"http://" + b"x" * 394 + b".topaz",
+    b"www." + b"y" * 396 + b".topaz",
+    b'<a href="http://' + b"z" * 793 + b'.topaz">',
+    b"@" * 200 + b"http://" + b"a" * 350 + b"@b.topx",
+    b".top" * 5000,
+    b".topx" * 5000 + b" http://y.top",
+    b"&" * 6000 + b"http://x.top",
+    b"<" * 31000 + b"http://x.top",
+    b"<a href=http://x.com>" * 2100 + b"http://x.top",
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_HTML, ids=range(len(HOSTILE_HTML)))
+def test_hostile_html_reads_as_the_eager_parse(body):
+    for ctype in (b"text/html; charset=utf-8", b"text/plain; charset=utf-8"):
+        raw = b"From: a@example.org\nContent-Type: " + ctype + b"\n\n" + body
+        for what, shape in variants(raw):
+            assert_same_parse(shape, f"{ctype!r} {what}")
+        two = (
+            b"From: a@example.org\nContent-Type: multipart/mixed; boundary=B\n\n--B\n"
+            b"Content-Type: " + ctype + b"\n\n" + body + b"\n--B\nContent-Type: text/plain\n\n"
+            b"http://later.example.xyz\n--B--\n"
+        )
+        assert_same_parse(two, f"{ctype!r} two parts")
+
+
+FRAGMENT = st.sampled_from(
+    [
+        "http://", "https://", "www.", "WWW.", "x", "top", ".top", ".TOP", ".xyz", ".", "..", "/", "?",
+        ":", "-", "_", " ", "\n", "<a href=", '"', "'", ">", "<b>", "</b>", "<!--", "-->", "&nbsp;",
+        "&amp;", "&#46;", "&#116;", "&#1;", "&#169;", "&copy", "&period;", "&eacute;", "&x=", "&", ";",
+        "K", "é", "@", "(", "=",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(FRAGMENT, max_size=40), st.booleans())
+def test_any_mix_of_url_pieces_reads_as_the_eager_parse(pieces, as_html):
+    ctype = b"text/html" if as_html else b"text/plain"
+    raw = b"Content-Type: " + ctype + b"; charset=utf-8\n\n" + "".join(pieces).encode()
+    assert_same_parse(raw, "generated")
+
+
+def test_link_targets_are_read_as_the_two_scans_read_them(corpus_messages):
+    texts = []
+    real = P._link_targets
+    P._link_targets = lambda text, urls, walk=None: (texts.append(text), real(text, urls, walk))[1]
+    try:
+        for _, raw in corpus_messages:
+            eager_parse(raw)
+    finally:
+        P._link_targets = real
+    texts += [b.decode("utf-8", "replace") for b in HOSTILE_HTML]
+    assert len(texts) >= 100
+    for text in texts:
+        for links, urls in ((P.MAX_LINK_ATTRS, 0), (3, 0), (1, 0), (P.MAX_LINK_ATTRS, P.MAX_URLS - 2)):
+            fast, plain = P._Walk(b"", ParsedMessage(b"")), P._Walk(b"", ParsedMessage(b""))
+            fast.links_left = plain.links_left = links
+            got, want = ["u"] * urls, ["u"] * urls
+            P._link_targets(text, got, fast)
+            plain_link_targets(text, want, plain)
+            assert (got, fast.links_left, fast.part_defects) == (want, plain.links_left, plain.part_defects)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'<a href="http://promo.example.top/x">go</a>',
+        b"<p>see www.shop.example.XYZ.</p>",
+        b"<p>http://a.example.buzz&nbsp;now</p>",
+        b'<a href="http://x.example.t&#111;p/">x</a>',
+    ],
+)
+def test_a_deferred_html_part_still_earns_the_url_tld_points(body):
+    raw = b"From: a@example.org\nContent-Type: text/html\n\n<html><body>" + body + b"</body></html>\n"
+    msg = P.parse(raw)
+    assert msg._pending  # deferred, and the TLD look still sees the host
+    hits = tld.check(msg, "", tld.DomainRules())
+    assert [h.name for h in hits] == ["URL_TLD_BLOCKED"]
+    assert hits == tld.check(eager_parse(raw), "", tld.DomainRules())

@@ -161,16 +161,71 @@ class ParsedMessage:
     from_name: str = ""
     reply_to: str = ""
     return_path: str = ""
-    to_addrs: list[str] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
+    #: ``text`` and ``urls`` (see the properties): the HTML of a part is turned
+    #: into text, and its URLs found, on first use (:data:`_pending`)
+    _text: list[str] = field(default_factory=list)
     html_parts: int = 0
-    urls: list[str] = field(default_factory=list)
+    _urls: list[str] = field(default_factory=list)
     mime_types: list[str] = field(default_factory=list)
     charsets: list[str] = field(default_factory=list)
     attachments: list[str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
     truncated: bool = False
     _decoded: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: text parts (is HTML, decoded text) whose text and URLs are not read yet,
+    #: in message order: see :func:`_defer`
+    _pending: list[tuple[bool, str]] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def text(self) -> list[str]:
+        """The decoded text of each text part, HTML turned into its visible
+        text, in message order."""
+        if self._pending:
+            self._finish()
+        return self._text
+
+    @text.setter
+    def text(self, value: list[str]) -> None:
+        self._finish()
+        self._text = value
+
+    @property
+    def urls(self) -> list[str]:
+        """URLs of the text parts (link targets, then URLs in the text, part
+        by part), at most MAX_URLS."""
+        if self._pending:
+            self._finish()
+        return self._urls
+
+    @urls.setter
+    def urls(self, value: list[str]) -> None:
+        self._finish()
+        self._urls = value
+
+    def _finish(self) -> None:
+        """Read the deferred parts as the walk would have read them.  Their
+        budgets cannot have run out (:func:`_defer` made sure), so a fresh
+        walk's budgets read them to the same text, URLs and defects (none)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            walk = _Walk(b"", self)
+            try:
+                for html_part, text in pending:
+                    _part_text(walk, html_part, text)
+            except Exception as exc:  # a bug, not a property of the mail: keep what we have
+                walk.part_defects.append(f"mime: {type(exc).__name__}")
+            self.defects += walk.part_defects
+
+    def urls_may_end_in(self, tlds: frozenset[str]) -> bool:
+        """False only if no host of :attr:`url_hosts` can have its last label
+        in ``tlds``: what the TLD rule asks of every message, answered
+        without reading the deferred HTML when it can be (see
+        :func:`_may_end_in`).  True means: read :attr:`url_hosts`."""
+        if not self._pending:
+            return True
+        return any(_may_end_in(text, html_part, tlds) for html_part, text in self._pending) or bool(
+            self._urls and _ends_in(self._urls, tlds)
+        )
 
     @cached_property
     def headers(self) -> list[tuple[str, str]]:
@@ -211,6 +266,19 @@ class ParsedMessage:
         """Hosts of :attr:`urls`, each once, in order (a URL repeated, as
         HTML mail repeats its links, is looked at once)."""
         return list(dict.fromkeys(h for h in map(url_host, dict.fromkeys(self.urls)) if h))
+
+    @cached_property
+    def to_addrs(self) -> list[str]:
+        """Addresses in To and Cc (all To values, then all Cc values), at
+        most 50.  Computed on first use: only the format-1 features read
+        it, and scoring a current model never does (it was a tenth of
+        parsing)."""
+        first = self._first_raw
+        if "to" not in first and "cc" not in first:
+            return []
+        # a regex, not getaddresses(): a 500-recipient Cc must not cost milliseconds
+        raw = [v for k, v in self.raw_headers if k == "to"] + [v for k, v in self.raw_headers if k == "cc"]
+        return _ADDR_RE.findall(" ".join(map(decode_header, raw))[:20000])[:50]
 
     @cached_property
     def received(self) -> list[ReceivedHop]:
@@ -268,6 +336,7 @@ class _Walk:
         "links_left",
         "tags_left",
         "part_defects",
+        "counts",
     )
 
     def __init__(self, data: bytes, msg: ParsedMessage):
@@ -279,6 +348,9 @@ class _Walk:
         self.links_left = MAX_LINK_ATTRS  # href/src attributes
         self.tags_left = MAX_TAGS  # tags removed from HTML
         self.part_defects: list[str] = []
+        #: text parts are deferred (see _defer) while the "=", "<" and "&"
+        #: they hold stay below the budgets
+        self.counts = [0, 0, 0]
 
 
 def parse(raw: bytes) -> ParsedMessage:
@@ -307,6 +379,7 @@ def parse(raw: bytes) -> ParsedMessage:
         _read_headers(msg)
     except Exception as exc:
         msg.defects.append(f"headers: {type(exc).__name__}")
+        msg.to_addrs = []  # as before to_addrs was lazy: not read when the headers failed
     msg.defects += [d if ": " in d else f"mime: {d}" for d in top]
     msg.defects += walk.part_defects
     return msg
@@ -322,10 +395,6 @@ def _read_headers(msg: ParsedMessage) -> None:
     msg.from_name, msg.from_addr = _address(decoded["from"])
     msg.reply_to = _address(decoded["reply-to"])[1]
     msg.return_path = _address(decoded["return-path"])[1]
-    if "to" in first or "cc" in first:
-        # a regex, not getaddresses(): a 500-recipient Cc must not cost milliseconds
-        raw = [v for k, v in msg.raw_headers if k == "to"] + [v for k, v in msg.raw_headers if k == "cc"]
-        msg.to_addrs = _ADDR_RE.findall(" ".join(map(decode_header, raw))[:20000])[:50]
 
 
 def _header_block(
@@ -682,11 +751,178 @@ def _leaf(walk: _Walk, ctype: str, headers: list[tuple[str, str]], ct_value, sta
         walk.part_defects.append(f"part: decoded first {MAX_SLOW_CODEC_BYTES} of {len(payload)} bytes")
         payload = payload[:MAX_SLOW_CODEC_BYTES]
     text = _decode_bytes(payload, charset or "utf-8")
-    if ctype == "text/html" or (ctype != "text/plain" and "<html" in text[:2000].lower()):
+    html_part = ctype == "text/html" or (ctype != "text/plain" and "<html" in text[:2000].lower())
+    if html_part:
         msg.html_parts += 1
-        text = _html_to_text(text, msg.urls, walk)
-    _find_urls(text, msg.urls)
-    msg.text.append(text[:MAX_PART_TEXT])
+    if _defer(walk, html_part, text):
+        return
+    _part_text(walk, html_part, text)
+
+
+#: character references whose text has no letter, digit or dot in any case
+#: (html.unescape's table): they cannot make or end a host name
+_INERT_REFS = (
+    "nbsp amp quot lt gt copy reg #160 #169 #174 apos trade middot bull mdash ndash hellip "
+    "laquo raquo lsquo rsquo ldquo rdquo sbquo bdquo shy times divide deg euro pound cent yen "
+    "sect para iexcl iquest plusmn"
+).split()  # the commonest first: the look tries them in this order at every "&"
+#: an "&" that may start a reference that is not one of those (it is kept
+#: as it is before a space, tab, newline, form feed, "<" or "&")
+_LIVE_REF = re.compile(r"&(?!(?:" + "|".join(_INERT_REFS) + r");|[\t\n\f <&])")
+#: characters after which a host name certainly goes on
+_HOST_GOES_ON = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+#: characters no URL nor link target holds, and "/" that no host holds: the
+#: host around a place starts after the last of them before it
+_HOST_BEFORE = ("/", " ", "\n", "\t", "\r", '"', "'", "<", ">")
+#: a URL is cut at 400 characters after its scheme, a link target at 800
+#: from its start: a host that starts within this of a place is not cut there
+_CUT_MARGIN = 390
+#: ".label" places looked at per part before the part is simply read
+_MAX_TLD_PLACES = 64
+_DOTS = re.compile(r"\.*")
+
+
+@lru_cache(maxsize=64)
+def _label_tlds(tlds: frozenset[str]) -> frozenset[str]:
+    """The entries that can be a host's last label: not empty, no dot."""
+    return frozenset(t for t in tlds if t and "." not in t)
+
+
+@lru_cache(maxsize=64)
+def _tld_chars(tlds: frozenset[str]) -> frozenset[str]:
+    """What a reference's text must not hold to be inert: ".", and the
+    characters of the labels (either case)."""
+    return frozenset(".".join(tlds) + ".") | frozenset(".".join(tlds).upper())
+
+
+#: references looked at one by one at most, per part
+_MAX_REFS_LOOKED_AT = 500
+
+
+def _refs_inert(text: str, chars: frozenset[str]) -> bool:
+    """True if no character reference in ``text`` reads (as _unescape reads
+    it) to text that is empty or holds any of ``chars`` in either case:
+    each is then left as it is or replaced by text that can neither join
+    two pieces of a host name nor be one."""
+    if text.count("&") > _MAX_REFS_LOOKED_AT:
+        return False
+    # no reference holds an "&" but the one it starts with: each "&" starts
+    # its own, and those _LIVE_REF passes over are inert
+    for live in _LIVE_REF.finditer(text):
+        m = _CHARREF.match(text, live.start())
+        if m is None:
+            continue  # a bare "&": kept as it is
+        ref = m.group(0)
+        out = _ref_text(ref)
+        if out == ref:
+            continue
+        if not out or not chars.isdisjoint(out) or not chars.isdisjoint(out.lower()):
+            return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def _ref_text(ref: str) -> str:
+    """What _unescape makes of one reference (cached: mail repeats them)."""
+    out = _LONG_CHARREF.sub(_long_charref, ref) if ref.startswith("&#") else ref
+    return _named_or_numeric(_CHARREF.match(out)) if out.startswith("&") else out
+
+
+@lru_cache(maxsize=64)
+def _tld_scan(tlds: frozenset[str]) -> re.Pattern[str]:
+    """ "." and any of ``tlds`` (not empty, no dot), the labels grouped by
+    their first letter (a fifth faster than one flat alternation): every
+    place a label may start, found (what follows is checked per label)."""
+    by_first: dict[str, list[str]] = {}
+    for t in tlds:
+        by_first.setdefault(t[0], []).append(re.escape(t[1:]))
+    alts = [
+        re.escape(c) + "(?:" + "|".join(sorted(rest, key=len, reverse=True)) + ")"
+        for c, rest in by_first.items()
+    ]
+    return re.compile(r"\.(?:" + "|".join(sorted(alts)) + ")")
+
+
+def _ends_in(urls: list[str], tlds: frozenset[str]) -> bool:
+    return any(url_host(u).rpartition(".")[2] in tlds for u in urls)
+
+
+def _may_end_in(text: str, html_part: bool, tlds: frozenset[str]) -> bool:
+    """False only if no URL or link target that reading this part (decoded,
+    HTML not yet turned into text) finds can have a host whose last label
+    is in ``tlds``.  Such a host ends, after "." and the label, where the
+    host ends: at a character that is neither a letter, digit, "_" nor "-",
+    or at dots followed by such a character (url_host strips dots), or at a
+    cut of the URL's length.  Reading HTML only replaces tags, scripts and
+    comments (which start with "<") by white space and references (which
+    start with "&") by their text, so any such end is already in the raw
+    part as ".label" followed by one of those or by "<" or "&", provided
+    every reference is one whose text has no letter, digit or dot.  A cut
+    is ruled out by a character no URL holds (or "/", which no host holds)
+    within :data:`_CUT_MARGIN` before the place.  Lower-casing the whole
+    part lower-cases every host in it, as url_host does."""
+    if not html_part and "://" not in text and "www." not in text and "WWW." not in text:
+        return False  # _find_urls finds no URL in it (the same look), and nothing else reads one
+    tlds = _label_tlds(tlds)
+    if not tlds:
+        return False
+    if html_part and "&" in text and _LIVE_REF.search(text) and not _refs_inert(text, _tld_chars(tlds)):
+        return True
+    low = text.lower()
+    if "." not in low:
+        return False
+    for n, m in enumerate(_tld_scan(tlds).finditer(low)):
+        if n >= _MAX_TLD_PLACES:
+            return True  # hostile or unusual: read the part (bounded as ever)
+        p = m.start()
+        for tld in tlds:
+            if not low.startswith(tld, p + 1):
+                continue
+            end = _DOTS.match(low, p + 1 + len(tld)).end()
+            after = low[end : end + 1]
+            if not after or after not in _HOST_GOES_ON:
+                return True  # the host may end here ("x.top." too: url_host strips the dots)
+            lo = max(0, end - _CUT_MARGIN)
+            if all(low.find(c, lo, p) < 0 for c in _HOST_BEFORE):
+                return True  # a long host: a cut could end it here
+    return False
+
+
+def _part_text(walk: _Walk, html_part: bool, text: str) -> None:
+    """A text part's text and URLs, into the message."""
+    msg = walk.msg
+    if html_part:
+        text = _html_to_text(text, msg._urls, walk)
+    _find_urls(text, msg._urls)
+    msg._text.append(text[:MAX_PART_TEXT])
+
+
+def _defer(walk: _Walk, html_part: bool, text: str) -> bool:
+    """Keep a text part to read on first use (True), or read it now: the
+    rules of a current model read no text, and of the URLs only whether a
+    host is in a blocked TLD, which :func:`_may_end_in` answers from the
+    part's text as decoded (HTML not turned into text, no URL scan).  A
+    part is deferred only while the "=", "<" and "&" of the deferred HTML
+    parts stay below the per-message budgets of link
+    attributes, tags and character references (each use of a budget takes
+    one of them at least), so reading them later, with fresh budgets, is
+    reading them now: same text, URLs, order and defects.  Once a part
+    would pass a budget, the deferred ones are read in order and every
+    later part is read at once."""
+    msg = walk.msg
+    counts = walk.counts
+    if html_part:  # only HTML spends the budgets
+        counts[0] += text.count("=")
+        counts[1] += text.count("<")
+        counts[2] += text.count("&")
+    if counts[0] < MAX_LINK_ATTRS and counts[1] < MAX_TAGS and counts[2] < MAX_ENTITIES:
+        msg._pending.append((html_part, text))
+        return True
+    walk.counts = [MAX_LINK_ATTRS, MAX_TAGS, MAX_ENTITIES]  # never defer again
+    pending, msg._pending = msg._pending, []
+    for p_html, p_text in pending:  # no budget ran out in these: the walk's are still whole
+        _part_text(walk, p_html, p_text)
+    return False
 
 
 def _decode_payload(walk: _Walk, headers: list[tuple[str, str]], start: int, end: int) -> bytes:
@@ -1036,25 +1272,28 @@ def _link_targets(text: str, urls: list[str], walk: _Walk | None = None) -> None
     """href/src targets, every attribute that is not the tail of a longer
     name (``data-href``), overlapping ones included (an ``?href=`` inside a
     target counts too).  One C scan per name on lower-cased text; at most
-    MAX_LINK_ATTRS attributes are read per message."""
+    MAX_LINK_ATTRS attributes are read per message.  The spans of one scan
+    serve both ways of reading them (a target with "&" in it is unescaped
+    one at a time), so no text is scanned twice."""
     if "=" not in text:
         return
     low = text.lower()
     src = text if len(low) == len(text) else low  # keep the URL's case where offsets agree
     left = walk.links_left if walk is not None else MAX_LINK_ATTRS
+    amp = "&" in low  # no "&" at all: no target needs unescaping, none is looked at for one
     for scan in _LINK_SCANS:
         if left <= 0 or len(urls) >= MAX_URLS:
             break
         spans = [m.span(1) for m in itertools.islice(scan.finditer(low), left)]
-        if len(urls) + len(spans) < MAX_URLS and not any("&" in low[a:b] for a, b in spans):
+        if len(urls) + len(spans) < MAX_URLS and not (amp and any("&" in low[a:b] for a, b in spans)):
             # no budget reached and nothing to unescape: the loop below, in
             # one comprehension (a Python step per link was a tenth of parsing)
             urls += [src[a:b] for a, b in spans if low.startswith(_LINK_SCHEMES, a, b)]
             left -= len(spans)
             continue
-        for m in scan.finditer(low):
+        # the first ``left`` matches are all the loop can read before the budget stops it
+        for a, b in spans:
             left -= 1
-            a, b = m.span(1)
             if "&" in low[a:b]:
                 target = html.unescape(src[a:b])
                 if target.lower().startswith(("http:", "https:", "www.")):

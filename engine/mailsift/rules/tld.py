@@ -125,9 +125,12 @@ def check(msg: ParsedMessage, envelope_sender: str, rules: DomainRules) -> list[
         allowed and any(d in allowed or registered_domain(d) in allowed for d in sender_domains)
     ):
         return [RuleHit("SENDER_ALLOWED", 0.0, "sender is on the allow-list; domain rules skipped", "")]
+    # the URL hosts are read only if one may be in a blocked TLD (or domains
+    # are blocked): most mail's HTML is then never turned into text
+    url_hosts = msg.url_hosts[:50] if blocked or msg.urls_may_end_in(tlds) else []
     places = (
         ("SENDER", sorted(sender_domains), rules.sender_score),
-        ("URL", msg.url_hosts[:50], rules.url_score),
+        ("URL", url_hosts, rules.url_score),
         ("RCVD", received_hosts(msg), rules.received_score),
     )
     hits = []
