@@ -345,3 +345,45 @@ def test_dovecot_pipe_refuses_an_unknown_class(tmp_path):
         ["sh", str(CONTRIB / "mailsift-learn.sh"), "maybe"], input=b"x", capture_output=True, timeout=30
     )
     assert done.returncode == 64 and b"class must be spam or ham" in done.stderr
+
+
+def test_dovecot_pipe_with_learn_user_teaches_only_that_imap_users_model(tmp_path, small_model, sa_test):
+    """MAILSIFT_LEARN_USER=yes: a Junk click teaches the IMAP user's own model,
+    never the site model or another user's (run as Dovecot runs the script:
+    class and imap.user as arguments, settings from the .env beside it)."""
+    import json
+
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    shutil.copy(CONTRIB / "mailsift-learn.sh", scripts)
+    model = tmp_path / "model.npz"  # a copy: a broken script must not teach the session's model
+    shutil.copy(small_model, model)
+    config = tmp_path / "mailsift.toml"
+    config.write_text(f'[model]\npath = "{model}"\n[store]\npath = "{tmp_path}/users"\n')
+    env = (CONTRIB / "mailsift-learn.env").read_text()
+    env = env.replace("MAILSIFT=/usr/local/bin/mailsift", f"MAILSIFT='{sys.executable} -m mailsift.cli'")
+    env = env.replace("MAILSIFT_CONFIG=/etc/mailsift/config.toml", f"MAILSIFT_CONFIG='{config}'")
+    env = env.replace("#MAILSIFT_LEARN_USER=yes", "MAILSIFT_LEARN_USER=yes")
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    env += f"PYTHONPATH='{pythonpath}'\nexport PYTHONPATH\n" if pythonpath else ""
+    (scripts / "mailsift-learn.env").write_text(env)
+    raw = next(i for i in sa_test if not i.spam).read()
+    model_bytes = model.read_bytes()
+
+    def score(user: str | None) -> float:
+        cmd = [sys.executable, "-m", "mailsift.cli", "--config", str(config), "score", "--json", "-"]
+        cmd += ["--user", user] if user else []
+        done = subprocess.run(cmd, input=raw, capture_output=True, timeout=120, check=True)
+        return json.loads(done.stdout)["score"]
+
+    before = {u: score(u) for u in (None, "alice", "bob")}
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}  # Dovecot's is empty
+    done = subprocess.run(
+        ["sh", str(scripts / "mailsift-learn.sh"), "spam", "alice"], input=raw, capture_output=True,
+        timeout=120, env=clean,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert b"for alice" in done.stdout, done.stdout
+    assert score("alice") > before["alice"] + 0.5
+    assert score("bob") == before["bob"] and score(None) == before[None]
+    assert model.read_bytes() == model_bytes  # the site model file was not taught

@@ -311,6 +311,16 @@ def test_spamc_u_alice_learns_for_alice_only(redis_server, serving, small_model,
     assert undo == {"outcome": "unlearned", "class": "spam", "user": "alice"}
     assert _post(node.url("/score?user=alice"), ham)["log_odds"] == site["log_odds"]  # exact
 
+    # Redis down: the click is queued, and spamc says it was learned (it will be), not "already"
+    redis_server.stop()
+    queued = spamc("-u", "carol", "-L", "spam")
+    assert queued.returncode == 0 and queued.stdout.decode().strip() == "Message successfully un/learned"
+    assert re.search(r"method=TELL user=carol .*outcome=queued", node.log_text())
+    assert _metric(node, "mailsift_store_queued") == 1.0
+    redis_server.start()
+    _until(lambda: _metric(node, "mailsift_store_queued") == 0.0, 15.0)
+    assert _post(node.url("/score?user=carol"), ham)["user_spam"] == 1
+
 
 def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
     redis_server, serving, small_model, sink, ham

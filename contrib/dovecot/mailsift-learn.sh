@@ -16,5 +16,12 @@ if [ -r "$env_file" ]; then
 fi
 # MAILSIFT_LEARN_OPTS=--no-wait (in the .env): through the service, return once
 # the click is queued rather than after the model is written (README, Dovecot)
+# MAILSIFT_LEARN_USER=yes (in the .env): the click teaches the IMAP user's own
+# model (--user), not the site model every mailbox is scored with (README,
+# Many mailboxes)
+user=${2:-}
 # shellcheck disable=SC2086  # MAILSIFT may be a command with arguments
+if [ "${MAILSIFT_LEARN_USER:-no}" = yes ] && [ -n "$user" ]; then
+  exec ${MAILSIFT:-mailsift} learn ${MAILSIFT_LEARN_OPTS:-} "--$class" --user "$user" -
+fi
 exec ${MAILSIFT:-mailsift} learn ${MAILSIFT_LEARN_OPTS:-} "--$class" -

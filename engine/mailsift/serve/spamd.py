@@ -227,11 +227,13 @@ class SpamdDoor(StreamDoor):
             # one model, ours: "local" is it; "remote" (Razor, Pyzor...) we do not have
             if "local" in want_set:
                 outcome = await self.service.learn(body, spam, user=user)
-                if outcome in ("learned", "relabelled"):
+                # queued (the shared store is down): accepted, applied when it is back, so
+                # spamc says learned rather than "already learned"; the log says queued
+                if outcome in ("learned", "relabelled", "queued"):
                     extra.append(("DidSet", "local"))
             elif "local" in want_remove:
                 outcome = await self.service.learn(body, spam if want_set else None, forget=True, user=user)
-                if outcome in ("unlearned", "forgotten"):
+                if outcome in ("unlearned", "forgotten", "queued"):
                     extra.append(("DidRemove", "local"))
             else:
                 outcome = "nothing (remote only)"
