@@ -230,25 +230,28 @@ class LinearModel:
         if undo is None:
             acc += sq
         delta = np.float32(self.params.rate) * gv / np.sqrt(acc + np.float32(self.params.eps))
-        w = self.w.take(idx)
         if undo is not None:
             # a feature was eroding iff its weight before the step had the other
             # sign: with w = before + scale*delta that is (w - scale*delta)*delta < 0
             # (and then not for w - delta), so the one consistent reading is found
+            w = self.w.take(idx)
             back = w - np.float32(undo) * delta
             self.w[idx] = np.where(back * delta < 0, back, w - delta) if undo < 1 else w - delta
             self.acc[idx] = np.maximum(acc - sq, 0)
             return undo
         scale = 1.0
         budget = self.params.max_erosion
-        if budget:
+        # every feature moves the margin the same way, so the eroding part is at
+        # most the whole move: most steps of a stream are far below the limit
+        if budget and abs(float(np.dot(delta, val))) > budget:
+            w = self.w.take(idx)
             eroding = w * delta < 0
-            eroded = float(np.abs(delta[eroding] * val[eroding]).sum())
+            eroded = abs(float(np.dot(delta[eroding], val[eroding])))
             if eroded > budget:
                 scale = budget / eroded
                 delta[eroding] *= np.float32(scale)
         self.acc[idx] = acc
-        self.w[idx] = w + delta
+        self.w[idx] += delta
         return scale
 
     # -- training --------------------------------------------------------
