@@ -4,7 +4,9 @@ The model is logistic regression on binary hashed features with one update
 rule: a per-message logistic gradient step with per-feature AdaGrad step
 sizes (``rate / sqrt(eps + sum of the feature's squared gradients)``), so a
 feature seen in thousands of messages moves little and a new one moves at
-``rate``.  That one rule is what ``partial_fit`` (the online protocol and
+``rate``; the part of a step that takes back evidence against the label is
+limited to ``max_erosion`` log-odds, so one click on a young model does not
+move every ham towards the threshold.  That one rule is what ``partial_fit`` (the online protocol and
 ``mailsift eval --online``), ``learn_one`` (a ``mailsift learn`` click) and
 each pass of ``fit`` run.  ``fit`` makes ``epochs`` (6) shuffled passes and
 averages the weights at the end of each, which ranked held-out mail better
@@ -85,7 +87,8 @@ class TrainParams:
     #: threshold.  Chosen on trec07p-dev/train.index online and on the
     #: five-click scenario inside the 2002 train split (FPR on train ham the
     #: model did not see): 0 0.0043 / +0.45, 0.25 0.0050 / +0.17, 0.5 0.0044 /
-    #: +0.17, 0.75 0.0043 / +0.28 ((1-AUC)% / worst click; benchmarks/README.md)
+    #: +0.17, 0.75 0.0043 / +0.28, 1 0.0042 / +0.34 ((1-AUC)% / worst click;
+    #: models/default/README.md)
     max_erosion: float = 0.5
 
     def to_dict(self) -> dict:
