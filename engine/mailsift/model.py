@@ -90,6 +90,9 @@ class TrainParams:
     #: +0.17, 0.75 0.0043 / +0.28, 1 0.0042 / +0.34 ((1-AUC)% / worst click;
     #: models/default/README.md)
     max_erosion: float = 0.5
+    #: the erosion limit holds up to this many learned messages (n_ham +
+    #: n_spam) and grows in proportion beyond (twice as many, twice the limit)
+    erosion_grows_after: int = 450
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +109,11 @@ class TrainParams:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
         params = cls(**data)
         if not (
-            0 < params.rate < 10 and params.eps > 0 and 1 <= params.epochs <= 100 and params.max_erosion >= 0
+            0 < params.rate < 10
+            and params.eps > 0
+            and 1 <= params.epochs <= 100
+            and params.max_erosion >= 0
+            and params.erosion_grows_after >= 1
         ):
             raise ValueError(f"training settings out of range: {params}")
         return params
@@ -243,7 +250,9 @@ class LinearModel:
             self.acc[idx] = np.maximum(acc - sq, 0)
             return undo
         scale = 1.0
-        budget = self.params.max_erosion
+        budget = self.params.max_erosion * max(
+            1.0, (self.n_ham + self.n_spam) / self.params.erosion_grows_after
+        )
         # every feature moves the margin the same way, so the eroding part is at
         # most the whole move: most steps of a stream are far below the limit
         if budget and abs(float(np.dot(delta, val))) > budget:
@@ -274,6 +283,8 @@ class LinearModel:
         self.w = np.zeros_like(self.w)
         self.acc = np.zeros_like(self.w)
         self.b = 0.0
+        self.n_spam = int(y.sum())  # the step's erosion limit reads how much the model learns
+        self.n_ham = int(len(y) - self.n_spam)
         total = np.zeros_like(self.w)
         rng = np.random.default_rng(self.params.seed)
         order = np.arange(len(X))
@@ -284,8 +295,6 @@ class LinearModel:
                 self.step(X[i], bool(y[i]))
             total += self.w
         self.w = total / np.float32(epochs)
-        self.n_spam = int(y.sum())
-        self.n_ham = int(len(y) - self.n_spam)
         self.trained_at = _now()
         return self
 
