@@ -330,6 +330,20 @@ def test_a_step_takes_back_at_most_max_erosion_of_the_evidence_against_its_label
     assert new.any() and np.all(delta[new] > 0)
 
 
+def test_the_erosion_limit_grows_with_the_messages_learned(toy_model):
+    """Up to ``erosion_grows_after`` learned messages the limit is
+    ``max_erosion``; beyond, in proportion: the 60-message toy model at
+    ``erosion_grows_after`` 30 may erode twice ``max_erosion``."""
+    x = _vec("meeting notes for the kernel patch review tomatoes gardening compost")
+    w0 = toy_model.w[x[0]].copy()
+    assert toy_model.n_ham + toy_model.n_spam == 60  # fit counts its messages
+    toy_model.params = replace(toy_model.params, max_erosion=0.01, erosion_grows_after=30)
+    toy_model.step(x, True)
+    delta = toy_model.w[x[0]] - w0
+    eroding = w0 * delta < 0
+    assert np.abs(delta[eroding]).sum() == pytest.approx(0.02, rel=1e-4)
+
+
 def test_a_step_well_inside_the_limit_is_the_plain_adagrad_step(toy_model):
     x = _vec("cheap pills buy now offer 7 viagra casino winner")
     free = LinearModel(SMALL, replace(toy_model.params, max_erosion=0.0))
