@@ -86,6 +86,7 @@ def mailsift_learner_online(items, settings, params):
         m = model.margin(vec)
         scores.append(m)
         model.step(vec, item.spam, margin=m)
+        model._count(item.spam, 1)  # as partial_fit and eval --online: the step reads the counts
     return scores, time.perf_counter() - start
 
 

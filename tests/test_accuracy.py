@@ -30,8 +30,9 @@ def test_dev_split_train_then_test(sa_dir, capsys):
     """The 2002 split with the learner chosen on trec07p-dev/train.index
     (issue 9).  Measured at commit 745b10a (3 passes): (1-AUC)% 0.0496,
     91.46% caught at 0.1% FPR, FPR 0.19% / FNR 6.1% at the threshold; with
-    6 passes (commit ab226e8) 0.0496, 90.61%, FPR 0.24% / FNR 6.1%; these
-    bounds keep that level (the older, tighter bar is the xfail below).
+    6 passes (commit ab226e8) 0.0496, 90.61%, FPR 0.24% / FNR 6.1%; with the
+    step's erosion limit (commit 0fbb000) 90.40% caught; these bounds keep
+    that level (the older, tighter bar is the xfail below).
     --keep-duplicates: measured before eval de-duplicated (48 test messages
     are also in train)."""
     m = _eval_json(
@@ -39,7 +40,7 @@ def test_dev_split_train_then_test(sa_dir, capsys):
     )
     assert (m["n_ham"], m["n_spam"]) == (2075, 948)
     assert m["one_minus_auc_pct"] < 0.055
-    assert m["spam_caught_pct_at_fpr_0_1"] >= 90.5
+    assert m["spam_caught_pct_at_fpr_0_1"] >= 90.0
     assert m["fpr_pct"] <= 0.3
     assert m["fnr_pct"] <= 7.0
 
@@ -47,7 +48,8 @@ def test_dev_split_train_then_test(sa_dir, capsys):
 @pytest.mark.xfail(
     strict=True,
     reason="unmet since issue 9: the old bar came from settings tuned on this split's test half; "
-    "the trec07p-chosen raw-byte learner measures 0.0496 / 90.61% here (the TREC reference 0.0442 / 91.67%)",
+    "the trec07p-chosen raw-byte learner measures 0.0498 / 90.40% here at 0fbb000 "
+    "(the TREC reference 0.0442 / 91.67%)",
 )
 def test_dev_split_meets_the_2002_bar(sa_dir, capsys):
     m = _eval_json(capsys, "--train", sa_dir / "train.index", "--test", sa_dir / "test.index")
@@ -83,14 +85,12 @@ def small_model_and_clicks(tmp_path_factory, sa_dir):
     return model_path, clicks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 bar unmet: the five hardest clicks raise the FPR by +0.39, +0.29, +0.14, +0.24, "
-    "+0.72 points (measured at 745b10a; a 1.0% baseline); max_move 2 would meet it at an online cost",
-)
 def test_five_learn_spam_clicks_never_raise_ham_fpr_by_a_quarter_point(
     small_model_and_clicks, sa_dir, capsys
 ):
+    """The issue 9 bar.  Met by the step's ``max_erosion`` (0.5, chosen on
+    the train split: benchmarks/click_safety.py); without it the clicks rose
+    the FPR by up to +0.48 points."""
     model_path, clicks = small_model_and_clicks
     config = Config()
     config.dnsbl = []

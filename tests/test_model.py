@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -214,8 +215,9 @@ def test_a_file_that_is_no_model_never_invites_unpickling(tmp_path, content):
         (lambda a: a.update(ledger_label=np.zeros(2, np.int8)), "ledger"),
         (lambda a: a.update(slots=a["slots"].reshape(1, -1)), "slots"),
         (lambda a: a.pop("weights"), "missing weights"),
+        (lambda a: a.update(ledger_scale=np.ones(5)), "ledger_scale"),
     ],
-    ids=["bias-3", "weights-short", "ledger-ragged", "slots-2d", "no-weights"],
+    ids=["bias-3", "weights-short", "ledger-ragged", "slots-2d", "no-weights", "scales-ragged"],
 )
 def test_a_model_with_misshapen_arrays_is_refused(tmp_path, toy_model, change, message):
     path = tmp_path / "m.npz"
@@ -301,6 +303,106 @@ def test_format_1_model_files_still_load_and_score(tmp_path):
     assert model.settings.scheme == "v1" and model.info["generic"]
     assert model.margin(x) == pytest.approx(2.0 * float(x[1].sum()) + 0.25, rel=1e-5)
     assert model.info["format_1_train"]["lr"] == 40.0
+
+
+def _limited(model, budget):
+    model.params = replace(model.params, max_erosion=budget)
+    return model
+
+
+def test_a_step_takes_back_at_most_max_erosion_of_the_evidence_against_its_label(toy_model):
+    """A ham-looking message clicked as spam: the weights that pointed to ham
+    give back at most ``max_erosion`` of margin in all; its new features still
+    move at the full AdaGrad rate."""
+    x = _vec("meeting notes for the kernel patch review tomatoes gardening compost")
+    free = LinearModel(SMALL, replace(toy_model.params, max_erosion=0.0))
+    free.w, free.acc = toy_model.w.copy(), toy_model.acc.copy()
+    _limited(toy_model, 0.02)
+    w0 = toy_model.w[x[0]].copy()
+    g, scale = toy_model._step(x, True)
+    free.step(x, True)
+    delta, full = toy_model.w[x[0]] - w0, free.w[x[0]] - w0
+    eroding = w0 * full < 0
+    assert eroding.any() and np.abs(full[eroding]).sum() > 0.02
+    assert 0 < scale < 1 and np.abs(delta[eroding]).sum() == pytest.approx(0.02, rel=1e-4)
+    assert np.allclose(delta[~eroding], full[~eroding], rtol=1e-6, atol=0)
+    new = w0 == 0
+    assert new.any() and np.all(delta[new] > 0)
+
+
+def test_the_erosion_limit_grows_with_the_messages_learned(toy_model):
+    """Up to ``erosion_grows_after`` learned messages the limit is
+    ``max_erosion``; beyond, in proportion: the 60-message toy model at
+    ``erosion_grows_after`` 30 may erode twice ``max_erosion``."""
+    x = _vec("meeting notes for the kernel patch review tomatoes gardening compost")
+    w0 = toy_model.w[x[0]].copy()
+    assert toy_model.n_ham + toy_model.n_spam == 60  # fit counts its messages
+    toy_model.params = replace(toy_model.params, max_erosion=0.01, erosion_grows_after=30)
+    toy_model.step(x, True)
+    delta = toy_model.w[x[0]] - w0
+    eroding = w0 * delta < 0
+    assert np.abs(delta[eroding]).sum() == pytest.approx(0.02, rel=1e-4)
+
+
+def test_a_step_well_inside_the_limit_is_the_plain_adagrad_step(toy_model):
+    x = _vec("cheap pills buy now offer 7 viagra casino winner")
+    free = LinearModel(SMALL, replace(toy_model.params, max_erosion=0.0))
+    free.w, free.acc = toy_model.w.copy(), toy_model.acc.copy()
+    assert toy_model._step(x, False)[1] == 1.0
+    free.step(x, False)
+    assert np.array_equal(toy_model.w, free.w) and np.array_equal(toy_model.acc, free.acc)
+
+
+def test_learn_then_unlearn_is_exact_when_the_erosion_limit_cut_the_step(toy_model, tmp_path):
+    """The scale the limit applied is kept in the ledger (and the file), so
+    unlearn takes back exactly the step that was taken."""
+    raw = b"Subject: s\n\nmeeting notes for the kernel patch review tomatoes gardening compost\n"
+    vec = extract(parse(raw), SMALL).vec
+    digest = message_digest(raw)
+    _limited(toy_model, 0.02)
+    probes = [
+        _vec(t) for t in ("buy cheap pills", "patch review", "kernel meeting notes", "tomatoes gardening")
+    ]
+    p0, w0, acc0 = toy_model.predict_proba(probes)[:, 1], toy_model.w.copy(), toy_model.acc.copy()
+    assert toy_model.learn_one(vec, True, digest)[0] == "learned"
+    assert 0 < toy_model.ledger.scales[digest] < 1
+    assert np.abs(toy_model.predict_proba(probes)[:, 1] - p0).max() > 1e-3
+    toy_model.save(tmp_path / "m.npz")
+    loaded = LinearModel.load(tmp_path / "m.npz")
+    assert loaded.ledger.scales == toy_model.ledger.scales
+    assert loaded.unlearn_one(vec, digest) == ("unlearned", 1)
+    assert np.abs(loaded.predict_proba(probes)[:, 1] - p0).max() < 1e-4
+    assert np.allclose(loaded.w, w0, atol=1e-6) and np.allclose(loaded.acc, acc0, atol=1e-6)
+    assert not loaded.ledger.scales
+
+
+def _rewrite(path, **changes):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["train"].update(changes.pop("train", {}))
+    for key in changes.pop("unset", ()):
+        meta["train"].pop(key)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    for key in changes.pop("drop", ()):
+        arrays.pop(key)
+    np.savez(path, **arrays)
+
+
+def test_format_2_files_from_before_max_erosion_load_with_unlimited_ledger_steps(tmp_path, toy_model):
+    """Earlier format-2 files wrote ``max_move`` (always 0) and no
+    ``ledger_scale``: they load, their learned steps reverse as unlimited."""
+    path = tmp_path / "m.npz"
+    raw = b"Subject: s\n\nsomething learned before the upgrade\n"
+    toy_model.learn_one(extract(parse(raw), SMALL).vec, True, message_digest(raw))
+    toy_model.save(path)
+    _rewrite(path, train={"max_move": 0.0}, unset=["max_erosion"], drop=["ledger_scale"])
+    loaded = LinearModel.load(path)
+    assert loaded.params.max_erosion == TrainParams().max_erosion and not loaded.ledger.scales
+    assert message_digest(raw) in loaded.ledger.digests
+    _rewrite(path, train={"max_move": 2.0})
+    with pytest.raises(ModelError, match="max_move is no longer supported"):
+        LinearModel.load(path)
 
 
 def test_relearning_with_the_other_label_replaces_the_first_step(toy_model):
