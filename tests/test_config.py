@@ -181,3 +181,16 @@ def test_cli_reports_a_bad_value_in_one_line_with_exit_78(tmp_path):
     )
     assert r.returncode == 78 and r.stdout == b""
     assert r.stderr.decode() == f"mailsift: {cfg}: model.weight must be > 0, got -3.0\n"
+
+
+def test_users_naming_defaults_to_postfix_plus_and_bad_delimiters_or_domains_are_refused(tmp_path):
+    assert Config().users.recipient_delimiter == "+" and Config().users.local_domains == []
+    users = _load(tmp_path, '[users]\nrecipient_delimiter = "+-"\nlocal_domains = ["example.net"]\n').users
+    assert (users.recipient_delimiter, users.local_domains) == ("+-", ["example.net"])
+    assert _load(tmp_path, '[users]\nrecipient_delimiter = ""\n').users.recipient_delimiter == ""
+    for bad in ("@", " ", "+\\t", '"', "+-=_.#%&!"):
+        text = "[users]\nrecipient_delimiter = " + '"' + bad.replace("\\", "\\\\").replace('"', '\\"') + '"\n'
+        assert "users.recipient_delimiter must be" in _refused(tmp_path, text)
+    for bad in ("", "a@example.net", "exa mple.net"):
+        assert "users.local_domains" in _refused(tmp_path, f'[users]\nlocal_domains = ["{bad}"]\n')
+    assert "unknown key 'strip_domain'" in _refused(tmp_path, "[users]\nstrip_domain = true\n")

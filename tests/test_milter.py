@@ -271,6 +271,43 @@ def test_milter_scores_with_the_single_recipients_model_else_the_sites(scoring_s
     assert service.users == ["alice@example.net", None, None, "o'brien@example.net"]
 
 
+def test_milter_names_a_recipient_by_users_delimiter_and_local_domains(scoring_service):
+    """[users]: alice+shop@ is alice (her model and lists, not a new user's);
+    a local domain's recipient is its local part; "" keeps the address."""
+    from mailsift.config import UsersConfig
+
+    def users_for(naming: UsersConfig, rcpts: list[tuple[str, ...]]) -> list:
+        config = Config()
+        config.users = naming
+        service = RecordingService(scoring_service(config))
+
+        async def test(port):
+            c = await MilterClient.open(port)
+            await c.session()
+            for r in rcpts:
+                await c.message(HAM, rcpts=r)
+            c.close()
+
+        run_with(service, test)
+        return service.users
+
+    rcpts = [
+        ("<alice+shop@Example.NET>",),
+        ("<alice+a@example.net>", "<alice-b@example.net>"),
+        ("<+x@example.net>",),  # nothing before the delimiter: not cut (as Postfix)
+        ('<"alice+x"@example.net>',),
+        ("<alice@other.example>",),
+    ]
+    assert users_for(UsersConfig(), rcpts) == [
+        "alice@example.net", None, "+x@example.net", "alice@example.net", "alice@other.example",
+    ]  # fmt: skip
+    assert users_for(UsersConfig(recipient_delimiter="+-"), rcpts)[1] == "alice@example.net"
+    assert users_for(UsersConfig(recipient_delimiter=""), rcpts)[:2] == ["alice+shop@example.net", None]
+    assert users_for(UsersConfig(local_domains=["example.NET."]), rcpts) == [
+        "alice", None, "+x", "alice", "alice@other.example",
+    ]  # fmt: skip
+
+
 def test_milter_marks_authenticated_submissions(scoring_service):
     service = RecordingService(scoring_service())
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import smtplib
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -343,6 +344,73 @@ def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
     assert delivered_score(["Alice@Example.NET"]) == pytest.approx(hers, abs=0.051)  # one user, any case
     assert delivered_score([alice, "bob@example.net"]) == pytest.approx(site, abs=0.051)  # two: the site's
     assert delivered_score(["bob@example.net"]) == pytest.approx(site, abs=0.051)
+
+
+def test_the_smtp_door_names_alice_plus_anything_as_alice_so_her_model_and_block_list_apply(
+    redis_server, serving, small_model, sink, ham
+):
+    """[users] recipient_delimiter (default "+"): a sender adding +x to her
+    address gets her learned model and her block list, not the site's."""
+    node = serving(
+        small_model, ("smtp", "http"), _store(redis_server.url), extra=("--relay", f"127.0.0.1:{sink.port}")
+    )
+    alice = "alice@example.net"
+    site = _post(node.url("/score"), ham)["score"]
+    assert _post(node.url(f"/learn?class=spam&user={alice}"), ham)["outcome"] == "learned"
+    hers = _post(node.url(f"/score?user={alice}"), ham)["score"]
+    assert hers > site + 1.0
+    block = [sys.executable, "-m", "mailsift.cli", "--config", str(node.config), "lists", "--user", alice]
+    out = subprocess.run(
+        [*block, "--block", "spammer@junk.example"], env=node.env, capture_output=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+
+    def delivered(rcpts: list[str], sender: str = "s@example.org") -> email.message.Message:
+        with smtplib.SMTP("127.0.0.1", node.ports["smtp"], timeout=30) as c:
+            c.sendmail(sender, rcpts, ham)
+        return email.message_from_bytes(sink.received[-1][2])
+
+    assert float(delivered(["alice+shop@example.net"])["X-Spam-Score"]) == pytest.approx(hers, abs=0.051)
+    assert float(delivered(["<Alice+Shop@Example.NET>"])["X-Spam-Score"]) == pytest.approx(hers, abs=0.051)
+    two_tags = delivered(["alice+a@example.net", "alice+b@example.net"])  # one user: hers
+    assert float(two_tags["X-Spam-Score"]) == pytest.approx(hers, abs=0.051)
+    assert "USER_BLOCK_LISTED" in delivered(["alice+x@example.net"], "spammer@junk.example")["X-Spam-Status"]
+    assert (
+        "USER_BLOCK_LISTED" not in delivered(["bob+x@example.net"], "spammer@junk.example")["X-Spam-Status"]
+    )
+    assert float(delivered(["bob+x@example.net"])["X-Spam-Score"]) == pytest.approx(site, abs=0.051)
+
+
+def test_smtp_recipients_named_by_local_part_for_local_domains_and_as_given_with_no_delimiter(
+    redis_server, serving, small_model, sink, ham
+):
+    """[users] local_domains: alice@example.net is "alice", the name spamc -u
+    and Dovecot give her; recipient_delimiter = "" keeps alice+shop its own."""
+    users = '[users]\nrecipient_delimiter = ""\nlocal_domains = ["Example.NET"]\n'
+    node = serving(
+        small_model,
+        ("smtp", "http"),
+        _store(redis_server.url) + 'prefix = "localpart"\n' + users,
+        extra=("--relay", f"127.0.0.1:{sink.port}"),
+    )
+    site = _post(node.url("/score"), ham)["score"]
+    # learned under the full address: not hers when local_domains names her "alice"
+    assert _post(node.url("/learn?class=spam&user=alice@example.net"), ham)["outcome"] == "learned"
+
+    def delivered_score(rcpts: list[str]) -> float:
+        with smtplib.SMTP("127.0.0.1", node.ports["smtp"], timeout=30) as c:
+            c.sendmail("s@example.org", rcpts, ham)
+        return float(email.message_from_bytes(sink.received[-1][2])["X-Spam-Score"])
+
+    assert delivered_score(["alice@example.net"]) == pytest.approx(site, abs=0.051)
+    assert _post(node.url("/learn?class=spam&user=alice"), ham)["outcome"] == "learned"
+    hers = _post(node.url("/score?user=alice"), ham)["score"]
+    assert hers > site + 1.0
+    assert delivered_score(["Alice@example.net"]) == pytest.approx(hers, abs=0.051)
+    assert delivered_score(["alice+shop@example.net"]) == pytest.approx(site, abs=0.051)  # delimiter off
+    other = _post(node.url("/score?user=alice@other.example"), ham)["score"]
+    assert delivered_score(["alice@other.example"]) == pytest.approx(other, abs=0.051)  # not local: as given
+    assert other == pytest.approx(site, abs=0.051)
 
 
 @pytest.fixture(scope="module")

@@ -193,6 +193,28 @@ class StoreConfig:
     cache_slots: int = field(default=200_000, metadata=at_least(0))
 
 
+@dataclass
+class UsersConfig:
+    """``[users]``: how the SMTP and milter doors name the user of a message
+    with one recipient, so ``alice+shop@example.net`` is alice and the name
+    can match the one spamc ``-u`` or Dovecot (``%u``) give for her.  Names
+    given explicitly (spamd ``User``, HTTP ``?user=``, ``--user``) are used as
+    given: these rules never apply to them."""
+
+    #: characters that each start an address extension, as Postfix's
+    #: ``recipient_delimiter``: the local part is cut at the first of them
+    #: (``alice+shop@x`` is ``alice@x``; not when that would leave it empty);
+    #: "" keeps recipients as they are
+    recipient_delimiter: str = "+"
+    #: domains whose recipients are named by their local part alone
+    #: (``alice@example.net`` is ``alice``, as spamc -u and Dovecot's %u name
+    #: her); recipients at other domains keep theirs
+    local_domains: list = field(default_factory=list)
+
+
+#: a recipient_delimiter of more characters than this is a mistake
+MAX_DELIMITERS = 8
+
 STORE_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
@@ -209,6 +231,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    users: UsersConfig = field(default_factory=UsersConfig)
     #: points per rule name, overriding the defaults in code (``mailsift
     #: tune`` will write these)
     rule_weights: dict = field(default_factory=dict)
@@ -338,6 +361,7 @@ def validate(config: Config) -> None:
         if problem:
             raise ConfigError(f"lists.{key}: {problem}")
     _check_store(config.store)
+    _check_users(config.users)
     _check_dnsbl(config.dnsbl)
     _check_rule_weights(config.rule_weights, [z.name for z in config.dnsbl])
 
@@ -350,6 +374,19 @@ def _check_store(store: StoreConfig) -> None:
             raise ConfigError(f"store.url must be {schemes}, got {scheme + sep!r}...")
     if not store.prefix or any(c in store.prefix for c in "{} "):
         raise ConfigError(f"store.prefix must be non-empty, without braces or spaces, got {store.prefix!r}")
+
+
+def _check_users(users: UsersConfig) -> None:
+    delim = users.recipient_delimiter
+    if len(delim) > MAX_DELIMITERS or any(c in '@"\\<>' or not c.isprintable() or c.isspace() for c in delim):
+        raise ConfigError(
+            f"users.recipient_delimiter must be at most {MAX_DELIMITERS} printable characters, none of"
+            f" '@', quotes, backslash, brackets or spaces, got {delim!r}"
+        )
+    for domain in users.local_domains:
+        d = domain.strip().rstrip(".")
+        if not d or "@" in d or any(c.isspace() or not c.isprintable() for c in d):
+            raise ConfigError(f"users.local_domains: entries must be domain names, got {domain!r}")
 
 
 def _check_bounds(table: object, where: str) -> None:

@@ -421,7 +421,8 @@ class FilterHandler:
                 raw,
                 self.proxy.scoring_deadline,
                 self._context(session, envelope),
-                user_for_recipients(envelope.rcpt_tos),  # one recipient: theirs, else the site's
+                # one recipient: theirs ([users] naming), else the site's
+                user_for_recipients(envelope.rcpt_tos, self.config.users),
             )
         except PoolBusy as exc:  # every worker busy: the MTA keeps the message and retries
             self.stats.tempfailed_busy += 1

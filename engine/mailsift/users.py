@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import usermodel
+from .config import UsersConfig
 from .rules.lists import AddressLists
 from .store import (
     Store,
@@ -217,21 +218,49 @@ class Users:
         self.store.close()
 
 
-def user_for_recipients(recipients: list[str]) -> str | None:
+def user_for_recipients(recipients: list[str], naming: UsersConfig | None = None) -> str | None:
     """Whose model scores a message that arrived over SMTP or the milter:
     its recipient when it has exactly one (as Rspamd does), else None (the
     site model: one verdict is written into one copy for all of them).
     Recipients are the same when they differ in ASCII case only (as user
-    names: ``usernames``) or in quoting (``"alice"@x`` is ``alice@x``).  An
-    address that is not a usable user name gives None too, never an error
-    that would cost the message."""
-    addrs = {_mailbox(r) for r in recipients if r and r.strip("<> ")}
+    names: ``usernames``) or in quoting (``"alice"@x`` is ``alice@x``), and,
+    by ``[users]`` (``naming``; the defaults when None), in an address
+    extension (``alice+shop@x`` is ``alice@x``, so a sender cannot get past
+    alice's block list and model by adding ``+x``) or in a local domain's
+    name (``alice@example.net`` is ``alice``).  An address that is not a
+    usable user name gives None too, never an error that would cost the
+    message."""
+    naming = naming or UsersConfig()
+    local = {_domain(d) for d in naming.local_domains}
+    delim = naming.recipient_delimiter
+    addrs = {_user_of(_mailbox(r), delim, local) for r in recipients if r and r.strip("<> ")}
     if len(addrs) != 1:
         return None
     try:
         return user_name(addrs.pop())
     except StoreError:
         return None
+
+
+def _domain(name: str) -> str:
+    return fold(name.strip().rstrip("."))
+
+
+def _user_of(mailbox: str, delimiters: str, local_domains: set[str]) -> str:
+    """A mailbox as its user: the extension cut off the local part at the
+    first delimiter character (as Postfix's ``recipient_delimiter``: not when
+    that would leave the local part empty), and the domain dropped when it is
+    one of ``local_domains``."""
+    localpart, at, domain = mailbox.rpartition("@")
+    if not at:
+        localpart, domain = mailbox, ""
+    if delimiters:
+        cut = next((i for i, c in enumerate(localpart) if c in delimiters), -1)
+        if cut > 0:
+            localpart = localpart[:cut]
+    if not at or _domain(domain) in local_domains:
+        return localpart
+    return f"{localpart}@{domain}"
 
 
 _QUOTED_LOCAL = re.compile(r'"((?:[^"\\]|\\.)*)"@([^@]+)')

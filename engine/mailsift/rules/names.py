@@ -27,8 +27,8 @@ NETWORK_RULE_NAMES = (
     "OUTBOUND_MAIL",
     "INTERNAL_CLIENT",
 )
-#: emitted by ``Filter`` itself: a user's state could not be read
-FILTER_RULE_NAMES = ("USER_STATE_ERROR",)
+#: emitted by ``Filter`` itself: a user's or the site's state in the store could not be read
+FILTER_RULE_NAMES = ("USER_STATE_ERROR", "SITE_STATE_ERROR")
 
 #: informational by name ...
 INFORMATIONAL_NAMES = frozenset(
@@ -42,6 +42,8 @@ INFORMATIONAL_NAMES = frozenset(
         "ALLOW_LISTED_UNVERIFIED",
         # a user's state could not be read: the site model alone scored
         "USER_STATE_ERROR",
+        # the site's learns in the store could not be read: the model file alone scored
+        "SITE_STATE_ERROR",
         # outbound or internal mail: the inbound checks were skipped
         "OUTBOUND_MAIL",
         "INTERNAL_CLIENT",

@@ -358,7 +358,8 @@ class MilterSession:
         try:
             # the pool kills a worker at the deadline; the timeout here also covers waiting for one
             async with asyncio.timeout(self.cfg.scoring_deadline + 1.0):
-                user = user_for_recipients(m.rcpts)  # one recipient: theirs, else the site's
+                # one recipient: theirs ([users] naming), else the site's
+                user = user_for_recipients(m.rcpts, self.service.config.users)
                 verdict = await self.service.score(raw, context, DOOR, self.cfg.scoring_deadline, user)
         except TimeoutError:
             error = f"scoring took over {self.cfg.scoring_deadline:g} s"
