@@ -21,6 +21,7 @@ from conftest import SA, RedisCluster, RedisProc
 from mailsift import Filter
 from mailsift.config import Config
 from mailsift.corpus import read_index
+from mailsift.store.queue import QueuedLearn
 from mailsift.users import QUEUED, Users
 
 
@@ -419,3 +420,91 @@ def test_a_site_learn_that_does_not_wait_answers_queued_and_lands_in_the_store(
     assert all(node.learn_site(raw, True) == "already-learned" for raw in raws)
     assert node.score(raws[0]).site_spam == 3
     assert small_model.read_bytes() == model_bytes
+
+
+def _rejected(config: Config) -> list[dict]:
+    path = Path(config.store.queue + ".rejected")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_torn_line_in_the_learn_queue_is_set_aside_and_the_good_learns_are_replayed(
+    redis_server, tmp_path, mail
+):
+    """A crash mid-append leaves half a line in the queue file: it must not
+    stop the learns around it, nor fail a learn queued after it."""
+    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    node = Filter(config, users=Users.open(config))
+    ham = mail[0]
+    assert node.learn_user(ham[0], True, "alice") == "learned"
+    site = node.score(ham[1], user="alice").log_odds
+    redis_server.stop(save=True)
+    queue = Path(config.store.queue)
+    queue.write_text('{"user": "alice", "space": "abc"\n')  # torn: a crash mid-append
+    assert node.learn_user(ham[1], True, "alice") == QUEUED  # queued after the torn line
+    assert node.learn_user(ham[2], True, "bob") == QUEUED
+    redis_server.start()
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    st = node.users.status()
+    assert st.replayed == 2 and st.rejected == 1
+    rejected = _rejected(config)
+    assert [r["line"] for r in rejected] == ['{"user": "alice", "space": "abc"']
+    assert "line 1" in rejected[0]["why"]
+    assert node.score(ham[1], user="alice").log_odds > site + 1.0  # the good learn landed
+    assert node.learn_user(ham[2], True, "bob") == "already-learned"
+
+
+def test_a_learn_the_store_refuses_at_replay_is_set_aside_and_a_new_learn_still_lands(
+    redis_server, tmp_path, mail
+):
+    """Redis answers but refuses a queued learn (out of memory, a key of
+    another type): waiting will not help, so it goes to ``<queue>.rejected``
+    with why, and neither the replay nor the next click fails."""
+    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    node = Filter(config, users=Users.open(config))
+    ham = mail[0]
+    assert node.learn_user(ham[0], True, "alice") == "learned"
+    redis_server.stop(save=True)
+    assert node.learn_user(ham[1], True, "alice") == QUEUED
+    assert node.learn_user(ham[2], True, "carol") == QUEUED
+    redis_server.start()
+    redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # every write refused: OOM
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    assert node.users.status().rejected == 2 and node.users.status().replayed == 0
+    assert all("maxmemory" in r["why"] for r in _rejected(config))
+    redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+
+    # a key of another type where dave's state lives: WRONGTYPE for his queued learn only
+    redis_server.stop(save=True)
+    assert node.learn_user(ham[3], True, "dave") == QUEUED
+    redis_server.start()
+    redis_server.cli("SET", "mailsift:{dave}:m", "not a hash")
+    time.sleep(0.3)  # past retry_every: the store is asked again
+    # replays first (or a replay the store's recovery started does): dave's is set aside
+    assert node.learn_user(ham[4], True, "bob") == "learned"
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    assert node.users.status().rejected == 3
+    assert "WRONGTYPE" in _rejected(config)[-1]["why"]
+    assert (
+        QueuedLearn.from_json(_rejected(config)[-1]["line"]).user == "dave"
+    )  # kept whole, to replay by hand
+
+
+def test_a_replayed_click_older_than_the_ledger_entry_is_superseded(redis_server, tmp_path, mail, caplog):
+    """Alice clicks Junk on node A during an outage (queued), then Not Junk
+    on node B once Redis is back; A replays afterwards: her later click wins."""
+    shared = Shared(redis_server.url, "redis", [redis_server])
+    a, b = _node(shared, tmp_path, "a"), _node(shared, tmp_path, "b")
+    m, newer = mail[0][2], mail[0][3]
+    redis_server.stop(save=True)
+    assert a.learn_user(m, True, "alice") == QUEUED
+    assert a.learn_user(newer, True, "alice") == QUEUED  # a click nobody overrode
+    redis_server.start()
+    time.sleep(0.3)
+    assert b.learn_user(m, False, "alice") == "learned"
+    caplog.set_level(logging.WARNING, logger="mailsift.users")
+    assert a.users.replay() == 2
+    v = b.score(m, user="alice")
+    assert (v.user_ham, v.user_spam) == (1, 1)  # m stays ham; the other queued click landed as spam
+    assert b.learn_user(m, False, "alice") == "already-learned"
+    assert b.learn_user(newer, True, "alice") == "already-learned"
+    assert any("superseded" in r.getMessage() for r in caplog.records)

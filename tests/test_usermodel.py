@@ -17,7 +17,7 @@ from mailsift.config import Config, ConfigError, load_config
 from mailsift.corpus import read_index
 from mailsift.store import StoreError
 from mailsift.store.local import LocalStore
-from mailsift.usermodel import UnitVec, UserParams, adjustment, plan
+from mailsift.usermodel import Entry, UnitVec, UserParams, adjustment, plan
 from mailsift.users import Users
 
 
@@ -241,3 +241,26 @@ def test_smtp_doors_score_with_the_recipients_model_only_when_there_is_exactly_o
     kelvin = user_for_recipients(["\u212aate@example.org"])
     assert kelvin == "\u212aate@example.org" != user_for_recipients(["Kate@example.org"])
     assert user_for_recipients(["\u212aate@example.org", "kate@example.org"]) is None  # two users
+
+
+def test_ledger_entries_keep_the_click_time_and_entries_without_one_still_read(tmp_path, mail):
+    """Entries written before clicks had a time (Redis's "1 g", a local file
+    without ``ledger_at``) read as time 0 and are written back as they were,
+    so the compare-and-set still matches them; new entries keep the time."""
+    assert Entry.decode("1 0.25") == Entry(True, 0.25, 0.0)
+    assert Entry.decode(b"1 0.25").encode() == "1 0.25"
+    new = Entry(False, -0.5, 1764745796.123456)
+    assert Entry.decode(new.encode()) == new
+    flt = Filter(_config(tmp_path))
+    ham = mail[0][0]
+    assert flt.learn_user(ham, True, "alice") == "learned"
+    state = next((tmp_path / "users" / "alice").glob("*.npz"))
+    with np.load(state) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    assert arrays["ledger_at"][0] > 1.7e9  # the click's time.time()
+    del arrays["ledger_at"]  # as written before click times were kept
+    np.savez(state, **arrays)
+    flt = Filter(_config(tmp_path))
+    assert flt.learn_user(ham, True, "alice") == "already-learned"
+    assert flt.learn_user(ham, False, "alice") == "relabelled"  # the old entry matched: CAS passed
+    assert flt.score(ham, user="alice").user_ham == 1

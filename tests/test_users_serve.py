@@ -535,3 +535,32 @@ def test_scoring_and_learning_follow_a_cluster_slot_migration_with_nothing_lost(
         assert _post(node.url(f"/unlearn?class=spam{q}"), message)["outcome"] == "unlearned"
     assert _post(node.url("/score"), m[0])["log_odds"] == pytest.approx(base["site"], abs=1e-9)
     assert _post(node.url("/score?user=alice"), m[0])["log_odds"] == pytest.approx(base["alice"], abs=1e-9)
+
+
+def test_a_torn_line_in_the_learn_queue_does_not_stop_serve_and_the_good_learn_is_replayed(
+    redis_server, serving, small_model, ham
+):
+    """Half a line left in the outage queue by a crash mid-append: ``serve``
+    goes on answering (it used to exit 70, again at every restart), replays
+    the good learn, and sets the torn line aside in ``<queue>.rejected``,
+    logged and counted."""
+    node = serving(small_model, ("http",), _store(redis_server.url))
+    site = _post(node.url("/score"), ham)
+    redis_server.stop(save=True)
+    assert _post(node.url("/learn?class=spam&user=alice"), ham)["outcome"] == "queued"
+    queue = node.log.parent / "d" / "mailsift" / "store-queue.jsonl"
+    torn = '{"user": "alice", "space": "abc"'
+    queue.write_text(torn + "\n" + queue.read_text())
+    redis_server.start()  # no traffic: the watch loop replays
+    _until(lambda: _metric(node, "mailsift_store_queued") == 0.0, 15.0)
+    assert node.proc.poll() is None
+    assert _metric(node, "mailsift_store_rejected_total") == 1.0
+    assert _metric(node, "mailsift_store_replayed_total") == 1.0
+    rejected = [
+        json.loads(line) for line in queue.with_name(queue.name + ".rejected").read_text().splitlines()
+    ]
+    assert [r["line"] for r in rejected] == [torn]
+    assert "a queued learn was rejected" in node.log_text()
+    alice = _post(node.url("/score?user=alice"), ham)
+    assert alice["user_spam"] == 1 and alice["log_odds"] > site["log_odds"] + 1.0
+    assert _post(node.url("/learn?class=spam&user=bob"), ham)["outcome"] == "learned"

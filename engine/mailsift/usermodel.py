@@ -121,14 +121,20 @@ def gradient(log_odds: float, spam: bool) -> float:
 
 @dataclass(frozen=True)
 class Entry:
-    """One ledger entry: the class a message was learned as, and the
-    gradient of its step (what unlearning subtracts)."""
+    """One ledger entry: the class a message was learned as, the gradient
+    of its step (what unlearning subtracts), and when the click was made
+    (``time.time()``), so a learn queued during an outage and replayed
+    later never overrides a newer click on another node.  Entries written
+    before clicks had a time read as time 0 and are written as they were."""
 
     spam: bool
     g: float
+    at: float = 0.0
 
     def encode(self) -> str:
-        return f"{int(self.spam)} {self.g!r}"
+        if not self.at:
+            return f"{int(self.spam)} {self.g!r}"
+        return f"{int(self.spam)} {self.g!r} {self.at!r}"
 
     @classmethod
     def decode(cls, text: str | bytes | None) -> Entry | None:
@@ -136,8 +142,8 @@ class Entry:
             return None
         if isinstance(text, bytes):
             text = text.decode("ascii")
-        label, g = text.split()
-        return cls(label == "1", float(g))
+        label, g, *at = text.split()
+        return cls(label == "1", float(g), float(at[0]) if at else 0.0)
 
 
 @dataclass(frozen=True)
@@ -167,12 +173,14 @@ def plan(
     previous: Entry | None,
     spam: bool | None,
     forget: bool,
+    at: float = 0.0,
 ) -> tuple[str, Change | None]:
     """Decide one learn (``spam`` True/False) or unlearn (``forget``; ``spam``
     None for whichever class) against the user's current sums ``s``, ``a`` at
     ``x.slots`` and ledger entry ``previous``.  Returns the outcome (learned,
     already-learned, relabelled, unlearned, not-learned, other-class) and the
-    change to apply (None: nothing changes)."""
+    change to apply (None: nothing changes).  ``at``: when the click was
+    made, kept in the new ledger entry."""
     if forget:
         if previous is None:
             return "not-learned", None
@@ -205,7 +213,7 @@ def plan(
         (g * g - old * old) * x.z2,
         digest,
         previous,
-        Entry(spam, g),
+        Entry(spam, g, at),
         int(spam) - int(previous is not None and previous.spam),
         int(not spam) - int(previous is not None and not previous.spam),
     )

@@ -43,6 +43,8 @@ log = logging.getLogger("mailsift.users")
 
 #: what :meth:`Users.learn` answers beyond usermodel.plan's outcomes
 QUEUED = "queued"
+#: what a replayed learn comes to when a later click already changed its entry
+SUPERSEDED = "superseded"
 #: compare-and-set attempts before a learn gives up (each is two round trips)
 MAX_ATTEMPTS = 8
 
@@ -143,7 +145,10 @@ class Users:
             digest,
         )
         if self.queue is not None and self.queue.waiting():
-            self.replay()  # older clicks first, if the store is back
+            try:
+                self.replay()  # older clicks first, if the store is back
+            except Exception:  # a replay's trouble is the queue's, never this click's
+                log.exception("replaying queued learns failed; this learn goes on")
         try:
             return self._learn(item)
         except StoreUnavailable:
@@ -156,11 +161,23 @@ class Users:
         and the sampling, which changes which slots hold sums."""
         return space if self.params.sample == 1 else f"{space}s{self.params.sample}"
 
-    def _learn(self, item: QueuedLearn) -> str:
+    def _learn(self, item: QueuedLearn, replaying: bool = False) -> str:
+        """Land ``item``; ``replaying`` (it waited in the queue): SUPERSEDED
+        instead if the ledger entry it would change is from a later click
+        (alice clicked Junk on node A during an outage, then Not Junk on
+        node B once Redis was back: A's replay must not undo B's click)."""
         x = UnitVec.of((item.slots, item.values), self.params.sample)
         space = self._space(item.space)
         for _ in range(MAX_ATTEMPTS):
             got = self.store.read(item.user, space, x.slots, item.digest)
+            if replaying and got.entry is not None and got.entry.at > item.at:
+                log.warning(
+                    "queued learn for %r superseded: clicked at %.3f, the ledger holds a later click (%.3f)",
+                    item.user,
+                    item.at,
+                    got.entry.at,
+                )
+                return SUPERSEDED
             outcome, change = usermodel.plan(
                 self.params,
                 x,
@@ -171,6 +188,7 @@ class Users:
                 got.entry,
                 item.spam,
                 item.forget,
+                item.at,
             )
             if change is None or self.store.apply(item.user, space, change):
                 return outcome
@@ -183,11 +201,13 @@ class Users:
             return 0
 
         def apply(item: QueuedLearn) -> None:
-            self._learn(item)
+            self._learn(item, replaying=True)
             self.replayed += 1  # counted as each lands, before the queue file is rewritten
 
         try:
-            n = self.queue.drain(apply, stop_on=(StoreUnavailable,))
+            # down again: the rest wait; any other StoreError (Redis out of memory, read-only,
+            # a key of another type, a bad name) will not pass by waiting: set aside, logged
+            n = self.queue.drain(apply, stop_on=(StoreUnavailable,), reject_on=(StoreError,))
         finally:
             self._replaying.release()
         if n:
@@ -212,6 +232,7 @@ class Users:
             st.queued = len(self.queue)
             st.replayed = self.replayed
             st.refused = self.queue.refused
+            st.rejected = self.queue.rejected
         return st
 
     def close(self) -> None:

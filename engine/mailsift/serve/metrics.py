@@ -92,6 +92,11 @@ class _StoreCollector:
             ("errors", st.errors, "User store commands that failed or timed out"),
             ("replayed", st.replayed, "Queued learns replayed once the store answered again"),
             ("refused", st.refused, "Learns refused because the outage queue was full"),
+            (
+                "rejected",
+                st.rejected,
+                "Queued learns moved to <queue>.rejected (unreadable, or refused by the store)",
+            ),
             ("stale_reads", st.stale_reads, "Reads answered with last known values during an outage"),
         ):
             yield CounterMetricFamily(f"mailsift_store_{name}", text, value=value)

@@ -227,11 +227,17 @@ class Service:
 
     def replay_queued(self) -> None:
         """Replay learns queued during a store outage, if the store answers
-        again (the watch loop calls it, so they land without traffic)."""
+        again (the watch loop calls it, so they land without traffic).
+        Never raises: a replay that fails is logged and tried again on the
+        next round, and the service goes on scoring mail (a queue the
+        service cannot replay must not take the spamd door down with it)."""
         if self._users is None:
             return
         if self._users.queue is not None and self._users.queue.waiting():
-            self._users.replay()
+            try:
+                self._users.replay()
+            except Exception:
+                log.exception("replaying queued learns failed; trying again at the next round")
         elif self.stats.store_down_at > self._users.store.status().answered_at:
             # the workers last found it down: ask, so /metrics clears once it is back, without mail
             try:

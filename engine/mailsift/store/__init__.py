@@ -117,6 +117,8 @@ class StoreStatus:
     replayed: int = 0
     #: learns refused because the queue was full
     refused: int = 0
+    #: queued learns set aside in ``<queue>.rejected`` (unreadable, or refused by the store)
+    rejected: int = 0
     #: messages scored with last known values during an outage
     stale_reads: int = 0
     last_error: str = ""

@@ -123,9 +123,13 @@ class LocalStore:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 d = {k: npz[k] for k in npz.files}
+            # ledger_at: the click times (absent in files written before they were kept: 0)
+            times = d.get("ledger_at", np.zeros(len(d["ledger_g"])))
             ledger = {
-                bytes(k).ljust(16, b"\0"): Entry(bool(lab), float(g))
-                for k, lab, g in zip(d["ledger_digest"], d["ledger_label"], d["ledger_g"])
+                bytes(k).ljust(16, b"\0"): Entry(bool(lab), float(g), float(at))
+                for k, lab, g, at in zip(
+                    d["ledger_digest"], d["ledger_label"], d["ledger_g"], times, strict=True
+                )
             }
             state = _State(
                 d["slots"].astype(np.uint32),
@@ -189,6 +193,7 @@ class LocalStore:
                 "ledger_digest": np.array(digests, dtype="S16").reshape(-1),
                 "ledger_label": np.array([state.ledger[d].spam for d in digests], dtype=np.int8),
                 "ledger_g": np.array([state.ledger[d].g for d in digests], dtype=np.float64),
+                "ledger_at": np.array([state.ledger[d].at for d in digests], dtype=np.float64),
                 "counts": np.array(
                     [max(state.n_spam + change.d_spam, 0), max(state.n_ham + change.d_ham, 0)], dtype=np.int64
                 ),

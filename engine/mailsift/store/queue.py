@@ -14,17 +14,20 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import StoreError
+
+log = logging.getLogger("mailsift.store")
 
 
 @dataclass
@@ -37,7 +40,9 @@ class QueuedLearn:
     spam: bool | None
     forget: bool
     digest: bytes
-    at: float = 0.0
+    #: when the click was made (``time.time()``; 0: a line queued before
+    #: clicks had a time): a replay never overrides a newer click with it
+    at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -50,14 +55,14 @@ class QueuedLearn:
                 "spam": self.spam,
                 "forget": self.forget,
                 "digest": self.digest.hex(),
-                "at": self.at or time.time(),
+                "at": self.at,
             }
         )
 
     @classmethod
     def from_json(cls, line: str) -> QueuedLearn:
         d = json.loads(line)
-        return cls(
+        item = cls(
             str(d["user"]),
             str(d["space"]),
             np.frombuffer(base64.b64decode(d["slots"]), dtype="<u4").astype(np.uint32),
@@ -66,8 +71,11 @@ class QueuedLearn:
             None if d["spam"] is None else bool(d["spam"]),
             bool(d["forget"]),
             bytes.fromhex(d["digest"]),
-            float(d["at"]),
+            float(d.get("at") or 0.0),
         )
+        if len(item.slots) != len(item.values):
+            raise ValueError(f"{len(item.slots)} slots but {len(item.values)} values")
+        return item
 
     def key(self) -> tuple:
         return (self.user, self.space, self.digest, self.spam, self.forget)
@@ -78,6 +86,8 @@ class LearnQueue:
         self.path = Path(path)
         self.limit = limit
         self.refused = 0
+        #: learns moved to :attr:`rejected_path` (unreadable, or refused by the store)
+        self.rejected = 0
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -92,19 +102,42 @@ class LearnQueue:
         finally:
             os.close(fd)
 
-    def _read(self) -> list[QueuedLearn]:
+    def _read(self) -> tuple[list[QueuedLearn], list[tuple[str, str]]]:
+        """The waiting learns, and the lines that cannot be read (a line torn
+        by a crash mid-append, an edit by hand) with why: those never stop
+        the good ones; :meth:`drain` moves them to :attr:`rejected_path`."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
-            return []
-        out = []
+            return [], []
+        out, bad = [], []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     out.append(QueuedLearn.from_json(line))
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise StoreError(f"{self.path}:{n}: corrupt queued learn ({exc})") from None
-        return out
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    bad.append((line, f"line {n}: cannot be read ({type(exc).__name__}: {exc})"))
+        return out, bad
+
+    @property
+    def rejected_path(self) -> Path:
+        """Where learns that can never land are kept for the operator to see
+        (``<queue>.rejected``, one JSON line each with why)."""
+        return self.path.with_name(self.path.name + ".rejected")
+
+    def _reject(self, line: str, why: str) -> None:
+        """Move one learn out of the way: it is kept (never dropped
+        silently), logged, and counted in :attr:`rejected`."""
+        self.rejected += 1
+        log.error("%s: a queued learn was rejected and moved to %s: %s", self.path, self.rejected_path, why)
+        record = json.dumps({"rejected_at": time.time(), "why": why, "line": line})
+        try:
+            with open(self.rejected_path, "a", encoding="utf-8") as fh:
+                fh.write(record + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            log.error("%s: cannot keep the rejected learn (%s): %s", self.rejected_path, exc.strerror, line)
 
     def __len__(self) -> int:
         try:
@@ -124,7 +157,7 @@ class LearnQueue:
         """Append ``item``; False if the same learn is already waiting.
         Raises StoreError when the queue is full."""
         with self._locked():
-            items = self._read()
+            items, _ = self._read()
             if any(i.key() == item.key() for i in items):
                 return False
             if len(items) >= self.limit:
@@ -142,24 +175,41 @@ class LearnQueue:
                 raise StoreError(f"{self.path}: cannot queue the learn ({exc.strerror})") from None
         return True
 
-    def drain(self, apply, stop_on: tuple[type[BaseException], ...] = ()) -> int:
+    def drain(
+        self,
+        apply,
+        stop_on: tuple[type[BaseException], ...] = (),
+        reject_on: tuple[type[BaseException], ...] = (),
+    ) -> int:
         """Call ``apply(item)`` for each waiting learn, oldest first, and
         remove the ones it took; stops at the first that raises one of
-        ``stop_on`` (the store went away again: the rest wait; any other
-        error propagates).  Returns how many were applied."""
+        ``stop_on`` (the store went away again: the rest wait).  A line that
+        cannot be read, or a learn whose ``apply`` raises one of
+        ``reject_on`` (the store answered and refused it: out of memory,
+        read-only, a key of another type), is moved to
+        :attr:`rejected_path`, so one bad learn never holds up the rest;
+        any other error propagates (the ones before it are removed).
+        Returns how many were applied."""
         done = 0
         with self._locked():
-            items = self._read()
+            items, bad = self._read()
+            for line, why in bad:
+                self._reject(line, why)
+            taken = 0  # items[:taken] are applied or rejected
             try:
                 for item in items:
                     try:
                         apply(item)
                     except stop_on:
                         break
-                    done += 1
+                    except reject_on as exc:
+                        self._reject(item.to_json(), f"the store refused it: {exc}")
+                    else:
+                        done += 1
+                    taken += 1
             finally:
-                if done:
-                    self._rewrite(items[done:])
+                if taken or bad:
+                    self._rewrite(items[taken:])
         return done
 
     def _rewrite(self, items: list[QueuedLearn]) -> None:
