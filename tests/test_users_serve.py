@@ -457,3 +457,45 @@ def test_scoring_and_learning_follow_a_cluster_slot_migration_with_nothing_lost(
         assert _post(node.url(f"/unlearn?class=spam{q}"), message)["outcome"] == "unlearned"
     assert _post(node.url("/score"), m[0])["log_odds"] == pytest.approx(base["site"], abs=1e-9)
     assert _post(node.url("/score?user=alice"), m[0])["log_odds"] == pytest.approx(base["alice"], abs=1e-9)
+
+
+def _cli(node, *args: str, config: str = "") -> subprocess.CompletedProcess:
+    """``mailsift`` with a config of its own (not the node's: its [store] is
+    elsewhere, so a learn that reaches the node's store came through the node)."""
+    import sys
+
+    cfg = node.config.parent / "cli.toml"
+    cfg.write_text(config)
+    return subprocess.run(
+        [sys.executable, "-m", "mailsift.cli", "--config", str(cfg), *args],
+        capture_output=True, text=True, env=node.env, timeout=120,
+    )  # fmt: skip
+
+
+def test_learn_user_goes_through_the_service_and_fails_when_it_is_not_reachable(
+    serving, small_model, tmp_path, ham
+):
+    from conftest import free_port
+
+    node = serving(small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n')
+    message = tmp_path / "ham.eml"
+    message.write_bytes(ham)
+    own = f'[store]\npath = "{tmp_path}/cli-users"\n'
+    done = _cli(node, "learn", "--spam", "--user", "alice", "--service", node.url(""), str(message), config=own)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"learned as spam for alice (through the service at {node.url('')})")
+    assert _post(node.url("/score?user=alice"), ham)["user_spam"] == 1
+    # a configured [serve] http is the service too
+    serve = f'[serve]\nhttp = "127.0.0.1:{node.ports["http"]}"\n'
+    done = _cli(node, "learn", "--ham", "--user", "bob", "--no-wait", str(message), config=own + serve)
+    assert done.returncode == 0, done.stderr
+    assert "queued to be learned as ham for bob (through the service" in done.stdout
+    _until(lambda: _post(node.url("/score?user=bob"), ham)["user_ham"] == 1, 10)
+    assert not (tmp_path / "cli-users").exists()  # nothing learned on the CLI's side
+    # named and not reachable: an error, as for the site's learns, and nothing learned here
+    gone = f"http://127.0.0.1:{free_port()}"
+    for who in (("--user", "carol"), ()):
+        done = _cli(node, "learn", "--spam", *who, "--service", gone, str(message), config=own)
+        assert done.returncode == 69 and "service not reachable" in done.stderr, (who, done)
+        assert "learned" not in done.stdout
+    assert not (tmp_path / "cli-users").exists()
