@@ -481,7 +481,8 @@ def test_learn_user_goes_through_the_service_and_fails_when_it_is_not_reachable(
     message = tmp_path / "ham.eml"
     message.write_bytes(ham)
     own = f'[store]\npath = "{tmp_path}/cli-users"\n'
-    done = _cli(node, "learn", "--spam", "--user", "alice", "--service", node.url(""), str(message), config=own)
+    service = ("--service", node.url(""))
+    done = _cli(node, "learn", "--spam", "--user", "alice", *service, str(message), config=own)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(f"learned as spam for alice (through the service at {node.url('')})")
     assert _post(node.url("/score?user=alice"), ham)["user_spam"] == 1
@@ -499,3 +500,20 @@ def test_learn_user_goes_through_the_service_and_fails_when_it_is_not_reachable(
         assert done.returncode == 69 and "service not reachable" in done.stderr, (who, done)
         assert "learned" not in done.stdout
     assert not (tmp_path / "cli-users").exists()
+
+
+def test_http_user_given_twice_is_refused_and_a_plus_in_the_query_is_a_space(
+    serving, small_model, tmp_path, ham
+):
+    node = serving(small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n')
+    site = _post(node.url("/score"), ham)
+    for path in ("/learn?class=spam&", "/unlearn?"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(node.url(f"{path}user=alice&user=bob"), ham)
+        assert err.value.code == 400 and "2 times" in json.loads(err.value.read())["error"]
+    for user in ("alice", "bob"):  # neither learned
+        assert _post(node.url(f"/score?user={user}"), ham)["user_spam"] == 0
+    doc = _post(node.url("/score?user=alice&user=bob"), ham)
+    assert doc["log_odds"] == site["log_odds"] and doc["user"] == "" and "2 times" in doc["user_refused"]
+    assert _post(node.url("/learn?class=spam&user=alice%2Btag"), ham)["user"] == "alice+tag"
+    assert _post(node.url("/learn?class=spam&user=alice+tag"), ham)["user"] == "alice tag"
