@@ -112,3 +112,28 @@ def test_door_request_line_in_text_mode_has_the_same_facts(caplog):
     assert rec.getMessage() == "spamd learn client=127.0.0.1 outcome=learned"
     assert rec.mailsift == {"event": "learn", "door": "spamd", "client": "127.0.0.1", "user": "",
                             "outcome": "learned"}  # fmt: skip
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_http_lines_name_the_user_given_escaped(serving, small_model, tmp_path, trec_test_sample, log_format):
+    """As spamd logs User: ``user=`` on /score and /learn lines when ``?user=`` is given."""
+    srv = serving(
+        small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n', ("--log-format", log_format)
+    )
+    raw = trec_test_sample[1][2].read_bytes()
+    assert _post(srv.url("/score?user=alice"), raw) == 200
+    assert _post(srv.url("/learn?class=ham&user=o%27brien"), raw) == 200
+    assert _post(srv.url("/score?user=a%0Ab"), raw) == 200  # unusable: site model, still logged
+    assert _post(srv.url("/learn?class=ham&user=a%0Ab"), raw) == 400
+    assert _post(srv.url("/score"), raw) == 200  # no user given: no user field
+    if log_format == "json":
+        records = _records(srv, "http", 5)
+        assert [r.get("user") for r in records] == ["alice", "o'brien", "a\nb", "a\nb", None], records
+        return
+    deadline = time.monotonic() + 10
+    while len(lines := [x for x in srv.log_text().splitlines() if " http " in f" {x}" and "path=" in x]) < 5:
+        assert time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.1)
+    assert " user=alice " in lines[0] + " " and " user=o'brien " in lines[1] + " "
+    assert " user='a\\nb' " in lines[2] + " " and " user='a\\nb' " in lines[3] + " "
+    assert "user=" not in lines[4] and all("\n" not in x for x in lines)

@@ -19,7 +19,7 @@ from mailsift.cli import main
 from mailsift.config import Config, ConfigError, load_config
 from mailsift.filter import DEFAULT_MODEL
 from mailsift.rules import Context
-from mailsift.rules.lists import AddressLists
+from mailsift.rules.lists import AddressLists, normalise
 from mailsift.rules.names import is_informational, known_rule_names
 from mailsift.score import explain
 from mailsift.users import Users
@@ -231,13 +231,18 @@ def _raw(*from_lines: str) -> bytes:
         ("bad@blocked.example", ['"unterminated <bad@blocked.example>']),
         ("*@bücher.example", ["x@xn--bcher-kva.example"]),  # either IDNA spelling
         ("*@xn--bcher-kva.example", ["x@bücher.example"]),
+        ("*@bücher.example", ["x@BÜCHER.example"]),  # IDNA's case mapping, either side
+        ("*@BÜCHER.example", ["x@bücher.example"]),
+        ("*@*.bücher.example", ["x@MX.BÜCHER.example"]),
+        ("*@xn--bcher-kva.example", ["x@BÜCHER.EXAMPLE"]),
+        ("*@bücher.example", ["x@XN--BCHER-KVA.example"]),
     ],
 )
 def test_a_block_entry_matches_any_address_the_from_lines_show(entry, from_lines):
     flt = Filter(_config(None, block=[entry]), str(DEFAULT_MODEL))
     hit = _hits(flt.score(_raw(*from_lines))).get("BLOCK_LISTED")
     assert hit is not None and hit.score == 20.0, from_lines
-    assert hit.detail.startswith(f"{entry} matches ")
+    assert hit.detail.startswith(f"{normalise(entry)} matches ")
 
 
 @pytest.mark.parametrize(
@@ -254,6 +259,29 @@ def test_a_block_entry_matches_any_address_the_from_lines_show(entry, from_lines
 def test_a_block_entry_does_not_match_other_mailboxes(entry, from_line):
     flt = Filter(_config(None, block=[entry]), str(DEFAULT_MODEL))
     assert "BLOCK_LISTED" not in _hits(flt.score(_raw(from_line)))
+
+
+def test_a_block_entry_matches_a_unicode_upper_case_envelope_domain():
+    flt = Filter(_config(None, block=["*@bücher.example"]), str(DEFAULT_MODEL))
+    verdict = flt.score(_raw("ok@good.example"), context=Context(mail_from="x@BÜCHER.example"))
+    hit = _hits(verdict)["BLOCK_LISTED"]
+    assert hit.detail == "*@bücher.example matches x@bÜcher.example (envelope)"
+    assert "BLOCK_LISTED" not in _hits(flt.score(_raw("ok@good.example")))
+
+
+def test_a_domain_idna_cannot_encode_compares_by_its_folded_text():
+    long = "ü" * 70 + ".example"  # a label over 63 characters: the codec refuses it
+    flt = Filter(_config(None, block=[f"*@{long}"]), str(DEFAULT_MODEL))
+    assert "BLOCK_LISTED" in _hits(flt.score(_raw(f"x@{long}")))
+    assert "BLOCK_LISTED" not in _hits(flt.score(_raw("x@" + "u" * 70 + ".example")))
+
+
+def test_an_allow_entry_does_not_take_on_the_idna_case_mapping():
+    """Allow entries stay strict: only their own ASCII-folded spelling."""
+    flt = Filter(_config(None, allow=["*@bücher.example"]), str(DEFAULT_MODEL))
+    assert "ALLOW_LISTED_UNVERIFIED" in _hits(flt.score(_raw("x@bücher.example")))
+    for other in ("x@BÜCHER.example", "x@xn--bcher-kva.example"):
+        assert "ALLOW_LISTED_UNVERIFIED" not in _hits(flt.score(_raw(other))), other
 
 
 def test_list_entries_fold_ascii_letters_only():

@@ -564,3 +564,63 @@ def test_a_torn_line_in_the_learn_queue_does_not_stop_serve_and_the_good_learn_i
     alice = _post(node.url("/score?user=alice"), ham)
     assert alice["user_spam"] == 1 and alice["log_odds"] > site["log_odds"] + 1.0
     assert _post(node.url("/learn?class=spam&user=bob"), ham)["outcome"] == "learned"
+
+
+def _cli(node, *args: str, config: str = "") -> subprocess.CompletedProcess:
+    """``mailsift`` with a config of its own (not the node's: its [store] is
+    elsewhere, so a learn that reaches the node's store came through the node)."""
+    import sys
+
+    cfg = node.config.parent / "cli.toml"
+    cfg.write_text(config)
+    return subprocess.run(
+        [sys.executable, "-m", "mailsift.cli", "--config", str(cfg), *args],
+        capture_output=True, text=True, env=node.env, timeout=120,
+    )  # fmt: skip
+
+
+def test_learn_user_goes_through_the_service_and_fails_when_it_is_not_reachable(
+    serving, small_model, tmp_path, ham
+):
+    from conftest import free_port
+
+    node = serving(small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n')
+    message = tmp_path / "ham.eml"
+    message.write_bytes(ham)
+    own = f'[store]\npath = "{tmp_path}/cli-users"\n'
+    service = ("--service", node.url(""))
+    done = _cli(node, "learn", "--spam", "--user", "alice", *service, str(message), config=own)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"learned as spam for alice (through the service at {node.url('')})")
+    assert _post(node.url("/score?user=alice"), ham)["user_spam"] == 1
+    # a configured [serve] http is the service too
+    serve = f'[serve]\nhttp = "127.0.0.1:{node.ports["http"]}"\n'
+    done = _cli(node, "learn", "--ham", "--user", "bob", "--no-wait", str(message), config=own + serve)
+    assert done.returncode == 0, done.stderr
+    assert "queued to be learned as ham for bob (through the service" in done.stdout
+    _until(lambda: _post(node.url("/score?user=bob"), ham)["user_ham"] == 1, 10)
+    assert not (tmp_path / "cli-users").exists()  # nothing learned on the CLI's side
+    # named and not reachable: an error, as for the site's learns, and nothing learned here
+    gone = f"http://127.0.0.1:{free_port()}"
+    for who in (("--user", "carol"), ()):
+        done = _cli(node, "learn", "--spam", *who, "--service", gone, str(message), config=own)
+        assert done.returncode == 69 and "service not reachable" in done.stderr, (who, done)
+        assert "learned" not in done.stdout
+    assert not (tmp_path / "cli-users").exists()
+
+
+def test_http_user_given_twice_is_refused_and_a_plus_in_the_query_is_a_space(
+    serving, small_model, tmp_path, ham
+):
+    node = serving(small_model, ("http",), f'[store]\npath = "{tmp_path}/users"\n')
+    site = _post(node.url("/score"), ham)
+    for path in ("/learn?class=spam&", "/unlearn?"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(node.url(f"{path}user=alice&user=bob"), ham)
+        assert err.value.code == 400 and "2 times" in json.loads(err.value.read())["error"]
+    for user in ("alice", "bob"):  # neither learned
+        assert _post(node.url(f"/score?user={user}"), ham)["user_spam"] == 0
+    doc = _post(node.url("/score?user=alice&user=bob"), ham)
+    assert doc["log_odds"] == site["log_odds"] and doc["user"] == "" and "2 times" in doc["user_refused"]
+    assert _post(node.url("/learn?class=spam&user=alice%2Btag"), ham)["user"] == "alice+tag"
+    assert _post(node.url("/learn?class=spam&user=alice+tag"), ham)["user"] == "alice tag"

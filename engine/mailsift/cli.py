@@ -264,20 +264,32 @@ def _learn_user(args, raw: bytes, user: str, unlearn: bool) -> int:
             print(f"{args.file}: the shared store does not answer; queued as {what}, applied when it is back")
             return 0
         return _print_outcome(args.file, outcome, args.spam, unlearn, " (for the site, in the shared store)")
+    return _print_user_outcome(args.file, outcome, args.spam, user)
+
+
+def _print_user_outcome(
+    name: str, outcome: str, spam: bool, user: str, where: str = "", unlearn: bool = False
+) -> int:
+    """One user's learn outcome, learned here or by the service (``where``)."""
+    what = "spam" if spam else "ham"
     messages = {
         "learned": f"learned as {what} for {user}",
         "relabelled": f"learned as {what} for {user} (was learned as the other class before)",
         "already-learned": f"already learned as {what} for {user}; nothing changed",
         "unlearned": f"unlearned as {what} for {user}",
         "not-learned": f"was never learned for {user}; nothing to do",
-        "queued": f"the user store does not answer; queued as {what} for {user}, applied when it is back",
+        "queued": (
+            f"queued to be {'un' if unlearn else ''}learned as {what} for {user}"
+            if where
+            else f"the user store does not answer; queued as {what} for {user}, applied when it is back"
+        ),
     }
     if outcome == "other-class":
-        other = "ham" if args.spam else "spam"
-        raise CliError(
-            f"{args.file}: was learned as {other} for {user}, not {what}; nothing changed", EX_DATAERR
-        )
-    print(f"{args.file}: {messages[outcome]}")
+        other = "ham" if spam else "spam"
+        raise CliError(f"{name}: was learned as {other} for {user}, not {what}; nothing changed", EX_DATAERR)
+    if outcome not in messages:
+        raise CliError(f"{name}: unexpected outcome {outcome!r}", EX_UNAVAILABLE)
+    print(f"{name}: {messages[outcome]}{where}")
     return 0
 
 
@@ -387,12 +399,14 @@ def _service_token(args, config) -> str:
     return os.environ.get("MAILSIFT_TOKEN", "").strip() or config.serve.http_token
 
 
-def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
+def _learn_via_service(args, raw: bytes, unlearn: bool, user: str | None = None) -> int | None:
     """Hand the message to the running service (its learner is the only
-    writer of the model, and its filter learns at once).  None: no service
-    is configured, or the configured one is not running: learn into the file."""
+    writer of the model and of the users' state, and its filter learns at
+    once).  ``user``: for that user only (``?user=``).  None: no service is
+    configured, or the configured one is not running: learn here instead."""
     import http.client
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     config = load_config(args.config)
@@ -401,6 +415,8 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
         return None
     what = "spam" if args.spam else "ham"
     endpoint = f"{url}/{'unlearn' if unlearn else 'learn'}?class={what}"
+    if user:  # bytes: a name from argv may hold surrogate escapes
+        endpoint += "&user=" + urllib.parse.quote(user.encode("utf-8", "surrogateescape"), safe="")
     if getattr(args, "no_wait", False):
         endpoint += "&wait=0"
     request = urllib.request.Request(endpoint, data=raw, method="POST")
@@ -430,13 +446,22 @@ def _learn_via_service(args, raw: bytes, unlearn: bool) -> int | None:
             raise CliError(
                 f"{url}: service not reachable ({getattr(exc, 'reason', exc)})", EX_UNAVAILABLE
             ) from None
-        into = "the shared store" if config.store.url else "the model file"
+        into = (
+            f"{user}'s state in the user store"
+            if user
+            else "the shared store"
+            if config.store.url
+            else "the model file"
+        )
         print(f"mailsift: no service at {url} (serve.http); learning into {into}", file=sys.stderr)
         return None
     except (ValueError, KeyError, TypeError, http.client.HTTPException):
         # something answers there, but not our HTTP door (the spamd port, another daemon)
         raise CliError(f"{url}: not a mailsift service (unexpected answer)", EX_UNAVAILABLE) from None
-    return _print_outcome(args.file, outcome, args.spam, unlearn, f" (through the service at {url})")
+    where = f" (through the service at {url})"
+    if user:
+        return _print_user_outcome(args.file, outcome, args.spam, user, where, unlearn)
+    return _print_outcome(args.file, outcome, args.spam, unlearn, where)
 
 
 def _print_outcome(name: str, outcome: str, spam: bool, unlearn: bool, where: str = "") -> int:
@@ -474,12 +499,14 @@ def cmd_learn(args, unlearn: bool = False) -> int:
         raise CliError(f"{name}: {problem}; nothing {'un' if unlearn else ''}learned", EX_DATAERR)
     raw = strip_verdict_headers(raw)  # learn the message, not a filter's verdict on it
     user = _user(args)
-    if user:
-        return _learn_user(args, raw, user, unlearn)
     if not args.model:  # a model named on the command line is that file, not the service's
-        handed = _learn_via_service(args, raw, unlearn)
+        # a user's learns go through the service too: it is the one writer of their state
+        handed = _learn_via_service(args, raw, unlearn, user)
         if handed is not None:
             return handed
+    if user:
+        return _learn_user(args, raw, user, unlearn)
+    if not args.model:
         if load_config(args.config).store.url:  # the site's learns live in the shared store
             return _learn_user(args, raw, SITE, unlearn)
     path = _own_model_path(args)

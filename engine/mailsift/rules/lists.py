@@ -18,8 +18,11 @@ take any of them for the sender.
 
 A *block* entry counts when it matches ANY shown address or the envelope
 sender (a domain written in Unicode or as ``xn--`` labels matches either
-spelling): anybody may forge a sender, but a forged sender that lands mail
-on a block list costs only the forger.  An *allow* entry counts only when
+spelling, and domains also compare in their IDNA form with IDNA's case
+mapping, so ``*@bücher.example`` blocks ``x@BÜCHER.example``): anybody
+may forge a sender, but a forged sender that lands mail on a block list
+costs only the forger; allow entries match their own ASCII-folded spelling
+only, so none covers a domain it does not spell out.  An *allow* entry counts only when
 it matches a shown address AND every shown address is authenticated: SPF
 passed for an envelope domain aligned with its domain, a DKIM signature
 aligned with it verified, or DMARC passed for it (relaxed alignment: same
@@ -302,28 +305,71 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[tuple[str, re.Pattern, re.Patt
 
 
 def _domain_forms(domain: str) -> tuple[str, ...]:
-    """``domain`` and its other IDNA spelling (``xn--`` labels or Unicode), if
-    it has one: a block entry for either spelling matches both."""
+    """``domain``, its other IDNA spelling (``xn--`` labels or Unicode) and
+    its IDNA name (:func:`_idna_name`), the distinct ones: a block entry for
+    any spelling matches all of them (``BÜCHER.example`` too)."""
+    forms = [domain]
     try:
         if domain.isascii():
-            if "xn--" not in domain:
-                return (domain,)
-            other = domain.encode("ascii").decode("idna")
+            if "xn--" in domain:
+                forms.append(fold(domain.encode("ascii").decode("idna")))
         else:
-            other = domain.encode("idna").decode("ascii")
+            forms.append(fold(domain.encode("idna").decode("ascii")))
     except (UnicodeError, ValueError):
-        return (domain,)
-    other = fold(other)
-    return (domain,) if other == domain else (domain, other)
+        pass
+    forms.append(_idna_name(domain))
+    return tuple(dict.fromkeys(forms))
+
+
+_GLOB = frozenset("*?[]")
+
+
+def _idna_name(domain: str) -> str:
+    """``domain`` label by label in its IDNA (``xn--``) form, with IDNA's
+    case mapping (nameprep: ``BÜCHER`` is ``bücher``), for block matching.
+    An ASCII label, a label with glob characters (a pattern's) and a label
+    the codec refuses stay as they are, ASCII-folded: never an error."""
+    from encodings.idna import ToASCII
+
+    labels = []
+    for label in domain.split("."):
+        if not label.isascii() and not _GLOB & set(label):
+            try:
+                labels.append(ToASCII(label).decode("ascii"))
+                continue
+            except (UnicodeError, ValueError):
+                pass
+        labels.append(fold(label))
+    return ".".join(labels)
 
 
 def _match(patterns: tuple[str, ...], addr: Shown, idna: bool = False) -> str | None:
-    """The first of ``patterns`` matching ``addr``, or None."""
-    domains = _domain_forms(addr.domain) if idna else (addr.domain,)
-    for p, local_rx, domain_rx in _compiled(patterns):
-        if local_rx.match(addr.local) and any(domain_rx.match(d) for d in domains):
+    """The first of ``patterns`` matching ``addr``, or None.  ``idna`` (block
+    entries only): both sides' domains also compare in their IDNA form;
+    allow entries match the ASCII-folded text only, so an allow entry never
+    covers a domain it does not spell out."""
+    if not idna:
+        for p, local_rx, domain_rx in _compiled(patterns):
+            if local_rx.match(addr.local) and domain_rx.match(addr.domain):
+                return p
+        return None
+    domains = _domain_forms(addr.domain)
+    for p, local_rx, domain_rxs in _compiled_idna(patterns):
+        if local_rx.match(addr.local) and any(rx.match(d) for rx in domain_rxs for d in domains):
             return p
     return None
+
+
+@lru_cache(maxsize=4096)
+def _compiled_idna(patterns: tuple[str, ...]) -> tuple[tuple[str, re.Pattern, tuple[re.Pattern, ...]], ...]:
+    """As :func:`_compiled`, each domain glob also in its IDNA form."""
+    out = []
+    for p, local_rx, domain_rx in _compiled(patterns):
+        domain = p.rpartition("@")[2]
+        idna = _idna_name(domain)
+        rxs = (domain_rx,) if idna == domain else (domain_rx, re.compile(fnmatch.translate(idna)))
+        out.append((p, local_rx, rxs))
+    return tuple(out)
 
 
 def authenticated(addr: str, auth: AuthResult | None) -> str:

@@ -14,7 +14,9 @@
                             ``?wait=0``: 202 ``queued`` once in the learner's
                             queue, without waiting for the model write
                             ``?user=`` (for that user only; 400 for a
-                            name that cannot be used)
+                            name that cannot be used, or user given
+                            twice). In a query ``+`` is a space:
+                            ``alice+tag`` is ``alice%2Btag``.
 ``GET /metrics``            Prometheus text format
 ``GET /healthz``            ``{"status": "ok", ...}``
 ==========================  =================================================
@@ -148,6 +150,12 @@ class HttpDoor(StreamDoor):
         if method != _ROUTES[path]:
             raise HttpError(405, f"{path} takes {_ROUTES[path]}")
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if path in ("/score", "/learn", "/unlearn"):
+            given = _given_users(url.query)
+            if given:  # logged as given (doorlog escapes it), refused or not, as spamd logs User
+                req["user"] = ", ".join(
+                    v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:64] for v in given
+                )
         if path == "/metrics":
             return 200, self.service.metrics.content_type, self.service.metrics.render()
         if path == "/healthz":
@@ -232,22 +240,32 @@ class HttpDoor(StreamDoor):
 def _user(query: str, learning: bool) -> tuple[str | None, str]:
     """``?user=alice``: whose model scores or learns (None: the site's), and
     why a given name was not used ("" if it was).  A name that cannot be
-    used (``usernames``) is scored with the site model and logged, the
-    answer saying so in ``user_refused``; a learn for it is a 400 (teaching
-    the site model instead would move everyone's scores).  Bytes that are
+    used (``usernames``), or ``user`` given twice, is scored with the site
+    model and logged, the answer saying so in ``user_refused``; a learn for
+    it is a 400 (teaching the site model instead would move everyone's
+    scores).  Bytes that are
     not UTF-8 stay undecodable (parse_qs would make every such name one
     U+FFFD name) and are refused as such."""
-    values = parse_qs(query, keep_blank_values=True, errors="surrogateescape").get("user")
+    values = _given_users(query)
     if not values:
         return None, ""
     value = values[-1]
     try:
+        if len(values) > 1:  # which one was meant? never guess whose model learns
+            raise StoreError(f"user given {len(values)} times; give one")
         return user_name(value), ""
     except StoreError as exc:
         if learning:
             raise HttpError(400, f"user: {exc}") from None
-        log.warning("http: user %r cannot name a user (%s): scored with the site model", value[:64], exc)
+        log.warning(
+            "http: user %r cannot name a user (%s): scored with the site model", ", ".join(values)[:64], exc
+        )
         return None, str(exc)
+
+
+def _given_users(query: str) -> list[str]:
+    """Every ``user=`` value of the query, undecodable bytes kept as surrogates."""
+    return parse_qs(query, keep_blank_values=True, errors="surrogateescape").get("user", [])
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:
