@@ -236,6 +236,8 @@ def _raw(*from_lines: str) -> bytes:
         ("*@*.bücher.example", ["x@MX.BÜCHER.example"]),
         ("*@xn--bcher-kva.example", ["x@BÜCHER.EXAMPLE"]),
         ("*@bücher.example", ["x@XN--BCHER-KVA.example"]),
+        ("bad@blocked.example", [f"ok{i}@good.example" for i in range(12)] + ["bad@blocked.example"]),
+        ("bad@blocked.example", ["bad@blocked.example"] + [f"ok{i}@good.example" for i in range(12)]),
     ],
 )
 def test_a_block_entry_matches_any_address_the_from_lines_show(entry, from_lines):

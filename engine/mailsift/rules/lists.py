@@ -134,7 +134,9 @@ class Shown:
         return f"{self.local}@{self.domain}"
 
 
-#: at most this many From lines and addresses are read (a message has one or two)
+#: at most this many From lines are read (a message has one or two): the first
+#: and the last half of them, so decoy lines above or below cannot hide the one
+#: a mail reader shows
 MAX_FROM_LINES = 10
 MAX_SHOWN = 50
 _ATOM_END = frozenset('()<>[]:;@\\,."') | frozenset(" \t\r\n")
@@ -252,7 +254,10 @@ def _shown(local: str, domain: str, where: str) -> Shown | None:
 def shown_addresses(msg: ParsedMessage) -> list[Shown]:
     """Every address the message's From header lines show (see the module
     text), each once, at most MAX_SHOWN."""
-    values = [v for k, v in msg.raw_headers if k == "from"][:MAX_FROM_LINES]
+    values = [v for k, v in msg.raw_headers if k == "from"]
+    if len(values) > MAX_FROM_LINES:
+        half = MAX_FROM_LINES // 2
+        values = values[:half] + values[-half:]
     seen: dict[tuple[str, str], Shown] = {}
 
     def add(local: str, domain: str, where: str) -> None:
