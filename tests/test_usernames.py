@@ -96,3 +96,20 @@ def test_no_user_name_reaches_the_sites_own_state():
         assert state_name(name) != SITE and store_key(name) != SITE_KEY
     with pytest.raises(StoreError):
         user_name(SITE)  # the reserved name holds a control character: no door can send it
+
+
+def test_a_library_caller_cannot_score_or_learn_as_the_site_by_naming_it(tmp_path, small_model):
+    """Filter.score/learn_user with the reserved name: refused, never the site's state."""
+    from mailsift.config import load_config
+    from mailsift.filter import Filter
+    from mailsift.store import SITE, StoreError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[store]\npath = "{tmp_path}/users"\n')
+    flt = Filter(load_config(str(cfg)), str(small_model))
+    raw = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello there\r\n"
+    site = flt.score(raw)
+    named = flt.score(raw, user=SITE)
+    assert named.score == site.score and any(h.name == "USER_STATE_ERROR" for h in named.hits)
+    with pytest.raises(StoreError):
+        flt.learn_user(raw, True, SITE)

@@ -33,7 +33,7 @@ from .rules import Context, NetworkRules, headers, tld
 from .rules import lists as address_lists
 from .rules.lists import AddressLists
 from .score import Evidence, RuleHit, Verdict, action_for, model_points
-from .store import SITE, StoreError
+from .store import SITE, StoreError, user_name
 from .tokens import Features, extract, extract_bytes
 from .users import Users, UserView, feature_space
 
@@ -219,7 +219,8 @@ class Filter:
         if self.shared_site:  # the user's step is taken on top of what the site learned
             view, _ = self._site_view(feats)
             site += view.log_odds if view is not None else 0.0
-        return self.users.learn(user, feats.vec, site, spam, digest, self.space, forget)
+        # user_name refuses store.SITE too: only learn_site learns for the site
+        return self.users.learn(user_name(user), feats.vec, site, spam, digest, self.space, forget)
 
     def learn_site(self, raw: bytes, spam: bool | None, forget: bool = False) -> str:
         """Learn (or with ``forget`` unlearn) ``raw`` for the site in the
@@ -267,7 +268,7 @@ class Filter:
         """The user's share, or the site's alone with a zero-point hit
         saying why (a user's state that cannot be read never costs mail)."""
         try:
-            return self.users.view(user, feats.vec, self.space), []
+            return self.users.view(user_name(user), feats.vec, self.space), []
         except StoreError as exc:
             log.error("user %r scored with the site model only: %s", user, exc)
             return None, [
