@@ -236,6 +236,8 @@ def _raw(*from_lines: str) -> bytes:
         ("*@*.bücher.example", ["x@MX.BÜCHER.example"]),
         ("*@xn--bcher-kva.example", ["x@BÜCHER.EXAMPLE"]),
         ("*@bücher.example", ["x@XN--BCHER-KVA.example"]),
+        ("*@straße.de", ["x@xn--strae-oqa.de"]),  # IDNA2008: ß stays ß
+        ("*@xn--strae-oqa.de", ["x@STRAßE.de"]),
         ("bad@blocked.example", [f"ok{i}@good.example" for i in range(12)] + ["bad@blocked.example"]),
         ("bad@blocked.example", ["bad@blocked.example"] + [f"ok{i}@good.example" for i in range(12)]),
     ],
@@ -256,6 +258,9 @@ def test_a_block_entry_matches_any_address_the_from_lines_show(entry, from_lines
         ("x@blocked.example", '"x."@blocked.example'),
         ("kate@example.org", "\u212aate@example.org"),  # the Kelvin sign is not k
         ("*@blocked.example", "ok@good.example"),
+        ("*@straße.de", "x@strasse.de"),  # IDNA2003 mapped ß to ss: another domain
+        ("*@faß.de", "x@fass.de"),
+        ("*@strasse.de", "x@straße.de"),
     ],
 )
 def test_a_block_entry_does_not_match_other_mailboxes(entry, from_line):

@@ -22,6 +22,6 @@ fi
 user=${2:-}
 # shellcheck disable=SC2086  # MAILSIFT may be a command with arguments
 if [ "${MAILSIFT_LEARN_USER:-no}" = yes ] && [ -n "$user" ]; then
-  exec ${MAILSIFT:-mailsift} learn ${MAILSIFT_LEARN_OPTS:-} "--$class" --user "$user" -
+  exec ${MAILSIFT:-mailsift} learn ${MAILSIFT_LEARN_OPTS:-} "--$class" --user="$user" -
 fi
 exec ${MAILSIFT:-mailsift} learn ${MAILSIFT_LEARN_OPTS:-} "--$class" -

@@ -47,6 +47,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import idna
+
 from ..parse import MAX_ADDRESS_CHARS, ParsedMessage, decode_header
 from ..score import RuleHit
 from ..usernames import fold
@@ -317,10 +319,10 @@ def _domain_forms(domain: str) -> tuple[str, ...]:
     try:
         if domain.isascii():
             if "xn--" in domain:
-                forms.append(fold(domain.encode("ascii").decode("idna")))
+                forms.append(fold(idna.decode(domain)))
         else:
-            forms.append(fold(domain.encode("idna").decode("ascii")))
-    except (UnicodeError, ValueError):
+            forms.append(fold(_to_ascii(domain)))
+    except (idna.IDNAError, UnicodeError, ValueError):
         pass
     forms.append(_idna_name(domain))
     return tuple(dict.fromkeys(forms))
@@ -329,20 +331,27 @@ def _domain_forms(domain: str) -> tuple[str, ...]:
 _GLOB = frozenset("*?[]")
 
 
+def _to_ascii(name: str) -> str:
+    """IDNA2008 with UTS #46 mapping, non-transitional: case folded as IDNA
+    does (``BÜCHER`` is ``bücher``) but ``ß`` kept (``straße.de`` is
+    ``xn--strae-oqa.de``, not ``strasse.de``, a different domain), as
+    browsers and registries read it today; the stdlib's ``idna`` codec is
+    IDNA2003, which maps ``ß`` to ``ss``."""
+    return idna.encode(name, uts46=True, transitional=False).decode("ascii")
+
+
 def _idna_name(domain: str) -> str:
     """``domain`` label by label in its IDNA (``xn--``) form, with IDNA's
-    case mapping (nameprep: ``BÜCHER`` is ``bücher``), for block matching.
-    An ASCII label, a label with glob characters (a pattern's) and a label
-    the codec refuses stay as they are, ASCII-folded: never an error."""
-    from encodings.idna import ToASCII
-
+    case mapping (:func:`_to_ascii`), for block matching.  An ASCII label, a
+    label with glob characters (a pattern's) and a label IDNA refuses stay
+    as they are, ASCII-folded: never an error."""
     labels = []
     for label in domain.split("."):
         if not label.isascii() and not _GLOB & set(label):
             try:
-                labels.append(ToASCII(label).decode("ascii"))
+                labels.append(_to_ascii(label))
                 continue
-            except (UnicodeError, ValueError):
+            except (idna.IDNAError, UnicodeError, ValueError):
                 pass
         labels.append(fold(label))
     return ".".join(labels)
