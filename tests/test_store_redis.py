@@ -508,3 +508,23 @@ def test_a_replayed_click_older_than_the_ledger_entry_is_superseded(redis_server
     assert b.learn_user(m, False, "alice") == "already-learned"
     assert b.learn_user(newer, True, "alice") == "already-learned"
     assert any("superseded" in r.getMessage() for r in caplog.records)
+
+
+def test_a_learn_queued_after_a_torn_line_without_a_newline_is_not_swallowed(redis_server, tmp_path, mail):
+    """A crash mid-append leaves a fragment with no newline: the next learn
+    queued must start a line of its own, so it lands and only the fragment
+    is set aside."""
+    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    node = Filter(config, users=Users.open(config))
+    ham = mail[0]
+    assert node.learn_user(ham[0], True, "alice") == "learned"
+    redis_server.stop(save=True)
+    queue = Path(config.store.queue)
+    queue.write_text('{"user": "alice", "space": "ab')  # torn, no trailing newline
+    assert node.learn_user(ham[1], True, "bob") == QUEUED
+    redis_server.start()
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    st = node.users.status()
+    assert (st.replayed, st.rejected) == (1, 1)
+    assert [r["line"] for r in _rejected(config)] == ['{"user": "alice", "space": "ab']
+    assert node.learn_user(ham[1], True, "bob") == "already-learned"

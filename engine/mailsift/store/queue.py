@@ -167,8 +167,14 @@ class LearnQueue:
                     f"(store.queue_max); this one was not queued"
                 )
             try:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(item.to_json() + "\n")
+                with open(self.path, "a+b") as fh:
+                    # a line torn by a crash mid-append has no newline: end it first, or
+                    # this learn would be glued to it and set aside with it
+                    torn = False
+                    if fh.seek(0, os.SEEK_END) > 0:
+                        fh.seek(-1, os.SEEK_END)
+                        torn = fh.read(1) != b"\n"
+                    fh.write((("\n" if torn else "") + item.to_json() + "\n").encode("utf-8"))
                     fh.flush()
                     os.fsync(fh.fileno())
             except OSError as exc:
