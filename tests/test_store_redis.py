@@ -520,8 +520,10 @@ def test_a_learn_queued_after_a_torn_line_without_a_newline_is_not_swallowed(red
     assert node.learn_user(ham[0], True, "alice") == "learned"
     redis_server.stop(save=True)
     queue = Path(config.store.queue)
-    queue.write_text('{"user": "alice", "space": "ab')  # torn, no trailing newline
     assert node.learn_user(ham[1], True, "bob") == QUEUED
+    item = QueuedLearn.from_json(queue.read_text())
+    queue.write_text('{"user": "alice", "space": "ab')  # torn, no trailing newline
+    assert node.users.queue.put(item)  # appended by a process that did not replay first
     redis_server.start()
     _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
     st = node.users.status()
