@@ -530,3 +530,35 @@ def test_a_learn_queued_after_a_torn_line_without_a_newline_is_not_swallowed(red
     assert (st.replayed, st.rejected) == (1, 1)
     assert [r["line"] for r in _rejected(config)] == ['{"user": "alice", "space": "ab']
     assert node.learn_user(ham[1], True, "bob") == "already-learned"
+
+
+def test_a_queued_learn_whose_ledger_entry_is_garbage_is_set_aside_and_the_next_user_lands(
+    redis_server, tmp_path, mail
+):
+    """A ledger field Redis holds but mailsift cannot read (edited by hand):
+    dave's learn is refused with a StoreError and set aside at replay;
+    erin's learn queued behind it lands."""
+    import redis
+
+    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    node = Filter(config, users=Users.open(config))
+    ham = mail[0]
+    assert node.learn_user(ham[0], True, "carol") == "learned"
+    redis_server.stop(save=True)
+    assert node.learn_user(ham[1], True, "dave") == QUEUED
+    assert node.learn_user(ham[2], True, "erin") == QUEUED
+    queue = Path(config.store.queue)
+    dave = QueuedLearn.from_json(queue.read_text().splitlines()[0])
+    with open(queue, "a") as fh:
+        fh.write("[" * 100_000 + "\n")  # json.loads raises RecursionError, not ValueError
+    redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(f"mailsift:{{dave}}:l:{node.users._space(dave.space)}", dave.digest, b"garbage")
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    st = node.users.status()
+    assert (st.replayed, st.rejected) == (1, 2)
+    deep, rejected = _rejected(config)
+    assert "RecursionError" in deep["why"]
+    assert QueuedLearn.from_json(rejected["line"]).user == "dave"
+    assert "corrupt ledger entry" in rejected["why"]
+    assert node.learn_user(ham[2], True, "erin") == "already-learned"

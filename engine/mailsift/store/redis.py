@@ -270,7 +270,7 @@ class RedisStore:
             lists,
             n_spam,
             n_ham,
-            Entry.decode(entry) if digest is not None else None,
+            _entry(entry, lkey) if digest is not None else None,
         )
 
     def _remember(self, user, space, slots, sa, lists, n_spam, n_ham) -> None:
@@ -429,6 +429,16 @@ def _read_pipeline(client, dkey, mkey, lkey, slots, meta_fields, digest):
     replies = pipe.execute()
     values = replies.pop(0) if len(slots) else []
     return values, replies.pop(0), replies.pop(0) if digest else None
+
+
+def _entry(value, lkey: str) -> Entry | None:
+    """The ledger entry as stored; StoreError (not ValueError) for one that
+    cannot be read (edited by hand, another program's), so that learn is
+    refused with why and a replay sets it aside instead of stopping."""
+    try:
+        return Entry.decode(value)
+    except (ValueError, IndexError, UnicodeError) as exc:
+        raise StoreError(f"corrupt ledger entry in redis {lkey} ({type(exc).__name__}: {exc})") from None
 
 
 def _json_list(value) -> list[str]:
