@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,9 @@ class Users:
         self.queue = queue
         self.replayed = 0
         self._replaying = threading.Lock()
+        #: ``time.monotonic()`` before which a score does not start a replay: the last one
+        #: stopped at a store that answers reads but refuses writes (OOM, READONLY)
+        self._retry_at = 0.0
         if store.remote and queue is None:
             raise StoreError("a shared store needs a learn queue for its outages")
         if hasattr(store, "on_recover"):
@@ -98,7 +102,12 @@ class Users:
         name = state_name(user)
         x = UnitVec.of(vec, self.params.sample)
         got = self.store.read(name, self._space(space), x.slots)
-        if not got.stale and self.queue is not None and self.queue.waiting():
+        if (
+            not got.stale
+            and self.queue is not None
+            and time.monotonic() >= self._retry_at
+            and self.queue.waiting()
+        ):
             # the store answers and learns wait (queued by this process or another one that
             # is gone): replay them in the background; replaying twice is harmless, the
             # ledger says already-learned
@@ -201,12 +210,17 @@ class Users:
             return 0
 
         def apply(item: QueuedLearn) -> None:
-            self._learn(item, replaying=True)
+            try:
+                self._learn(item, replaying=True)
+            except StoreUnavailable:
+                self._retry_at = time.monotonic() + getattr(self.store, "retry_every", 1.0)
+                raise
             self.replayed += 1  # counted as each lands, before the queue file is rewritten
 
         try:
-            # down again: the rest wait; any other StoreError (Redis out of memory, read-only,
-            # a key of another type, a bad name) will not pass by waiting: set aside, logged
+            # down again, or refusing every write for now (StoreBusy: out of memory, read-only,
+            # a failover): the rest wait; any other error (a key of another type, a ledger
+            # entry that cannot be read, a bad name) will not pass by waiting: set aside, logged
             n = self.queue.drain(apply, stop_on=(StoreUnavailable,), reject_on=(StoreError,))
         finally:
             self._replaying.release()
