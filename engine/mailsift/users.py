@@ -73,10 +73,19 @@ class UserView:
 
 
 class Users:
-    def __init__(self, store: Store, params: UserParams | None = None, queue: LearnQueue | None = None):
+    def __init__(
+        self,
+        store: Store,
+        params: UserParams | None = None,
+        queue: LearnQueue | None = None,
+        replay: bool = True,
+    ):
         self.store = store
         self.params = params or UserParams()
         self.queue = queue
+        #: whether this process replays queued learns (False: a scoring worker; the
+        #: service replays, so what is replayed and set aside is counted where it is served)
+        self.replays = replay
         self.replayed = 0
         self._replaying = threading.Lock()
         #: ``time.monotonic()`` before which a score does not start a replay: the last one
@@ -84,15 +93,16 @@ class Users:
         self._retry_at = 0.0
         if store.remote and queue is None:
             raise StoreError("a shared store needs a learn queue for its outages")
-        if hasattr(store, "on_recover"):
+        if replay and hasattr(store, "on_recover"):
             store.on_recover = self._recovered
 
     @classmethod
-    def open(cls, config) -> Users:
-        """The users of the ``[store]`` section (``config``: the whole Config)."""
+    def open(cls, config, replay: bool = True) -> Users:
+        """The users of the ``[store]`` section (``config``: the whole Config);
+        ``replay`` False for a process that only scores (see :attr:`replays`)."""
         store = open_store(config)
         queue = LearnQueue(queue_path(config), config.store.queue_max) if store.remote else None
-        return cls(store, queue=queue)
+        return cls(store, queue=queue, replay=replay)
 
     # -- scoring -------------------------------------------------------------
     def view(self, user: str, vec, space: str) -> UserView:
@@ -104,6 +114,7 @@ class Users:
         got = self.store.read(name, self._space(space), x.slots)
         if (
             not got.stale
+            and self.replays
             and self.queue is not None
             and time.monotonic() >= self._retry_at
             and self.queue.waiting()
@@ -206,7 +217,7 @@ class Users:
     def replay(self) -> int:
         """Apply the queued learns the store takes now; returns how many.
         One replay at a time; a learn arriving meanwhile does not wait."""
-        if self.queue is None or not self._replaying.acquire(blocking=False):
+        if self.queue is None or not self.replays or not self._replaying.acquire(blocking=False):
             return 0
 
         def apply(item: QueuedLearn) -> None:
@@ -229,7 +240,7 @@ class Users:
         return n
 
     def _recovered(self) -> None:
-        if self.queue is not None and self.queue.waiting() and not self._replaying.locked():
+        if self.replays and self.queue is not None and self.queue.waiting() and not self._replaying.locked():
             threading.Thread(target=self.replay, name="mailsift-replay", daemon=True).start()
 
     # -- lists ---------------------------------------------------------------
