@@ -453,12 +453,14 @@ def test_a_torn_line_in_the_learn_queue_is_set_aside_and_the_good_learns_are_rep
     assert node.learn_user(ham[2], True, "bob") == "already-learned"
 
 
-def test_a_learn_the_store_refuses_at_replay_is_set_aside_and_a_new_learn_still_lands(
+def test_a_redis_out_of_memory_keeps_the_queue_and_a_learn_it_refuses_for_good_is_set_aside(
     redis_server, tmp_path, mail
 ):
-    """Redis answers but refuses a queued learn (out of memory, a key of
-    another type): waiting will not help, so it goes to ``<queue>.rejected``
-    with why, and neither the replay nor the next click fails."""
+    """Redis answers but refuses every write for now (``OOM`` under
+    maxmemory): that passes, so the queued learns wait (and a new click
+    queues) until it takes them.  A learn refused for itself (a key of
+    another type) goes to ``<queue>.rejected`` with why, and neither the
+    replay nor the next click fails."""
     config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
     node = Filter(config, users=Users.open(config))
     ham = mail[0]
@@ -468,10 +470,18 @@ def test_a_learn_the_store_refuses_at_replay_is_set_aside_and_a_new_learn_still_
     assert node.learn_user(ham[2], True, "carol") == QUEUED
     redis_server.start()
     redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # every write refused: OOM
-    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
-    assert node.users.status().rejected == 2 and node.users.status().replayed == 0
-    assert all("maxmemory" in r["why"] for r in _rejected(config))
+    time.sleep(0.3)  # past retry_every: the store is asked again
+    assert node.users.replay() == 0
+    assert node.learn_user(ham[5], True, "bob") == QUEUED  # a click under OOM waits too
+    node.score(ham[6], user="bob")  # a score under OOM answers from Redis (reads pass)
+    st = node.users.status()
+    assert (st.queued, st.rejected, st.replayed) == (3, 0, 0)
+    assert not Path(config.store.queue + ".rejected").exists()
     redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    st = node.users.status()
+    assert (st.replayed, st.rejected) == (3, 0)
+    assert node.learn_user(ham[5], True, "bob") == "already-learned"
 
     # a key of another type where dave's state lives: WRONGTYPE for his queued learn only
     redis_server.stop(save=True)
@@ -482,11 +492,17 @@ def test_a_learn_the_store_refuses_at_replay_is_set_aside_and_a_new_learn_still_
     # replays first (or a replay the store's recovery started does): dave's is set aside
     assert node.learn_user(ham[4], True, "bob") == "learned"
     _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
-    assert node.users.status().rejected == 3
+    assert node.users.status().rejected == 1
     assert "WRONGTYPE" in _rejected(config)[-1]["why"]
-    assert (
-        QueuedLearn.from_json(_rejected(config)[-1]["line"]).user == "dave"
-    )  # kept whole, to replay by hand
+    line = _rejected(config)[-1]["line"]
+    assert QueuedLearn.from_json(line).user == "dave"  # kept whole, to replay by hand
+
+    # by hand, as the README says: fix the key, append the line to the queue, replay
+    redis_server.cli("DEL", "mailsift:{dave}:m")
+    with open(config.store.queue, "a") as fh:
+        fh.write(line + "\n")
+    assert node.users.replay() == 1
+    assert node.learn_user(ham[3], True, "dave") == "already-learned"
 
 
 def test_a_replayed_click_older_than_the_ledger_entry_is_superseded(redis_server, tmp_path, mail, caplog):
@@ -508,3 +524,57 @@ def test_a_replayed_click_older_than_the_ledger_entry_is_superseded(redis_server
     assert b.learn_user(m, False, "alice") == "already-learned"
     assert b.learn_user(newer, True, "alice") == "already-learned"
     assert any("superseded" in r.getMessage() for r in caplog.records)
+
+
+def test_a_learn_queued_after_a_torn_line_without_a_newline_is_not_swallowed(redis_server, tmp_path, mail):
+    """A crash mid-append leaves a fragment with no newline: the next learn
+    queued must start a line of its own, so it lands and only the fragment
+    is set aside."""
+    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    node = Filter(config, users=Users.open(config))
+    ham = mail[0]
+    assert node.learn_user(ham[0], True, "alice") == "learned"
+    redis_server.stop(save=True)
+    queue = Path(config.store.queue)
+    assert node.learn_user(ham[1], True, "bob") == QUEUED
+    item = QueuedLearn.from_json(queue.read_text())
+    queue.write_text('{"user": "alice", "space": "ab')  # torn, no trailing newline
+    assert node.users.queue.put(item)  # appended by a process that did not replay first
+    redis_server.start()
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    st = node.users.status()
+    assert (st.replayed, st.rejected) == (1, 1)
+    assert [r["line"] for r in _rejected(config)] == ['{"user": "alice", "space": "ab']
+    assert node.learn_user(ham[1], True, "bob") == "already-learned"
+
+
+def test_a_queued_learn_whose_ledger_entry_is_garbage_is_set_aside_and_the_next_user_lands(
+    redis_server, tmp_path, mail
+):
+    """A ledger field Redis holds but mailsift cannot read (edited by hand):
+    dave's learn is refused with a StoreError and set aside at replay;
+    erin's learn queued behind it lands."""
+    import redis
+
+    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    node = Filter(config, users=Users.open(config))
+    ham = mail[0]
+    assert node.learn_user(ham[0], True, "carol") == "learned"
+    redis_server.stop(save=True)
+    assert node.learn_user(ham[1], True, "dave") == QUEUED
+    assert node.learn_user(ham[2], True, "erin") == QUEUED
+    queue = Path(config.store.queue)
+    dave = QueuedLearn.from_json(queue.read_text().splitlines()[0])
+    with open(queue, "a") as fh:
+        fh.write("[" * 100_000 + "\n")  # json.loads raises RecursionError, not ValueError
+    redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(f"mailsift:{{dave}}:l:{node.users._space(dave.space)}", dave.digest, b"garbage")
+    _wait(lambda: node.users.replay() >= 0 and node.users.status().queued == 0, timeout=10.0)
+    st = node.users.status()
+    assert (st.replayed, st.rejected) == (1, 2)
+    deep, rejected = _rejected(config)
+    assert "RecursionError" in deep["why"]
+    assert QueuedLearn.from_json(rejected["line"]).user == "dave"
+    assert "corrupt ledger entry" in rejected["why"]
+    assert node.learn_user(ham[2], True, "erin") == "already-learned"

@@ -537,13 +537,16 @@ def test_scoring_and_learning_follow_a_cluster_slot_migration_with_nothing_lost(
     assert _post(node.url("/score?user=alice"), m[0])["log_odds"] == pytest.approx(base["alice"], abs=1e-9)
 
 
+@pytest.mark.parametrize("traffic", [False, True], ids=["no-traffic", "scores-during-recovery"])
 def test_a_torn_line_in_the_learn_queue_does_not_stop_serve_and_the_good_learn_is_replayed(
-    redis_server, serving, small_model, ham
+    redis_server, serving, small_model, ham, traffic
 ):
     """Half a line left in the outage queue by a crash mid-append: ``serve``
     goes on answering (it used to exit 70, again at every restart), replays
     the good learn, and sets the torn line aside in ``<queue>.rejected``,
-    logged and counted."""
+    logged and counted.  With /score traffic while Redis comes back, the
+    scoring workers never replay (they would count it where the metrics
+    door never sees it): the service does, and counts it."""
     node = serving(small_model, ("http",), _store(redis_server.url))
     site = _post(node.url("/score"), ham)
     redis_server.stop(save=True)
@@ -551,8 +554,14 @@ def test_a_torn_line_in_the_learn_queue_does_not_stop_serve_and_the_good_learn_i
     queue = node.log.parent / "d" / "mailsift" / "store-queue.jsonl"
     torn = '{"user": "alice", "space": "abc"'
     queue.write_text(torn + "\n" + queue.read_text())
-    redis_server.start()  # no traffic: the watch loop replays
-    _until(lambda: _metric(node, "mailsift_store_queued") == 0.0, 15.0)
+    redis_server.start()  # the watch loop replays
+
+    def replayed() -> bool:
+        if traffic:
+            _post(node.url("/score?user=alice"), ham)
+        return _metric(node, "mailsift_store_queued") == 0.0
+
+    _until(replayed, 15.0)
     assert node.proc.poll() is None
     assert _metric(node, "mailsift_store_rejected_total") == 1.0
     assert _metric(node, "mailsift_store_replayed_total") == 1.0

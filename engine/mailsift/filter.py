@@ -119,6 +119,7 @@ class Filter:
         base: LinearModel | None = None,
         users: Users | None = None,
         shared_site: bool | None = None,
+        replay: bool = True,
     ):
         self.config = config or Config()
         if model is not None:
@@ -144,13 +145,16 @@ class Filter:
         #: the feature space users' learned sums are kept under (store keys)
         self.space = feature_space(self.model.settings)
         self._users = users
+        #: whether the users opened on first use replay queued learns (False in a scoring
+        #: worker: one writer, the service, replays and counts)
+        self._replay = replay
         self.shared_site = bool(self.config.store.url) if shared_site is None else shared_site
 
     @property
     def users(self) -> Users:
         """Per-user state, opened from ``[store]`` on first use."""
         if self._users is None:
-            self._users = Users.open(self.config)
+            self._users = Users.open(self.config, replay=self._replay)
         return self._users
 
     @property

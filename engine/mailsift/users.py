@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,23 +73,36 @@ class UserView:
 
 
 class Users:
-    def __init__(self, store: Store, params: UserParams | None = None, queue: LearnQueue | None = None):
+    def __init__(
+        self,
+        store: Store,
+        params: UserParams | None = None,
+        queue: LearnQueue | None = None,
+        replay: bool = True,
+    ):
         self.store = store
         self.params = params or UserParams()
         self.queue = queue
+        #: whether this process replays queued learns (False: a scoring worker; the
+        #: service replays, so what is replayed and set aside is counted where it is served)
+        self.replays = replay
         self.replayed = 0
         self._replaying = threading.Lock()
+        #: ``time.monotonic()`` before which a score does not start a replay: the last one
+        #: stopped at a store that answers reads but refuses writes (OOM, READONLY)
+        self._retry_at = 0.0
         if store.remote and queue is None:
             raise StoreError("a shared store needs a learn queue for its outages")
-        if hasattr(store, "on_recover"):
+        if replay and hasattr(store, "on_recover"):
             store.on_recover = self._recovered
 
     @classmethod
-    def open(cls, config) -> Users:
-        """The users of the ``[store]`` section (``config``: the whole Config)."""
+    def open(cls, config, replay: bool = True) -> Users:
+        """The users of the ``[store]`` section (``config``: the whole Config);
+        ``replay`` False for a process that only scores (see :attr:`replays`)."""
         store = open_store(config)
         queue = LearnQueue(queue_path(config), config.store.queue_max) if store.remote else None
-        return cls(store, queue=queue)
+        return cls(store, queue=queue, replay=replay)
 
     # -- scoring -------------------------------------------------------------
     def view(self, user: str, vec, space: str) -> UserView:
@@ -98,7 +112,13 @@ class Users:
         name = state_name(user)
         x = UnitVec.of(vec, self.params.sample)
         got = self.store.read(name, self._space(space), x.slots)
-        if not got.stale and self.queue is not None and self.queue.waiting():
+        if (
+            not got.stale
+            and self.replays
+            and self.queue is not None
+            and time.monotonic() >= self._retry_at
+            and self.queue.waiting()
+        ):
             # the store answers and learns wait (queued by this process or another one that
             # is gone): replay them in the background; replaying twice is harmless, the
             # ledger says already-learned
@@ -197,16 +217,21 @@ class Users:
     def replay(self) -> int:
         """Apply the queued learns the store takes now; returns how many.
         One replay at a time; a learn arriving meanwhile does not wait."""
-        if self.queue is None or not self._replaying.acquire(blocking=False):
+        if self.queue is None or not self.replays or not self._replaying.acquire(blocking=False):
             return 0
 
         def apply(item: QueuedLearn) -> None:
-            self._learn(item, replaying=True)
+            try:
+                self._learn(item, replaying=True)
+            except StoreUnavailable:
+                self._retry_at = time.monotonic() + getattr(self.store, "retry_every", 1.0)
+                raise
             self.replayed += 1  # counted as each lands, before the queue file is rewritten
 
         try:
-            # down again: the rest wait; any other StoreError (Redis out of memory, read-only,
-            # a key of another type, a bad name) will not pass by waiting: set aside, logged
+            # down again, or refusing every write for now (StoreBusy: out of memory, read-only,
+            # a failover): the rest wait; any other error (a key of another type, a ledger
+            # entry that cannot be read, a bad name) will not pass by waiting: set aside, logged
             n = self.queue.drain(apply, stop_on=(StoreUnavailable,), reject_on=(StoreError,))
         finally:
             self._replaying.release()
@@ -215,7 +240,7 @@ class Users:
         return n
 
     def _recovered(self) -> None:
-        if self.queue is not None and self.queue.waiting() and not self._replaying.locked():
+        if self.replays and self.queue is not None and self.queue.waiting() and not self._replaying.locked():
             threading.Thread(target=self.replay, name="mailsift-replay", daemon=True).start()
 
     # -- lists ---------------------------------------------------------------

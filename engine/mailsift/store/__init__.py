@@ -41,6 +41,13 @@ class StoreUnavailable(StoreError):
     """The shared store does not answer (Redis down or too slow)."""
 
 
+class StoreBusy(StoreUnavailable):
+    """The shared store answers but refuses every write for now (Redis
+    ``OOM`` under maxmemory, ``READONLY`` replica, ``MASTERDOWN``,
+    ``LOADING``, ``BUSY`` script): store-wide and passing, so a learn waits
+    in the queue as in an outage instead of being set aside."""
+
+
 #: the name that means the site's own learns (``[store] url`` set: site-level
 #: learns are kept in the store as a delta over the site model file, exactly
 #: as a user's are).  It holds a control character, which :func:`user_name`

@@ -115,7 +115,15 @@ class LearnQueue:
             if line.strip():
                 try:
                     out.append(QueuedLearn.from_json(line))
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                except (
+                    ValueError,
+                    KeyError,
+                    TypeError,
+                    AttributeError,
+                    IndexError,
+                    OverflowError,
+                    RecursionError,
+                ) as exc:
                     bad.append((line, f"line {n}: cannot be read ({type(exc).__name__}: {exc})"))
         return out, bad
 
@@ -167,8 +175,14 @@ class LearnQueue:
                     f"(store.queue_max); this one was not queued"
                 )
             try:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(item.to_json() + "\n")
+                with open(self.path, "a+b") as fh:
+                    # a line torn by a crash mid-append has no newline: end it first, or
+                    # this learn would be glued to it and set aside with it
+                    torn = False
+                    if fh.seek(0, os.SEEK_END) > 0:
+                        fh.seek(-1, os.SEEK_END)
+                        torn = fh.read(1) != b"\n"
+                    fh.write((("\n" if torn else "") + item.to_json() + "\n").encode("utf-8"))
                     fh.flush()
                     os.fsync(fh.fileno())
             except OSError as exc:
@@ -186,9 +200,9 @@ class LearnQueue:
         ``stop_on`` (the store went away again: the rest wait).  A line that
         cannot be read, or a learn whose ``apply`` raises one of
         ``reject_on`` (the store answered and refused it: out of memory,
-        read-only, a key of another type), is moved to
-        :attr:`rejected_path`, so one bad learn never holds up the rest;
-        any other error propagates (the ones before it are removed).
+        read-only, a key of another type), or any other Exception (a bug, a
+        value no one expected), is moved to :attr:`rejected_path`, so one
+        bad learn never holds up the rest.
         Returns how many were applied."""
         done = 0
         with self._locked():
@@ -204,6 +218,8 @@ class LearnQueue:
                         break
                     except reject_on as exc:
                         self._reject(item.to_json(), f"the store refused it: {exc}")
+                    except Exception as exc:  # noqa: BLE001 - one learn's trouble never blocks the rest
+                        self._reject(item.to_json(), f"it cannot be applied ({type(exc).__name__}: {exc})")
                     else:
                         done += 1
                     taken += 1

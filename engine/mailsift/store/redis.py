@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -52,7 +53,7 @@ import numpy as np
 
 from ..rules.lists import AddressLists
 from ..usermodel import EMPTY, Change, Entry
-from . import StoreError, StoreStatus, StoreUnavailable, UserRead, store_key
+from . import StoreBusy, StoreError, StoreStatus, StoreUnavailable, UserRead, store_key
 
 log = logging.getLogger("mailsift.store")
 
@@ -210,6 +211,8 @@ class RedisStore:
             with self._lock:
                 self._status.errors += 1
                 self._status.last_error = f"{type(exc).__name__}: {exc}"
+            if _passing(exc):  # every write refused for now: wait as in an outage
+                raise StoreBusy(f"redis {self._status.where} refuses writes for now: {exc}") from None
             raise StoreError(f"redis {self._status.where} refused: {exc}") from None
         recovered = False
         with self._lock:
@@ -270,7 +273,7 @@ class RedisStore:
             lists,
             n_spam,
             n_ham,
-            Entry.decode(entry) if digest is not None else None,
+            _entry(entry, lkey) if digest is not None else None,
         )
 
     def _remember(self, user, space, slots, sa, lists, n_spam, n_ham) -> None:
@@ -429,6 +432,31 @@ def _read_pipeline(client, dkey, mkey, lkey, slots, meta_fields, digest):
     replies = pipe.execute()
     values = replies.pop(0) if len(slots) else []
     return values, replies.pop(0), replies.pop(0) if digest else None
+
+
+def _entry(value, lkey: str) -> Entry | None:
+    """The ledger entry as stored; StoreError (not ValueError) for one that
+    cannot be read (edited by hand, another program's), so that learn is
+    refused with why and a replay sets it aside instead of stopping."""
+    try:
+        return Entry.decode(value)
+    except (ValueError, IndexError, UnicodeError) as exc:
+        raise StoreError(f"corrupt ledger entry in redis {lkey} ({type(exc).__name__}: {exc})") from None
+
+
+#: error codes of a Redis that refuses every write for a while (memory, a replica, a failover,
+#: a load, a long script): none is about one learn, so the learn waits and is tried again
+_PASSING = re.compile(r"\b(OOM|READONLY|MASTERDOWN|LOADING|BUSY|NOREPLICAS|TRYAGAIN|CLUSTERDOWN)\b")
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether ``exc`` (a Redis error reply) is store-wide and passing; a
+    script's error carries the code inside its message, so it is looked for
+    there too, not only in the exception's class."""
+    import redis.exceptions as e
+
+    passing = (e.OutOfMemoryError, e.ReadOnlyError, e.BusyLoadingError, e.MasterDownError, e.TryAgainError)
+    return isinstance(exc, passing) or bool(_PASSING.search(str(exc)))
 
 
 def _json_list(value) -> list[str]:
