@@ -323,9 +323,9 @@ def test_spamc_u_alice_learns_for_alice_only(redis_server, serving, small_model,
     assert _post(node.url("/score?user=carol"), ham)["user_spam"] == 1
 
 
-def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
-    redis_server, serving, small_model, sink, ham
-):
+def _smtp_node_with_alices_spam(redis_server, serving, small_model, sink, ham):
+    """A serving SMTP + HTTP node on Redis where alice learned ``ham`` as
+    spam: (node, alice's address, the site's score, hers)."""
     node = serving(
         small_model, ("smtp", "http"), _store(redis_server.url), extra=("--relay", f"127.0.0.1:{sink.port}")
     )
@@ -334,6 +334,13 @@ def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
     assert _post(node.url(f"/learn?class=spam&user={alice}"), ham)["outcome"] == "learned"
     hers = _post(node.url(f"/score?user={alice}"), ham)["score"]
     assert hers > site + 1.0
+    return node, alice, site, hers
+
+
+def test_the_smtp_door_scores_with_the_single_recipients_model_else_the_sites(
+    redis_server, serving, small_model, sink, ham
+):
+    node, alice, site, hers = _smtp_node_with_alices_spam(redis_server, serving, small_model, sink, ham)
 
     def delivered_score(rcpts: list[str]) -> float:
         with smtplib.SMTP("127.0.0.1", node.ports["smtp"], timeout=30) as c:
@@ -351,14 +358,7 @@ def test_the_smtp_door_names_alice_plus_anything_as_alice_so_her_model_and_block
 ):
     """[users] recipient_delimiter (default "+"): a sender adding +x to her
     address gets her learned model and her block list, not the site's."""
-    node = serving(
-        small_model, ("smtp", "http"), _store(redis_server.url), extra=("--relay", f"127.0.0.1:{sink.port}")
-    )
-    alice = "alice@example.net"
-    site = _post(node.url("/score"), ham)["score"]
-    assert _post(node.url(f"/learn?class=spam&user={alice}"), ham)["outcome"] == "learned"
-    hers = _post(node.url(f"/score?user={alice}"), ham)["score"]
-    assert hers > site + 1.0
+    node, alice, site, hers = _smtp_node_with_alices_spam(redis_server, serving, small_model, sink, ham)
     block = [sys.executable, "-m", "mailsift.cli", "--config", str(node.config), "lists", "--user", alice]
     out = subprocess.run(
         [*block, "--block", "spammer@junk.example"], env=node.env, capture_output=True, timeout=60

@@ -357,12 +357,12 @@ def _idna_name(domain: str) -> str:
     return ".".join(labels)
 
 
-def _match(patterns: tuple[str, ...], addr: Shown, idna: bool = False) -> str | None:
-    """The first of ``patterns`` matching ``addr``, or None.  ``idna`` (block
+def _match(patterns: tuple[str, ...], addr: Shown, idna_forms: bool = False) -> str | None:
+    """The first of ``patterns`` matching ``addr``, or None.  ``idna_forms`` (block
     entries only): both sides' domains also compare in their IDNA form;
     allow entries match the ASCII-folded text only, so an allow entry never
     covers a domain it does not spell out."""
-    if not idna:
+    if not idna_forms:
         for p, local_rx, domain_rx in _compiled(patterns):
             if local_rx.match(addr.local) and domain_rx.match(addr.domain):
                 return p
@@ -425,7 +425,7 @@ def check(
     senders = shown + ([envelope] if envelope is not None else [])
     hits: list[RuleHit] = []
     for prefix, whose, lists in owners:
-        blocked = next(((p, a) for a in senders if (p := _match(lists.block, a, idna=True))), None)
+        blocked = next(((p, a) for a in senders if (p := _match(lists.block, a, idna_forms=True))), None)
         if blocked:
             name = f"{prefix}BLOCK_LISTED"
             p, a = blocked
