@@ -232,7 +232,7 @@ class Users:
             # down again, or refusing every write for now (StoreBusy: out of memory, read-only,
             # a failover): the rest wait; any other error (a key of another type, a ledger
             # entry that cannot be read, a bad name) will not pass by waiting: set aside, logged
-            n = self.queue.drain(apply, stop_on=(StoreUnavailable,), reject_on=(StoreError,))
+            n = self.queue.drain(apply, stop_on=(StoreUnavailable,))
         finally:
             self._replaying.release()
         if n:

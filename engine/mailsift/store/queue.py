@@ -189,20 +189,15 @@ class LearnQueue:
                 raise StoreError(f"{self.path}: cannot queue the learn ({exc.strerror})") from None
         return True
 
-    def drain(
-        self,
-        apply,
-        stop_on: tuple[type[BaseException], ...] = (),
-        reject_on: tuple[type[BaseException], ...] = (),
-    ) -> int:
+    def drain(self, apply, stop_on: tuple[type[BaseException], ...] = ()) -> int:
         """Call ``apply(item)`` for each waiting learn, oldest first, and
         remove the ones it took; stops at the first that raises one of
-        ``stop_on`` (the store went away again: the rest wait).  A line that
-        cannot be read, or a learn whose ``apply`` raises one of
-        ``reject_on`` (the store answered and refused it: out of memory,
-        read-only, a key of another type), or any other Exception (a bug, a
-        value no one expected), is moved to :attr:`rejected_path`, so one
-        bad learn never holds up the rest.
+        ``stop_on`` (the store went away, or refuses every write for now:
+        the rest wait).  A line that cannot be read, or a learn whose
+        ``apply`` raises anything else (the store refused that one learn: a
+        key of another type, a ledger entry it cannot read; or a bug) is
+        moved to :attr:`rejected_path`, so one bad learn never holds up the
+        rest.
         Returns how many were applied."""
         done = 0
         with self._locked():
@@ -216,10 +211,8 @@ class LearnQueue:
                         apply(item)
                     except stop_on:
                         break
-                    except reject_on as exc:
-                        self._reject(item.to_json(), f"the store refused it: {exc}")
                     except Exception as exc:  # noqa: BLE001 - one learn's trouble never blocks the rest
-                        self._reject(item.to_json(), f"it cannot be applied ({type(exc).__name__}: {exc})")
+                        self._reject(item.to_json(), f"it cannot land ({type(exc).__name__}: {exc})")
                     else:
                         done += 1
                     taken += 1
