@@ -432,8 +432,8 @@ def test_a_torn_line_in_the_learn_queue_is_set_aside_and_the_good_learns_are_rep
 ):
     """A crash mid-append leaves half a line in the queue file: it must not
     stop the learns around it, nor fail a learn queued after it."""
-    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
-    node = Filter(config, users=Users.open(config))
+    node = _node(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    config = node.config
     ham = mail[0]
     assert node.learn_user(ham[0], True, "alice") == "learned"
     site = node.score(ham[1], user="alice").log_odds
@@ -461,8 +461,8 @@ def test_a_redis_out_of_memory_keeps_the_queue_and_a_learn_it_refuses_for_good_i
     queues) until it takes them.  A learn refused for itself (a key of
     another type) goes to ``<queue>.rejected`` with why, and neither the
     replay nor the next click fails."""
-    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
-    node = Filter(config, users=Users.open(config))
+    node = _node(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    config = node.config
     ham = mail[0]
     assert node.learn_user(ham[0], True, "alice") == "learned"
     redis_server.stop(save=True)
@@ -530,8 +530,8 @@ def test_a_learn_queued_after_a_torn_line_without_a_newline_is_not_swallowed(red
     """A crash mid-append leaves a fragment with no newline: the next learn
     queued must start a line of its own, so it lands and only the fragment
     is set aside."""
-    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
-    node = Filter(config, users=Users.open(config))
+    node = _node(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    config = node.config
     ham = mail[0]
     assert node.learn_user(ham[0], True, "alice") == "learned"
     redis_server.stop(save=True)
@@ -556,8 +556,8 @@ def test_a_queued_learn_whose_ledger_entry_is_garbage_is_set_aside_and_the_next_
     erin's learn queued behind it lands."""
     import redis
 
-    config = _config(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
-    node = Filter(config, users=Users.open(config))
+    node = _node(Shared(redis_server.url, "redis", [redis_server]), tmp_path, "a")
+    config = node.config
     ham = mail[0]
     assert node.learn_user(ham[0], True, "carol") == "learned"
     redis_server.stop(save=True)
