@@ -253,6 +253,45 @@ def _learner(params, thick: float = 0.0):
     return Tone(V1, params)
 
 
+class Format1:
+    """The learner of format 1 (removed in issue 9) re-done in numpy for
+    comparison: fixed-step logistic SGD over the same features, no step for
+    a message already beyond ``thick`` on its side, the weights averaged over
+    every 256 steps of ``epochs`` passes, and over ``shuffles`` such runs
+    (the shipped file: lr 20, thick 2, 5 x 4)."""
+
+    def __init__(self, lr=20.0, thick=2.0, epochs=5, shuffles=4):
+        self.lr, self.thick, self.epochs, self.shuffles = lr, thick, epochs, shuffles
+
+    def fit(self, X, y):
+        n = 1 << V1.n_bits
+        self.w, self.b = np.zeros(n, np.float32), 0.0
+        for k in range(self.shuffles):
+            w, b, tot, tb, snaps, t = np.zeros(n, np.float32), 0.0, np.zeros(n, np.float32), 0.0, 0, 0
+            order = np.arange(len(X))
+            rng = np.random.default_rng(k)
+            for _ in range(self.epochs):
+                rng.shuffle(order)
+                for i in order:
+                    idx, val = X[i]
+                    m = float(w[idx] @ val) + b
+                    if (m if y[i] else -m) <= self.thick:
+                        g = (1.0 if y[i] else 0.0) - 1 / (1 + np.exp(-m))
+                        w[idx] += np.float32(self.lr * g) * val
+                        b += self.lr * g * 0.1 / max(len(idx), 1)
+                    t += 1
+                    if t % 256 == 0:
+                        tot, tb, snaps = tot + w, tb + b, snaps + 1
+            if t % 256 or not snaps:
+                tot, tb, snaps = tot + w, tb + b, snaps + 1
+            self.w += tot / snaps / self.shuffles
+            self.b += tb / snaps / self.shuffles
+        return self
+
+    def decision_function(self, X):
+        return np.array([float(self.w[i] @ v) + self.b for i, v in X])
+
+
 def foreign(paths: list[str]) -> None:
     """A model on a server it never saw: the real Filter (default weight
     scale, cap 7.5, TLD and header rules on, network off) over trec07p-dev
@@ -294,16 +333,26 @@ def xfer(config: dict) -> None:
     values = config.get("values", "l2")
     params = TrainParams(**config.get("tp", {}))
     out = []
-    for train, test in (("trec", "sa"), ("sa", "trec")):
-        X, y, _ = load(train)
-        if train == "trec" and config.get("spam_keep", 1.0) < 1.0:
-            keep = ~y | (np.random.default_rng(0).random(len(y)) < config["spam_keep"])
-            X, y = [x for x, k in zip(X, keep) if k], y[keep]
-        model = _learner(params, config.get("thick", 0.0)).fit(vecs(X, values), y)
+    pairs = [(("trec",), "sa"), (("sa",), "trec")]
+    if config.get("modern"):  # also: trained on both, scored on the modern set
+        pairs.append((("sa", "trec"), "modern"))
+    for train, test in pairs:
+        X, y = [], np.zeros(0, dtype=bool)
+        for name in train:
+            Xn, yn, _ = load(name)
+            if name == "trec" and config.get("spam_keep", 1.0) < 1.0:
+                keep = ~yn | (np.random.default_rng(0).random(len(yn)) < config["spam_keep"])
+                Xn, yn = [x for x, k in zip(Xn, keep) if k], yn[keep]
+            X, y = X + Xn, np.r_[y, yn]
+        if config.get("learner") == "format1":
+            learner = Format1(**config.get("format1", {}))
+        else:
+            learner = _learner(params, config.get("thick", 0.0))
+        model = learner.fit(vecs(X, values), y)
         Xt, yt, _ = load(test)
         s = model.decision_function(vecs(Xt, values))
         out.append(
-            f"{train}->{test} {100 * one_minus_auc(yt, s):.3f} / "
+            f"{'+'.join(train)}->{test} {100 * one_minus_auc(yt, s):.3f} / "
             f"{100 * spam_caught_at_fpr(yt, s, 0.01):.1f}% / {100 * spam_caught_at_fpr(yt, s, 0.001):.1f}%"
         )
     print(f"== {json.dumps(config)}: " + "; ".join(out), flush=True)

@@ -405,3 +405,34 @@ def test_repeated_source_options_add_up_in_every_command():
     assert a.ham_glob == ["h1", "h2"] and a.spam_glob == ["s"]
     p.parse_args(["train", "--ham", "A"])
     assert p.parse_args(["train"]).ham == []  # extending never grows the shared default
+
+
+def test_portable_text_profile_trains_a_format_2_model_that_learns_and_unlearns(
+    small_indexes, sa_test, tmp_path, isolated_env
+):
+    """The shipped default's recipe (decoded-text features, the v1 scheme)
+    trained by the new learner: ``train`` writes a format-2 file with those
+    settings, it scores, and a learn click on it is undone exactly by unlearn."""
+    from mailsift.model import LinearModel
+    from mailsift.train import PROFILES
+
+    model = tmp_path / "generic.npz"
+    r = run("train", "--index", small_indexes[0], "--features", "portable-text", "--generic",
+            "--model", model, env=isolated_env)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    trained = LinearModel.load(model)
+    assert trained.settings == PROFILES["portable-text"].features and trained.settings.scheme == "v1"
+    assert trained.params == PROFILES["portable-text"].params and trained.info["generic"]
+    assert json.loads(np.load(model)["meta"].tobytes())["format_version"] == 2
+    spam = _pick(sa_test, True)[0]
+    before = json.loads(run("score", "--json", "--model", model, spam, env=isolated_env).stdout)
+    assert before["default_model"] and before["model_weight"] > 0
+    r = run("learn", "--ham", "--model", model, spam, env=isolated_env)
+    assert r.returncode == 0, r.stderr.decode()
+    moved = json.loads(run("score", "--json", "--model", model, spam, env=isolated_env).stdout)
+    assert moved["probability"] < before["probability"] - 1e-3
+    r = run("unlearn", "--ham", "--model", model, spam, env=isolated_env)
+    assert r.returncode == 0, r.stderr.decode()
+    back = json.loads(run("score", "--json", "--model", model, spam, env=isolated_env).stdout)
+    assert abs(back["probability"] - before["probability"]) < 1e-4
+    assert np.allclose(LinearModel.load(model).w, trained.w, atol=1e-6)

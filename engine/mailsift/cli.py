@@ -1032,8 +1032,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PROFILES),
         default="full",
         help="'full' reads whole messages, headers included (best for your own mail); "
-        "'portable' reads only what the sender wrote (for a model shared across "
-        "mailboxes, like the shipped default). Default: full",
+        "'portable' reads only the raw bytes the sender wrote (for a model shared across "
+        "mailboxes); 'portable-text' reads the sender's headers and decoded text (the "
+        "shipped default's: it carries over to other people's mail best). Default: full",
     )
     t.add_argument(
         "--generic",
