@@ -1034,7 +1034,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="'full' reads whole messages, headers included (best for your own mail); "
         "'portable' reads only the raw bytes the sender wrote (for a model shared across "
         "mailboxes); 'portable-text' reads the sender's headers and decoded text (the "
-        "shipped default's: it carries over to other people's mail best). Default: full",
+        "features of the shipped default). Default: full",
     )
     t.add_argument(
         "--generic",

@@ -42,14 +42,16 @@ class Profile:
 #: recipe; every setting chosen on trec07p-dev/train.index, see
 #: models/default/README.md).  "portable" is the same with the headers the
 #: receiving side writes (Received, Delivered-To, list headers ...) cut, so a
-#: model carries over to other people's mailboxes: for the shipped default.
-#: "portable-text" is the shipped default's: what the sender wrote, decoded
-#: (4-grams of sender headers and decoded text, words and word pairs, tagged
-#: header tokens), which carried over to 2019-2026 mail far better than raw
-#: bytes; its step is larger and its eps smaller because its feature values
-#: are scaled to unit length, not 1 (models/default/README.md says how they
-#: were chosen).  All learn with the one update rule of
-#: :class:`~mailsift.model.LinearModel`.
+#: model carries over to other people's mailboxes.  "portable-text" has the
+#: shipped default's features: what the sender wrote, decoded (4-grams of
+#: sender headers and decoded text, words and word pairs, tagged header
+#: tokens), which ranked 2019-2026 mail far better than raw bytes.  Its values
+#: have unit length, not 1, hence the larger step and smaller eps.  Rate 0.02
+#: is the candidate the default builds were measured with (benchmarks/
+#: README.md, "Default model selection"): 0.05 ranks slightly better in
+#: cross-validation, across corpora and on the modern set but flags less
+#: spam at every default weight; no rate has shipped.  All learn with the one
+#: update rule of :class:`~mailsift.model.LinearModel`.
 PROFILES = {
     "full": Profile(FeatureSettings(), TrainParams()),
     "portable": Profile(FeatureSettings(receiver_headers=False), TrainParams()),
