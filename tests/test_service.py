@@ -295,6 +295,8 @@ def test_sigterm_closes_every_door_at_once_and_the_smtp_session_in_flight_finish
                 socket.create_connection(("127.0.0.1", srv.ports[door]), timeout=2).close()
             except ConnectionRefusedError:
                 open_doors.discard(door)
+            except ConnectionResetError:
+                pass  # queued as the listener closed: the kernel resets it; the next probe tells
         assert time.monotonic() - signalled < 1.0, f"still accepting after SIGTERM: {open_doors}"
         time.sleep(0.02)
     assert c.data(HAM)[0] == 250  # the session in flight completes
