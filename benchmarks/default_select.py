@@ -38,23 +38,14 @@ import numpy as np
 
 from mailsift.corpus import mail_problem, read_index
 from mailsift.report import strip_verdict_headers
-from mailsift.tokens import FeatureSettings, extract_bytes
+from mailsift.tokens import extract_bytes
+from mailsift.train import PROFILES
 
 CACHE = Path(os.environ.get("CACHE", "/var/tmp/default9"))
 DATASETS = Path(os.environ.get("MAILSIFT_DATASETS", "/work/shared/datasets"))
 TREC = Path(os.environ.get("MAILSIFT_TREC07P", "/var/tmp/trec07p"))
 #: the format-1 default's feature settings (the "portable" profile of format 1)
-V1 = FeatureSettings(
-    scheme="v1",
-    ngram_bytes=16384,
-    ngram_view="content",
-    text_chars=6000,
-    osb_window=4,
-    header_tokens=True,
-    header_words="sender",
-    received_tokens=False,
-    raw_osb=False,
-)
+V1 = PROFILES["portable-text"].features
 
 
 def _train_item(args):
@@ -137,6 +128,19 @@ def load(name: str):
     return X, z["y"].astype(bool), z["extra"]
 
 
+def training_data(names, spam_keep: float = 1.0):
+    """The cached corpora ``names`` concatenated; with ``spam_keep`` < 1 only
+    that fraction of trec07p-dev's spam is kept (a fixed random draw)."""
+    X, y = [], np.zeros(0, dtype=bool)
+    for name in names:
+        Xn, yn, _ = load(name)
+        if name == "trec" and spam_keep < 1.0:
+            keep = ~yn | (np.random.default_rng(0).random(len(yn)) < spam_keep)
+            Xn, yn = [x for x, k in zip(Xn, keep) if k], yn[keep]
+        X, y = X + Xn, np.r_[y, yn]
+    return X, y
+
+
 def vecs(X, values: str):
     """Feature values: "l2" as the v1 extraction gives them (1/sqrt(n)) or
     "bin" (every value 1.0, as the raw scheme's)."""
@@ -174,23 +178,14 @@ def modern_table(model, Xm, ym, rules, threshold=5.0) -> list[dict]:
 
 def run(config: dict) -> None:
     """Train one config ({"data": [...], "values": ..., "tp": TrainParams
-    fields, "spam_keep": fraction of trec spam kept}) and print its modern
-    table."""
+    fields, "spam_keep": fraction of trec spam kept, "thick": TONE margin})
+    and print its modern table."""
     from mailsift.evaluate import metrics
     from mailsift.model import TrainParams, fit_platt
     from mailsift.train import TrainingSet, cross_val_margins
 
     start = time.perf_counter()
-    X, y = [], []
-    for name in config.get("data", ["sa"]):
-        Xn, yn, _ = load(name)
-        keep = np.ones(len(yn), dtype=bool)
-        if name == "trec" and config.get("spam_keep", 1.0) < 1.0:
-            rng = np.random.default_rng(0)
-            keep = ~yn | (rng.random(len(yn)) < config["spam_keep"])
-        X += [x for x, k in zip(Xn, keep) if k]
-        y += list(yn[keep])
-    y = np.array(y)
+    X, y = training_data(config.get("data", ["sa"]), config.get("spam_keep", 1.0))
     settings = V1
     params = TrainParams(**config.get("tp", {}))
     ts = TrainingSet(X=vecs(X, config.get("values", "l2")), y=list(y))
@@ -225,30 +220,21 @@ def run(config: dict) -> None:
 
 
 def _learner(params, thick: float = 0.0):
-    """``LinearModel`` as shipped, or (``thick`` > 0) one whose ``fit``
-    trains on or near error only (TONE): a message already beyond ``thick``
-    log-odds on its own side is not stepped on.  An experiment, not shipped."""
+    """``LinearModel`` as shipped, or (``thick`` > 0) one that trains on or
+    near error only (TONE): a message already beyond ``thick`` log-odds on
+    its own side is not stepped on.  ``fit`` runs ``step``, so only the step
+    is changed.  An experiment, not shipped."""
     from mailsift.model import LinearModel
 
     if thick <= 0:
         return LinearModel(V1, params)
 
     class Tone(LinearModel):
-        def fit(self, X, y):
-            y = np.asarray(y, dtype=bool)
-            self.w, self.acc, self.b = np.zeros_like(self.w), np.zeros_like(self.w), 0.0
-            self.n_spam, self.n_ham = int(y.sum()), int(len(y) - y.sum())
-            total, order = np.zeros_like(self.w), np.arange(len(X))
-            rng = np.random.default_rng(self.params.seed)
-            for _ in range(self.params.epochs):
-                rng.shuffle(order)
-                for i in order:
-                    m = self.margin(X[i])
-                    if (m if y[i] else -m) <= thick:
-                        self.step(X[i], bool(y[i]))
-                total += self.w
-            self.w = total / np.float32(self.params.epochs)
-            return self
+        def step(self, x, spam, margin=None):
+            m = self.margin(x) if margin is None else margin
+            if (m if spam else -m) > thick:
+                return 0.0
+            return super().step(x, spam, m)
 
     return Tone(V1, params)
 
@@ -326,7 +312,10 @@ def foreign(paths: list[str]) -> None:
 def xfer(config: dict) -> None:
     """Cross-corpus transfer, the default's situation without the modern set:
     trained on trec07p-dev, scored on the 2002 corpus, and the other way
-    round; (1-AUC)% and spam caught at 1% / 0.1% FPR of the model alone."""
+    round; (1-AUC)% and spam caught at 1% / 0.1% FPR of the model alone.
+    Config keys as for :func:`run`, plus "learner": "format1" (with
+    "format1": its arguments) and "modern": true (also trained on both,
+    scored on the modern set)."""
     from mailsift.evaluate import one_minus_auc, spam_caught_at_fpr
     from mailsift.model import TrainParams
 
@@ -337,13 +326,7 @@ def xfer(config: dict) -> None:
     if config.get("modern"):  # also: trained on both, scored on the modern set
         pairs.append((("sa", "trec"), "modern"))
     for train, test in pairs:
-        X, y = [], np.zeros(0, dtype=bool)
-        for name in train:
-            Xn, yn, _ = load(name)
-            if name == "trec" and config.get("spam_keep", 1.0) < 1.0:
-                keep = ~yn | (np.random.default_rng(0).random(len(yn)) < config["spam_keep"])
-                Xn, yn = [x for x, k in zip(Xn, keep) if k], yn[keep]
-            X, y = X + Xn, np.r_[y, yn]
+        X, y = training_data(train, config.get("spam_keep", 1.0))
         if config.get("learner") == "format1":
             learner = Format1(**config.get("format1", {}))
         else:
