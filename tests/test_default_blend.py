@@ -208,3 +208,27 @@ def test_small_own_model_is_not_worse_than_the_default_on_later_mail(trec_user):
     ham_d, spam_d = _flag_rates(default, test)
     assert ham_b <= ham_d + 0.25, (ham_b, ham_d)
     assert spam_b >= spam_d - 1.0, (spam_b, spam_d)
+
+
+@pytest.mark.parametrize("workers", [-1, 1], ids=["thread", "worker-process"])
+def test_serve_scores_a_small_own_model_blended_as_score_does(small_own_model, sa_dir, workers):
+    """The service reads the model file's bytes itself (its workers get those
+    very bytes), and once used that model alone: Postfix's mail was scored
+    without the default's share that `mailsift score` adds."""
+    import asyncio
+
+    from mailsift.proxy import Scorer
+
+    raw = _first(read_index(sa_dir / "test.index"), True)[0].read()
+    config = Config()
+    config.dnsbl, config.auth.enabled = [], False
+    expected = Filter(config, str(small_own_model)).score(raw, evidence=3)
+    assert 0 < expected.default_share < 1
+    scorer = Scorer(config, str(small_own_model), workers)
+    try:
+        got = asyncio.run(scorer.score(raw, deadline=30.0))
+    finally:
+        scorer.close()
+    assert got.default_share == expected.default_share
+    assert got.blended_with == expected.blended_with != ""
+    assert got.score == pytest.approx(expected.score)

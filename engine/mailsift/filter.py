@@ -104,7 +104,9 @@ class Filter:
     from a file is blended with the shipped default while it has learned
     fewer than ``model.blend_until`` messages of a class; a model given as an
     object is used alone (evaluation measures the learner) unless ``base``
-    names the model to blend it with.  ``users``:
+    names the model to blend it with, or ``from_file`` says it was read from
+    ``model_path`` (the service reads the bytes itself, to hand the very same
+    file to its workers: it must score as ``mailsift score`` does).  ``users``:
     where per-user state lives (default: opened from ``[store]`` the first
     time a user is named).  ``shared_site``: read (and learn) the site's
     delta in the shared store (default: when ``[store] url`` is set;
@@ -120,6 +122,7 @@ class Filter:
         users: Users | None = None,
         shared_site: bool | None = None,
         replay: bool = True,
+        from_file: bool = False,
     ):
         self.config = config or Config()
         if model is not None:
@@ -133,7 +136,7 @@ class Filter:
         self.base_share = 0.0
         if not self.uses_default_scale:
             share = default_share(self.model.n_ham, self.model.n_spam, self.config.model.blend_until)
-            if share > 0 and (base is not None or model is None):
+            if share > 0 and (base is not None or model is None or from_file):
                 self.base = base if base is not None else LinearModel.load(DEFAULT_MODEL)
                 self.base_path = Path("(in memory)") if base is not None else DEFAULT_MODEL
                 self.base_share = share

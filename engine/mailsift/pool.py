@@ -241,7 +241,7 @@ def _serve(conn, config: Config, model_bytes: bytes, model_name: str) -> None:
         model = LinearModel.load(model_name, data=model_bytes)
         # scoring only: the service's watch loop is the one process that replays queued learns
         # (and counts what it replayed and set aside for the metrics door)
-        scorer = Filter(config, model=model, model_path=model_name, replay=False)
+        scorer = Filter(config, model=model, model_path=model_name, replay=False, from_file=True)
     except Exception as exc:
         conn.send(("init-error", f"{type(exc).__name__}: {exc}"))
         return

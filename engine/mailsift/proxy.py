@@ -94,7 +94,7 @@ class Scorer:
         except OSError as exc:
             raise ModelError(f"{path}: cannot read model ({exc.strerror})") from None
         model = LinearModel.load(path, data=data)  # a bad model fails here, in the parent
-        probe = Filter(config, model=model, model_path=str(path))
+        probe = Filter(config, model=model, model_path=str(path), from_file=True)
         p = config.proxy
         if self.workers < 0:
             pool: WorkerPool | _ThreadScorer = _ThreadScorer(probe, self.stats)
