@@ -150,6 +150,25 @@ def test_truncated_model_file_is_rejected(tmp_path, toy_model):
         LinearModel.load(path)
 
 
+def test_damaged_compressed_data_in_a_model_file_is_a_model_error(tmp_path, toy_model):
+    """Bytes flipped inside a member's deflate stream (a bad disk block or
+    copy) raised zlib.error past every handler: a traceback and exit 1."""
+    import zipfile
+
+    path = tmp_path / "m.npz"
+    toy_model.save(path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        big = max(z.infolist(), key=lambda i: i.compress_size)
+    assert big.compress_type == zipfile.ZIP_DEFLATED and big.compress_size > 256
+    start = big.header_offset + 30 + len(big.filename.encode()) + len(big.extra)
+    middle = start + big.compress_size // 2
+    data[middle : middle + 64] = bytes(b ^ 0xA5 for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=str(path)):
+        LinearModel.load(path)
+
+
 def test_model_with_a_newer_format_version_is_refused(tmp_path, toy_model):
     path = tmp_path / "m.npz"
     toy_model.save(path)

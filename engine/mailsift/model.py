@@ -36,6 +36,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -412,6 +413,8 @@ class LinearModel:
             raise ModelError(f"{path}: model file not found") from None
         except ValueError:  # an object (pickled) array inside the archive
             raise ModelError(f"{path}: not a mailsift model file (an entry is not a plain array)") from None
+        except zlib.error as exc:  # a flipped block on disk, a bad copy
+            raise ModelError(f"{path}: damaged model file (its compressed data is corrupt: {exc})") from None
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelError(f"{path}: not a mailsift model file ({exc})") from None
         _check_shapes(path, arrays)
