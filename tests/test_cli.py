@@ -88,6 +88,14 @@ def test_score_with_corrupt_model_is_exit_65_naming_the_model(isolated_env, tmp_
     assert str(bad) in r.stderr.decode()
 
 
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00binary"], ids=["empty", "binary"])
+def test_score_of_non_mail_gives_a_verdict_and_a_warning(content, isolated_env):
+    r = run("score", "-", stdin=content, env=isolated_env)
+    assert r.returncode in (0, 1)  # a verdict: a filter must answer
+    assert r.stdout.decode().startswith(("ham score=", "spam score="))
+    assert "warning: stdin: not a mail message" in r.stderr.decode()
+
+
 def test_bad_usage_and_bad_config_exit_codes(isolated_env, tmp_path, message_bytes):
     assert run("score", env=isolated_env).returncode == 64
     assert run("frobnicate", env=isolated_env).returncode == 64

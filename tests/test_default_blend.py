@@ -144,6 +144,7 @@ def test_learn_before_any_train_starts_own_model_from_the_default(sa_test, user_
     v = json.loads(r.stdout)
     assert v["model_name"] == str(own) and v["started_from_default"] and not v["default_model"]
     assert (v["n_ham"], v["n_spam"]) == (0, 1) and v["model_cap"] == Config().model.default_cap
+    assert v["default_share"] == 1.0  # all of the default is in it (it read 0.00: "none of it")
     # a second learn writes the own model, and the shipped file is still untouched
     r = run("learn", "--ham", _first(sa_test, False)[0].path, env=user_env)
     assert r.returncode == 0 and b"started from" not in r.stdout

@@ -25,6 +25,7 @@ from .corpus import CorpusError, Labelled, mail_problem, read_index
 from .datasets import ORDERS, build_index, ordered, split_index, write_index
 from .evaluate import format_metrics, metrics, rule_hit_rates, score_online, score_split
 from .filter import DEFAULT_MODEL, Filter, start_from_default
+from .fitjobs import PARALLEL_MIN_MESSAGES, usable_cpus
 from .model import LinearModel, ModelError, model_lock
 from .report import strip_verdict_headers
 from .rules import Context
@@ -99,6 +100,29 @@ def _writable_file(path: Path, what: str, makes_folder: bool = True) -> None:
     _writable_folder(path.parent, f"{what} {path}")
 
 
+def _jobs(text: str) -> int:
+    """argparse type of --jobs: 1 or more."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {jobs}")
+    return jobs
+
+
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=usable_cpus(),
+        metavar="N",
+        help="processes for the cross-validation folds and the final fit, which run at once "
+        f"(default: the cores here, {usable_cpus()}; 1 fits in this process). The model is the "
+        f"same whatever N; under {PARALLEL_MIN_MESSAGES:,} messages it is always fitted in this process",
+    )
+
+
 def _cv_folds(text: str) -> int:
     """argparse type of --cv-folds: 2 or more (1 fold has nothing to test on,
     0 gave a meaningless 50% AUC)."""
@@ -116,6 +140,10 @@ def _cv_folds(text: str) -> int:
 # -- score ---------------------------------------------------------------
 def cmd_score(args) -> int:
     raw = _read_input(args.file)
+    problem = mail_problem(raw)
+    if problem:  # a verdict still (a filter must answer), but say the input is suspect
+        where = "stdin" if args.file == "-" else args.file
+        print(f"warning: {where}: not a mail message ({problem}); scored anyway", file=sys.stderr)
     config = load_config(args.config)
     if args.dns:
         split_hostport(args.dns, "--dns")
@@ -191,6 +219,7 @@ def cmd_train(args) -> int:
         threshold=config.thresholds.add_header,
         weight=weight,
         cap=config.model.default_cap if args.generic else None,
+        jobs=args.jobs,
     )
     cv = report.cv
     print(
@@ -614,7 +643,7 @@ def cmd_eval(args) -> int:
             profile = PROFILES[args.features]
             keep = args.keep_duplicates
             ts = _training_set(args, profile.features, dedupe=not keep, index_attr="train", quiet=args.json)
-            model, _ = fit_model(ts, profile.features, profile.params, folds=args.cv_folds)
+            model, _ = fit_model(ts, profile.features, profile.params, folds=args.cv_folds, jobs=args.jobs)
             train_seconds, n_train = time.perf_counter() - start, ts.n_ham + ts.n_spam
             if not keep:
                 items, test_dropped = _drop_seen(items, set(ts.digests))
@@ -1047,6 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="cross-validation folds for the accuracy estimate and calibration, 2 or more (default 3)",
     )
+    _add_jobs(t)
     t.add_argument("--min-per-class", type=int, default=MIN_PER_CLASS, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
@@ -1060,7 +1090,8 @@ def build_parser() -> argparse.ArgumentParser:
             ),
             description=(
                 "Learn one message into your model, incrementally. "
-                "Learning the same message twice is detected."
+                "Learning the same message twice is detected. Works before any 'train': "
+                "the first learn starts your own model as a copy of the shipped default."
                 if not unlearn
                 else "Take back an earlier 'mailsift learn' of this message."
             ),
@@ -1171,6 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train (by default both are dropped, as 'train' does, and the counts printed)",
     )
     e.add_argument("--cv-folds", type=_cv_folds, default=3, help=argparse.SUPPRESS)
+    _add_jobs(e)
     model_opt(e, "model for --test alone (default: as for score)")
     e.set_defaults(func=cmd_eval)
     u = sub.add_parser(
@@ -1178,8 +1210,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the model weight and rule points to your labelled mail",
         description="Fit the model's weight and every rule's points to labelled mail by regularised "
         "logistic regression, print the gain over the current weights (5-fold cross-validation), and "
-        "write them to the config file ([model] weight and [rule_weights]; the old file is kept "
-        "as .bak). Network rules run as configured: for a stored corpus, switch them off. Informational "
+        "write them to the config file (the one --config names, else $MAILSIFT_CONFIG, else the "
+        "user config; [model] weight and [rule_weights]; the old file is kept as .bak). "
+        "Network rules run as configured: for a stored corpus, switch them off. Informational "
         "hits (*_TIMEOUT, DNS_DEADLINE, *_TEMPERROR, CLIENT_FROM_RECEIVED, ...) are never priced. Tune on "
         "mail the model was not trained on: the overlap is counted from the model's ledger and warned about.",
     )

@@ -367,7 +367,8 @@ class Filter:
             n_ham=self.model.n_ham,
             n_spam=self.model.n_spam,
             started_from_default=from_default,
-            default_share=1.0 if generic else round(share, 4),
+            # a copy of the default that clicks moved holds all of the default
+            default_share=1.0 if generic or from_default else round(share, 4),
             blended_with=str(self.base_path) if self.base is not None else "",
             blend_until=m.blend_until,
             user=view.name if view else "",

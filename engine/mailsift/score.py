@@ -66,7 +66,8 @@ class Verdict:
     #: a user's model that ``learn`` began as a copy of the shipped default
     started_from_default: bool = False
     #: share of the shipped default's points added to your model's in
-    #: ``model_points`` (1 for the default itself, 0 for your model alone)
+    #: ``model_points`` (1 for the default itself and for your model started as
+    #: a copy of it, 0 for your model alone)
     default_share: float = 0.0
     #: the default model blended in ("" when none)
     blended_with: str = ""
@@ -184,9 +185,11 @@ def explain(verdict: Verdict) -> str:
         lines.append(f"rule    {hit.name:<24} {hit.score:+.2f}  {hit.description}{detail}")
     lines.append(f"total   {verdict.score:+.2f} points; add header at {verdict.required:g}")
     if verdict.default_model:
+        cap = f" (its points are capped at ±{verdict.model_cap:g})" if verdict.model_cap else ""
         lines.append(
-            "note    the default model gives at most a hint; train on your own mail with "
-            "'mailsift train' for full weight"
+            f"note    the default model is not trained on your mail: it can mark a message{cap} "
+            "but never reject one on its own; train on your own mail with 'mailsift train' "
+            "for full weight"
         )
     spam_side = [e for e in verdict.evidence if e.weight > 0]
     ham_side = [e for e in verdict.evidence if e.weight < 0]

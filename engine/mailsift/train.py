@@ -21,6 +21,7 @@ import numpy as np
 
 from .corpus import CorpusError, Labelled, iter_source, mail_problem
 from .evaluate import metrics
+from .fitjobs import run_fits
 from .model import LinearModel, TrainParams, Vec, fit_platt
 from .report import strip_verdict_headers
 from .score import model_points
@@ -181,25 +182,47 @@ def collect(
     return ts
 
 
-def cross_val_margins(
-    ts: TrainingSet, settings: FeatureSettings, params: TrainParams, folds: int
-) -> np.ndarray:
-    """Out-of-fold margins: each message scored by a model that never saw it
-    (stratified, deterministic folds)."""
-    y = np.asarray(ts.y, dtype=bool)
+def _fold_of(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each message's fold: stratified by class, deterministic for a seed."""
     fold_of = np.empty(len(y), dtype=np.int64)
-    rng = np.random.default_rng(params.seed)
+    rng = np.random.default_rng(seed)
     for label in (False, True):
         where = np.flatnonzero(y == label)
         rng.shuffle(where)
         fold_of[where] = np.arange(len(where)) % folds
+    return fold_of
+
+
+def cross_val_margins(
+    ts: TrainingSet, settings: FeatureSettings, params: TrainParams, folds: int, jobs: int = 1
+) -> np.ndarray:
+    """Out-of-fold margins: each message scored by a model that never saw it
+    (stratified, deterministic folds)."""
+    return cross_val_fit(ts, settings, params, folds, jobs, final=False)[0]
+
+
+def cross_val_fit(
+    ts: TrainingSet,
+    settings: FeatureSettings,
+    params: TrainParams,
+    folds: int,
+    jobs: int = 1,
+    final: bool = True,
+) -> tuple[np.ndarray, LinearModel | None]:
+    """Out-of-fold margins, and (``final``) the model fitted on all of ``ts``.
+    The folds and the final fit are independent, so with ``jobs`` > 1 they
+    run at once in worker processes (:mod:`.fitjobs`); the results are the
+    same bit for bit as in one process."""
+    y = np.asarray(ts.y, dtype=bool)
+    fold_of = _fold_of(y, folds, params.seed)
+    tasks = [(np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)) for k in range(folds)]
+    if final:
+        tasks.append((np.arange(len(y)), None))
+    results = run_fits(ts.X, y, tasks, settings, params, jobs)
     margins = np.empty(len(y), dtype=np.float64)
-    for k in range(folds):
-        test = np.flatnonzero(fold_of == k)
-        train = np.flatnonzero(fold_of != k)
-        model = LinearModel(settings, params).fit([ts.X[i] for i in train], y[train])
-        margins[test] = model.decision_function([ts.X[i] for i in test])
-    return margins
+    for (_, test), result in zip(tasks[:folds], results):
+        margins[test] = result
+    return margins, (results[folds] if final else None)
 
 
 @dataclass
@@ -219,15 +242,16 @@ def fit_model(
     threshold: float = 5.0,
     weight: float = 1.0,
     cap: float | None = None,
+    jobs: int = 1,
 ) -> tuple[LinearModel, TrainReport]:
     """Cross-validate (for the report and the calibration), then fit on all.
     The report's FPR/FNR are at ``threshold`` points with the model at
     ``weight`` (and ``cap``): the config's add_header threshold and the
-    weight the model will be used at."""
+    weight the model will be used at.  ``jobs``: processes for the folds and
+    the final fit (see :func:`cross_val_fit`)."""
     start = time.perf_counter()
     y = np.asarray(ts.y, dtype=bool)
-    oof = cross_val_margins(ts, settings, params, folds)
-    model = LinearModel(settings, params).fit(ts.X, y)
+    oof, model = cross_val_fit(ts, settings, params, folds, jobs)
     a, c = fit_platt(oof, y)
     model.platt = (a, c)
     points = np.array([model_points(lo, weight, cap) for lo in a * oof + c])
