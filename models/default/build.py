@@ -157,6 +157,11 @@ def main() -> int:
     args = ap.parse_args()
     out = args.out or (OUT if args.check_only else CANDIDATE)
     if not args.check_only:
+        if out.is_symlink():  # the save's rename would replace the link, not its target
+            sys.exit(
+                f"build: {out} is a symlink (to {out.resolve()}); writing it would replace "
+                f"the link with a file. Name the file itself (to ship: {OUT})"
+            )
         build(out)
     result = check(out)
     return 0 if result["ham_flagged_pct"] <= 1.0 else 1
