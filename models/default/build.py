@@ -36,7 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = Path(os.environ.get("MAILSIFT_DATASETS", ROOT.parent / "shared" / "datasets"))
-if not DATASETS.is_dir():
+if "MAILSIFT_DATASETS" not in os.environ and not DATASETS.is_dir():  # a named one is used or fails
     DATASETS = Path("/work/shared/datasets")
 OUT = ROOT / "models" / "default" / "model.npz"
 _XDG_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -123,8 +123,11 @@ def check(path: Path, default_weight: float | None = None) -> dict:
     config.dnsbl, config.auth.enabled = [], False
     if default_weight is not None:
         config.model.default_weight = default_weight
+    modern = DATASETS / "modern" / "all.index"
+    if not modern.is_file():
+        sys.exit(f"build: {modern} not found (set MAILSIFT_DATASETS)")
     flt = Filter(config, str(path))
-    items = read_index(DATASETS / "modern" / "all.index")
+    items = read_index(modern)
     start = time.perf_counter()
     scores = np.array([flt.score(it.read(), evidence=0).score for it in items])
     y = np.array([it.spam for it in items])
