@@ -341,7 +341,12 @@ def xfer(config: dict) -> None:
     print(f"== {json.dumps(config)}: " + "; ".join(out), flush=True)
 
 
+USAGE = "usage: default_select.py cache | run CONFIGS | xfer CONFIGS | foreign MODEL..."
+
+
 def main() -> int:
+    if len(sys.argv) < 2:
+        raise SystemExit(USAGE)
     CACHE.mkdir(parents=True, exist_ok=True)
     if sys.argv[1] == "cache":
         cache("modern", DATASETS / "modern" / "all.index", _modern_item)
@@ -359,7 +364,7 @@ def main() -> int:
         for config in json.loads(sys.argv[2]):
             run(config)
         return 0
-    raise SystemExit("usage: default_select.py cache | run CONFIGS | xfer CONFIGS | foreign MODEL...")
+    raise SystemExit(USAGE)
 
 
 if __name__ == "__main__":

@@ -444,3 +444,17 @@ def test_portable_text_profile_trains_a_format_2_model_that_learns_and_unlearns(
     back = json.loads(run("score", "--json", "--model", model, spam, env=isolated_env).stdout)
     assert abs(back["probability"] - before["probability"]) < 1e-4
     assert np.allclose(LinearModel.load(model).w, trained.w, atol=1e-6)
+
+
+def test_train_without_model_writes_the_user_model_into_a_folder_not_made_yet(
+    small_indexes, isolated_env, tmp_path
+):
+    """A new user's first ``train``: ~/.local/share/mailsift does not exist
+    yet; the model is written there (the lock beside it once failed first,
+    after the training, and the trained model was lost)."""
+    own = tmp_path / "data" / "mailsift" / "model.npz"
+    assert not own.parent.exists()
+    r = run("train", "--index", small_indexes[0], env=isolated_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert f"model written to {own}" in r.stdout.decode()
+    assert own.is_file()

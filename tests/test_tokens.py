@@ -35,10 +35,12 @@ def test_extract_from_bytes_equals_extract_from_the_parsed_message(profile, mess
         b"X-DSPAM-Result: Innocent\nX-Virus-Scanned: clean\n",
     ],
 )
-def test_filter_verdict_headers_never_reach_the_features(header, message_bytes):
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_filter_verdict_headers_never_reach_the_features(profile, header, message_bytes):
     """A forged 'X-Spam-Flag: NO' must not buy a clean score, and a model
-    trained on delivered mail must not learn its own verdicts."""
-    settings = PROFILES["full"].features
+    trained on delivered mail must not learn its own verdicts: in every
+    profile (portable-text tokenises header names and words too)."""
+    settings = PROFILES[profile].features
     raw = message_bytes()
     assert np.array_equal(extract_bytes(header + raw, settings).indices, extract_bytes(raw, settings).indices)
     crlf = raw.replace(b"\n", b"\r\n")

@@ -229,6 +229,7 @@ def cmd_train(args) -> int:
         f"FPR {cv['fpr_pct']:.2f}% FNR {cv['fnr_pct']:.2f}%"
     )
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the lock file sits beside the model
         with _model_lock(out):  # not under a 'learn' that read the old model
             model.save(out)
     except OSError as exc:
