@@ -34,16 +34,19 @@ def _same(a, b) -> None:
     assert (a.n_ham, a.n_spam) == (b.n_ham, b.n_spam)
 
 
-def _children() -> set[int]:
-    """Processes whose parent is this one (joblib's loky workers among them)."""
+def _workers() -> set[int]:
+    """joblib's loky workers among this process's children (not its resource
+    trackers, children too: started first, one of them had the lowest pid,
+    and killing it killed no worker when this test ran alone)."""
     me, out = os.getpid(), set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me and b"LokyProcess" in cmdline:
                 out.add(int(entry.name))
     return out
 
@@ -78,7 +81,7 @@ def test_training_survives_a_killed_worker(training_set, monkeypatch, caplog):
     monkeypatch.setattr(fitjobs, "PARALLEL_MIN_MESSAGES", 0)
     profile = PROFILES["full"]
     params = replace(profile.params, epochs=12)  # each fit runs a few seconds: time to kill one
-    before = _children()
+    before = _workers()
     killed: list[int] = []
     done = threading.Event()
     real_pack = fitjobs._pack
@@ -86,7 +89,7 @@ def test_training_survives_a_killed_worker(training_set, monkeypatch, caplog):
     def watch() -> None:
         deadline = time.monotonic() + 60  # bounded: the test fails, not hangs, if no worker shows
         while not done.is_set() and time.monotonic() < deadline:
-            new = _children() - before
+            new = _workers() - before
             if new:
                 time.sleep(1.0)  # let it start on a fit
                 pid = min(new)
@@ -108,4 +111,21 @@ def test_training_survives_a_killed_worker(training_set, monkeypatch, caplog):
     assert killed, "no worker process appeared to kill"
     assert "a training worker died" in caplog.text
     alone, _ = fit_model(training_set, profile.features, params, jobs=1)
+    _same(survived, alone)
+
+
+def test_training_survives_workers_that_cannot_start(training_set, monkeypatch, tmp_path, caplog):
+    """joblib's memory-map folder cannot be made (JOBLIB_TEMP_FOLDER under a
+    file here; a read-only or full /dev/shm or TMPDIR alike): the fits run in
+    this process with a warning naming the cause, not a PicklingError traceback
+    that lost the training."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(tmp_path / "a-file" / "joblib"))
+    monkeypatch.setattr(fitjobs, "PARALLEL_MIN_MESSAGES", 0)
+    profile = PROFILES["full"]
+    with caplog.at_level(logging.WARNING, logger="mailsift.fitjobs"):
+        survived, _ = fit_model(training_set, profile.features, profile.params, jobs=2)
+    assert "the training workers failed" in caplog.text
+    assert "NotADirectoryError" in caplog.text
+    alone, _ = fit_model(training_set, profile.features, profile.params, jobs=1)
     _same(survived, alone)

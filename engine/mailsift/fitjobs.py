@@ -10,8 +10,10 @@ back its margins, the final fit its model, over joblib's own channel between
 our processes (no model file is ever pickled).  Each fit is deterministic,
 so the results are those of one process, bit for bit.
 
-A worker that dies (the kernel's OOM killer on a small box) does not lose
-the training: the fits are run again in this process, with a warning.
+A worker that dies (the kernel's OOM killer on a small box), or workers
+that cannot start or fail (the memory-map folder missing, read-only or
+full; a MemoryError in a worker) do not lose the training: the fits are run
+again in this process, with a warning naming the cause.
 """
 
 from __future__ import annotations
@@ -64,7 +66,28 @@ def run_fits(
         )
     except TerminatedWorkerError as exc:
         log.warning("a training worker died (%s); fitting again in this process", exc)
-        return [_fit(X, y, train, test, settings, params) for train, test in tasks]
+    except Exception as exc:  # noqa: BLE001 - said, then the same fits here: an error of theirs recurs
+        # the workers' side can fail where one process would not: the memory-map
+        # folder (JOBLIB_TEMP_FOLDER, /dev/shm, TMPDIR) missing, read-only or
+        # full, a worker out of memory with its own copy of a model; a
+        # traceback there lost the training (exit 1, which means spam to a caller)
+        log.warning(
+            "the training workers failed (%s; JOBLIB_TEMP_FOLDER or --jobs 1 avoid them); "
+            "fitting again in this process",
+            _cause(exc),
+        )
+    return [_fit(X, y, train, test, settings, params) for train, test in tasks]
+
+
+def _cause(exc: BaseException) -> str:
+    """The first error behind ``exc``, in one line: joblib wraps a worker's
+    (or its feeder thread's) error in a PicklingError whose cause is the
+    remote traceback's text, whose last line names it."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line for line in str(exc).splitlines() if line.strip() and line.strip() != '"""']
+    last = lines[-1].strip() if lines else ""
+    return last if type(exc).__name__ == "_RemoteTraceback" else f"{type(exc).__name__}: {last}"
 
 
 def _fit(X, y, train, test, settings, params):
